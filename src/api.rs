@@ -1,0 +1,456 @@
+//! The local HTTP API: health for Docker and load balancers, Prometheus
+//! metrics, and the jobs (list, show, submit, cancel, retry, download).
+//!
+//! One listener (`api.listen`: TCP or a unix socket). `/healthz`, `/readyz`
+//! and `/metrics` are open; with `api.token_file` set, every `/api/*` call
+//! needs `Authorization: Bearer TOKEN`, compared in constant time. Bodies
+//! over 1 MiB are refused, and every error is an RFC 7807 problem document.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ApiListen, Settings};
+use crate::inbox::{self, AcceptError};
+use crate::job::request::{RequestError, RequestFormat};
+use crate::job::{JobState, now_ms, rfc3339};
+use crate::providers::Providers;
+use crate::store::{JobFilter, Store, StoreError};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub providers: Providers,
+    pub http: reqwest::Client,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// An RFC 7807 problem document.
+fn problem(status: StatusCode, title: &str, detail: impl std::fmt::Display) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail.to_string(),
+    });
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    let mut response = (status, value.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn store_problem(e: StoreError) -> Response {
+    match e {
+        StoreError::NotFound(key) => problem(
+            StatusCode::NOT_FOUND,
+            "No such job",
+            format!("no job named or with id {key:?}"),
+        ),
+        StoreError::Conflict { detail, .. } => problem(
+            StatusCode::CONFLICT,
+            "Not possible in the job's state",
+            detail,
+        ),
+        other => {
+            tracing::error!(error = %other, "API: store error");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                "the job store did not answer; try again",
+            )
+        }
+    }
+}
+
+/// Builds the router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route("/api/jobs", get(list_jobs).post(create_job))
+        .route("/api/jobs/{name}", get(show_job))
+        .route("/api/jobs/{name}/cancel", post(cancel_job))
+        .route("/api/jobs/{name}/retry", post(retry_job))
+        .route("/api/jobs/{name}/files/{file}", get(job_file))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn require_token(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.settings.api.token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        next.run(request).await
+    } else {
+        let mut response = problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "this API needs Authorization: Bearer TOKEN",
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    let store = match state.store.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let probe = state.settings.paths.requests.join(".docfetch-ready-probe");
+    let requests = match std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("not writable: {e}"),
+    };
+    let ready = store == "ok" && requests == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        serde_json::json!({"ready": ready, "store": store, "requests_dir": requests}),
+    )
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Metrics unavailable",
+            "no metrics recorder is installed",
+        );
+    };
+    match crate::metrics::render(handle, &state.store).await {
+        Ok(text) => {
+            let mut response = text.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    account: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+async fn list_jobs(State(state): State<Arc<ApiState>>, Query(q): Query<ListQuery>) -> Response {
+    let job_state = match q.state.as_deref().map(str::parse::<JobState>).transpose() {
+        Ok(s) => s,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Bad filter", e),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let offset = q.offset.unwrap_or(0);
+    let filter = JobFilter {
+        state: job_state,
+        account: q.account,
+        limit,
+        offset,
+    };
+    match state.store.list(&filter).await {
+        Ok(jobs) => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "jobs": jobs.iter().map(|j| j.summary_json()).collect::<Vec<_>>(),
+                "limit": limit,
+                "offset": offset,
+            }),
+        ),
+        Err(e) => store_problem(e),
+    }
+}
+
+async fn show_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
+    let job = match state.store.find(&name).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return store_problem(StoreError::NotFound(name)),
+        Err(e) => return store_problem(e),
+    };
+    let events = match state.store.events(&job.id).await {
+        Ok(events) => events,
+        Err(e) => return store_problem(e),
+    };
+    let mut value = job.summary_json();
+    value["events"] = serde_json::Value::Array(
+        events
+            .iter()
+            .map(|e| serde_json::json!({"at": rfc3339(e.at), "kind": e.kind, "message": e.message}))
+            .collect(),
+    );
+    json(StatusCode::OK, value)
+}
+
+async fn create_job(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
+    // Each API call is a new request: the source is unique so an identical
+    // second submission is a duplicate, never silently the same job.
+    let source = format!("api:{}", uuid::Uuid::new_v4().simple());
+    match inbox::accept(
+        &state.store,
+        &state.settings,
+        &body,
+        RequestFormat::Json,
+        None,
+        &source,
+    )
+    .await
+    {
+        Ok(job) => {
+            crate::metrics::request("api", true);
+            let mut response = json(StatusCode::CREATED, job.summary_json());
+            if let Ok(location) = HeaderValue::from_str(&format!("/api/jobs/{}", job.name)) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(AcceptError::Request(e @ RequestError::Duplicate { .. })) => {
+            crate::metrics::request("api", false);
+            problem(StatusCode::CONFLICT, "Duplicate job name", e)
+        }
+        Err(AcceptError::Request(e)) => {
+            crate::metrics::request("api", false);
+            problem(StatusCode::BAD_REQUEST, "Invalid request", e)
+        }
+        Err(AcceptError::Store(e)) => store_problem(e),
+    }
+}
+
+async fn cancel_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
+    let job = match state.store.cancel(&name, now_ms()).await {
+        Ok(job) => job,
+        Err(e) => return store_problem(e),
+    };
+    if let Err(e) = crate::receipt::write(&state.settings.paths.output, &job).await {
+        tracing::error!(job = %job.name, error = %e, "cannot write the receipt of a cancelled job");
+    }
+    if let Some(account) = state.providers.get(&job.account)
+        && let Err(e) = account.provider.cancel_remote(&state.http, &job).await
+    {
+        tracing::warn!(job = %job.name, error = %e, "the service was not told about the cancellation");
+    }
+    json(StatusCode::OK, job.summary_json())
+}
+
+async fn retry_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
+    let deadline = now_ms()
+        + i64::try_from(state.settings.scheduler.deadline.as_millis()).unwrap_or(i64::MAX / 2);
+    match state.store.retry(&name, now_ms(), deadline).await {
+        Ok(job) => {
+            if let Err(e) = crate::receipt::remove(&state.settings.paths.output, &job) {
+                tracing::warn!(job = %job.name, error = %e, "cannot remove the old receipt");
+            }
+            json(StatusCode::OK, job.summary_json())
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+async fn job_file(
+    State(state): State<Arc<ApiState>>,
+    Path((name, file)): Path<(String, String)>,
+) -> Response {
+    let job = match state.store.find(&name).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return store_problem(StoreError::NotFound(name)),
+        Err(e) => return store_problem(e),
+    };
+    // Only files the job recorded (and its receipt) are served: the name is
+    // never used to build a path unless it matches one of them exactly.
+    let known = job
+        .result
+        .iter()
+        .flat_map(|r| r.files.iter())
+        .any(|f| f.name == file)
+        || (file == crate::filename::RECEIPT_NAME && job.state.is_finished());
+    if !known {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "No such file",
+            format!("job {} has no file {file:?}", job.name),
+        );
+    }
+    let path = crate::receipt::job_dir(&state.settings.paths.output, &job).join(&file);
+    let handle = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return problem(StatusCode::NOT_FOUND, "File missing on disk", e),
+    };
+    let length = handle.metadata().await.map(|m| m.len()).ok();
+    let mut response = Body::from_stream(tokio_util::io::ReaderStream::new(handle)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(length) = length
+        && let Ok(v) = HeaderValue::from_str(&length.to_string())
+    {
+        headers.insert(header::CONTENT_LENGTH, v);
+    }
+    let encoded = percent_encoding::utf8_percent_encode(&file, percent_encoding::NON_ALPHANUMERIC);
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{encoded}")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    response
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {what} for the API (api.listen): {source}")]
+pub struct ListenError {
+    pub what: String,
+    pub source: std::io::Error,
+}
+
+/// A bound listener, before serving.
+pub enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Bound {
+    /// The address to show in logs (for TCP, the real port when 0 was asked).
+    pub fn describe(&self) -> String {
+        match self {
+            Bound::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into()),
+            Bound::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+/// Binds the configured address. A stale unix socket file is replaced.
+pub async fn bind(listen: &ApiListen) -> Result<Option<Bound>, ListenError> {
+    match listen {
+        ApiListen::Disabled => Ok(None),
+        ApiListen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(|l| Some(Bound::Tcp(l)))
+            .map_err(|source| ListenError {
+                what: addr.to_string(),
+                source,
+            }),
+        ApiListen::Unix(path) => {
+            let err = |source| ListenError {
+                what: path.display().to_string(),
+                source,
+            };
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(err)?;
+            }
+            if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            }) {
+                std::fs::remove_file(path).map_err(err)?;
+            }
+            tokio::net::UnixListener::bind(path)
+                .map(|l| Some(Bound::Unix(l, path.clone())))
+                .map_err(err)
+        }
+    }
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    bound: Bound,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    match bound {
+        Bound::Tcp(listener) => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        Bound::Unix(listener, path) => {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            let _ = std::fs::remove_file(path);
+            result
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_needs_every_byte() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdeX", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcde", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef0", b"0123456789abcdef"));
+    }
+}

@@ -1,0 +1,1041 @@
+//! Settings: raw TOML and `DOCFETCH__SECTION__KEY` environment overrides,
+//! turned once at start-up into a validated, typed [`Settings`].
+//!
+//! Every key has a default, so docfetch runs with no file at all. Errors name
+//! the key and what was expected. Secrets (`password`, `password_file`,
+//! `password_env`, …) are resolved here and wrapped in [`Secret`], whose
+//! `Debug` and `Display` never show the value. Nothing else in the program
+//! reads environment variables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::providers::AccountConfig;
+use crate::units::{parse_duration, parse_size};
+
+/// Why the settings could not be loaded. Always names the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret value (password, API key, token). Its `Debug` and `Display` print
+/// `***`, so it cannot leak through a log line or an error by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself; call only where it is sent to its service.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where jobs are kept. `Debug` hides the database password.
+#[derive(Clone)]
+pub struct StoreSettings {
+    /// `sqlite://path/to/file.db` (relative paths are relative to the working directory).
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PathSettings {
+    /// The drop directory watched for request files.
+    pub requests: PathBuf,
+    /// Finished files go to `output/NAME/`.
+    pub output: PathBuf,
+    /// Files that requests may upload (Kontur.Extern) are read from here
+    /// only; a request path that leaves it is refused.
+    pub attachments: PathBuf,
+    /// One schedule per `*.toml` file, re-read when the files change.
+    pub schedules: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// Job steps run at once.
+    pub workers: usize,
+    /// First wait when a provider gives no hint.
+    pub poll_initial: Duration,
+    /// Longest wait between polls (and between retries after errors).
+    pub poll_max: Duration,
+    /// Consecutive transient errors before a job fails.
+    pub max_attempts: u32,
+    /// A job older than this fails as timed out.
+    pub deadline: Duration,
+    /// Largest file accepted from a provider.
+    pub max_file_size: u64,
+    /// How long a claimed job stays leased without renewal.
+    pub lease: Duration,
+    /// First wait after a transient error.
+    pub retry_initial: Duration,
+    /// How long running steps may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxSettings {
+    /// How often the drop directory is scanned.
+    pub scan_interval: Duration,
+    /// A file changed more recently than this is left for the next scan.
+    pub settle: Duration,
+    /// Larger request files are rejected without being parsed.
+    pub max_request_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    /// Bound on a whole non-download request, and on silence during a download.
+    pub timeout: Duration,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `docfetch=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// How completion hooks run.
+#[derive(Debug, Clone)]
+pub struct HooksSettings {
+    /// A hook still running after this is killed (and counts as failed).
+    pub timeout: Duration,
+    /// Runs of a failing hook before it is given up (the job's outcome never changes).
+    pub max_attempts: u32,
+    /// First wait before running a failed hook again; doubles each time.
+    pub retry_initial: Duration,
+}
+
+/// What retention prunes, by age since the job finished.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    pub done: Duration,
+    /// Failed and cancelled jobs.
+    pub failed: Duration,
+    /// Also delete a pruned job's `output/NAME/` folder.
+    pub delete_files: bool,
+    /// Request files in `requests/accepted/` and `requests/rejected/` older than this are deleted.
+    pub requests: Duration,
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &redact_store_url(&self.url))
+            .finish()
+    }
+}
+
+/// Where the local HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiListen {
+    /// `api.listen = ""`: no API.
+    Disabled,
+    Tcp(std::net::SocketAddr),
+    /// `api.listen = "/run/docfetch/api.sock"` (or `unix:/…`).
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub listen: ApiListen,
+    /// When set, every `/api/*` call needs `Authorization: Bearer TOKEN`.
+    pub token: Option<Secret>,
+}
+
+/// One configured provider account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub config: AccountConfig,
+    /// Completion hooks for every job of the account (a request's own win).
+    pub hooks: crate::job::Hooks,
+    /// Key for the `X-Docfetch-Signature` HMAC of webhook bodies.
+    pub webhook_secret: Option<Secret>,
+}
+
+/// The validated settings, loaded once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: StoreSettings,
+    pub paths: PathSettings,
+    pub scheduler: SchedulerSettings,
+    pub inbox: InboxSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub api: ApiSettings,
+    pub hooks: HooksSettings,
+    pub retention: RetentionSettings,
+    pub accounts: BTreeMap<String, Account>,
+    /// `[[schedules]]` from the config file (the schedule files are read by
+    /// [`crate::schedule::Schedules`]).
+    pub schedules: Vec<crate::schedule::Schedule>,
+}
+
+// ---------------------------------------------------------------------------
+// Raw, as deserialized. `deny_unknown_fields` turns typos into errors.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    scheduler: RawScheduler,
+    #[serde(default)]
+    inbox: RawInbox,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    hooks: RawHooks,
+    #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
+    accounts: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    #[serde(default)]
+    schedules: Vec<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    requests: Option<PathBuf>,
+    output: Option<PathBuf>,
+    attachments: Option<PathBuf>,
+    schedules: Option<PathBuf>,
+}
+
+/// A duration or size written either as text (`"2s"`) or as a bare number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Quantity {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    workers: Option<u64>,
+    poll_initial: Option<Quantity>,
+    poll_max: Option<Quantity>,
+    max_attempts: Option<u64>,
+    deadline: Option<Quantity>,
+    max_file_size: Option<Quantity>,
+    lease: Option<Quantity>,
+    retry_initial: Option<Quantity>,
+    shutdown_grace: Option<Quantity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbox {
+    scan_interval: Option<Quantity>,
+    settle: Option<Quantity>,
+    max_request_size: Option<Quantity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    connect_timeout: Option<Quantity>,
+    timeout: Option<Quantity>,
+    user_agent: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    timeout: Option<Quantity>,
+    max_attempts: Option<u64>,
+    retry_initial: Option<Quantity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    done: Option<Quantity>,
+    failed: Option<Quantity>,
+    delete_files: Option<bool>,
+    requests: Option<Quantity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+fn duration(key: &str, value: Option<Quantity>, default: &str) -> Result<Duration, ConfigError> {
+    let parsed = match value {
+        None => parse_duration(default),
+        Some(Quantity::Number(secs)) => Ok(Duration::from_secs(secs)),
+        Some(Quantity::Text(text)) => parse_duration(&text),
+    };
+    parsed.map_err(|message| ConfigError::invalid(key, message))
+}
+
+fn size(key: &str, value: Option<Quantity>, default: &str) -> Result<u64, ConfigError> {
+    let parsed = match value {
+        None => parse_size(default),
+        Some(Quantity::Number(bytes)) => Ok(bytes),
+        Some(Quantity::Text(text)) => parse_size(&text),
+    };
+    parsed.map_err(|message| ConfigError::invalid(key, message))
+}
+
+/// What the process environment contributes to the settings. Passed in (not
+/// read from `std::env` deep inside) so tests control it.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `DOCFETCH__…` overrides and the variables that `*_env` keys name.
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Environment {
+    /// Captures the real process environment (the one place that reads it).
+    pub fn from_process() -> Self {
+        Environment {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+}
+
+impl Settings {
+    /// Loads the settings: defaults, then the TOML file (if any), then
+    /// `DOCFETCH__SECTION__KEY` variables.
+    pub fn load(path: Option<&Path>, env: &Environment) -> Result<Settings, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, env)
+    }
+
+    /// Parses settings from TOML text plus environment overrides.
+    pub fn from_toml(text: &str, env: &Environment) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
+        // Overrides: DOCFETCH__SCHEDULER__WORKERS=4 sets scheduler.workers.
+        let overrides: std::collections::HashMap<String, String> = env
+            .vars
+            .iter()
+            .filter(|(k, _)| k.starts_with("DOCFETCH__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("DOCFETCH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let raw: RawSettings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::validate(raw, env)
+    }
+
+    fn validate(raw: RawSettings, env: &Environment) -> Result<Settings, ConfigError> {
+        let store_url = raw
+            .store
+            .url
+            .unwrap_or_else(|| "sqlite://var/docfetch.db".into());
+        if !(store_url.starts_with("sqlite:")
+            || store_url.starts_with("postgres://")
+            || store_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "store.url",
+                format!(
+                    "expected a sqlite:// or postgres:// URL, found {:?}",
+                    redact_store_url(&store_url)
+                ),
+            ));
+        }
+        let workers = raw.scheduler.workers.unwrap_or(16);
+        if !(1..=1024).contains(&workers) {
+            return Err(ConfigError::invalid(
+                "scheduler.workers",
+                format!("expected 1 to 1024, found {workers}"),
+            ));
+        }
+        let max_attempts = raw.scheduler.max_attempts.unwrap_or(8);
+        if !(1..=1000).contains(&max_attempts) {
+            return Err(ConfigError::invalid(
+                "scheduler.max_attempts",
+                format!("expected 1 to 1000, found {max_attempts}"),
+            ));
+        }
+        let scheduler = SchedulerSettings {
+            workers: workers as usize,
+            poll_initial: duration("scheduler.poll_initial", raw.scheduler.poll_initial, "2s")?,
+            poll_max: duration("scheduler.poll_max", raw.scheduler.poll_max, "10m")?,
+            max_attempts: max_attempts as u32,
+            deadline: duration("scheduler.deadline", raw.scheduler.deadline, "48h")?,
+            max_file_size: size(
+                "scheduler.max_file_size",
+                raw.scheduler.max_file_size,
+                "4GiB",
+            )?,
+            lease: duration("scheduler.lease", raw.scheduler.lease, "60s")?,
+            retry_initial: duration("scheduler.retry_initial", raw.scheduler.retry_initial, "5s")?,
+            shutdown_grace: duration(
+                "scheduler.shutdown_grace",
+                raw.scheduler.shutdown_grace,
+                "30s",
+            )?,
+        };
+        if scheduler.poll_initial.is_zero() || scheduler.poll_initial > scheduler.poll_max {
+            return Err(ConfigError::invalid(
+                "scheduler.poll_initial",
+                "must be above zero and not above scheduler.poll_max",
+            ));
+        }
+        if scheduler.lease < Duration::from_secs(3) {
+            return Err(ConfigError::invalid(
+                "scheduler.lease",
+                "must be at least 3s (it is renewed every third of its length)",
+            ));
+        }
+        if scheduler.deadline.is_zero() {
+            return Err(ConfigError::invalid(
+                "scheduler.deadline",
+                "must be above zero",
+            ));
+        }
+        let inbox = InboxSettings {
+            scan_interval: duration("inbox.scan_interval", raw.inbox.scan_interval, "1s")?,
+            settle: duration("inbox.settle", raw.inbox.settle, "2s")?,
+            max_request_size: size("inbox.max_request_size", raw.inbox.max_request_size, "1MiB")?,
+        };
+        if inbox.scan_interval < Duration::from_millis(10) {
+            return Err(ConfigError::invalid(
+                "inbox.scan_interval",
+                "must be at least 10ms",
+            ));
+        }
+        let http = HttpSettings {
+            connect_timeout: duration("http.connect_timeout", raw.http.connect_timeout, "10s")?,
+            timeout: duration("http.timeout", raw.http.timeout, "120s")?,
+            user_agent: raw
+                .http
+                .user_agent
+                .unwrap_or_else(|| format!("docfetch/{}", env!("CARGO_PKG_VERSION"))),
+        };
+        let format = match raw.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::invalid(
+                    "log.format",
+                    format!("expected \"text\" or \"json\", found {other:?}"),
+                ));
+            }
+        };
+        let log = LogSettings {
+            level: raw.log.level.unwrap_or_else(|| "info".into()),
+            format,
+        };
+        let api = api_settings(raw.api, env)?;
+        let hooks = HooksSettings {
+            timeout: duration("hooks.timeout", raw.hooks.timeout, "60s")?,
+            max_attempts: match raw.hooks.max_attempts.unwrap_or(5) {
+                n @ 1..=100 => n as u32,
+                n => {
+                    return Err(ConfigError::invalid(
+                        "hooks.max_attempts",
+                        format!("expected 1 to 100, found {n}"),
+                    ));
+                }
+            },
+            retry_initial: duration("hooks.retry_initial", raw.hooks.retry_initial, "10s")?,
+        };
+        let retention = RetentionSettings {
+            done: duration("retention.done", raw.retention.done, "30d")?,
+            failed: duration("retention.failed", raw.retention.failed, "90d")?,
+            delete_files: raw.retention.delete_files.unwrap_or(false),
+            requests: duration("retention.requests", raw.retention.requests, "90d")?,
+        };
+        let mut accounts = BTreeMap::new();
+        for (name, table) in raw.accounts {
+            if !crate::job::is_valid_name(&name) {
+                return Err(ConfigError::invalid(
+                    format!("accounts.{name}"),
+                    "account names use letters, digits, '.', '_' and '-' (at most 100)",
+                ));
+            }
+            let mut keys = AccountKeys::new(&name, table, env);
+            let hooks = crate::job::Hooks {
+                on_done: keys.string_list("on_done")?,
+                on_failed: keys.string_list("on_failed")?,
+                on_done_url: keys.string("on_done_url")?,
+            };
+            hooks
+                .validate(&format!("accounts.{name}."))
+                .map_err(|message| match message.split_once(": ") {
+                    Some((key, why)) => ConfigError::invalid(key, why),
+                    None => ConfigError::invalid(format!("accounts.{name}"), message),
+                })?;
+            let webhook_secret = keys.secret("webhook_secret")?;
+            let config = AccountConfig::from_keys(keys)?;
+            accounts.insert(
+                name.clone(),
+                Account {
+                    name,
+                    config,
+                    hooks,
+                    webhook_secret,
+                },
+            );
+        }
+        let mut settings = Settings {
+            store: StoreSettings { url: store_url },
+            paths: PathSettings {
+                requests: raw.paths.requests.unwrap_or_else(|| "var/requests".into()),
+                output: raw.paths.output.unwrap_or_else(|| "var/output".into()),
+                attachments: raw
+                    .paths
+                    .attachments
+                    .unwrap_or_else(|| "var/attachments".into()),
+                schedules: raw
+                    .paths
+                    .schedules
+                    .unwrap_or_else(|| "var/schedules.d".into()),
+            },
+            scheduler,
+            inbox,
+            http,
+            log,
+            api,
+            hooks,
+            retention,
+            accounts,
+            schedules: Vec::new(),
+        };
+        let mut schedules: Vec<crate::schedule::Schedule> = Vec::new();
+        for (i, table) in raw.schedules.into_iter().enumerate() {
+            let schedule = crate::schedule::Schedule::from_table(
+                table,
+                &format!("[[schedules]] #{}", i + 1),
+                None,
+                &settings,
+            )
+            .map_err(|e| ConfigError::invalid("schedules", e.to_string()))?;
+            if schedules.iter().any(|s| s.name == schedule.name) {
+                return Err(ConfigError::invalid(
+                    "schedules",
+                    format!("two schedules are named {:?}", schedule.name),
+                ));
+            }
+            schedules.push(schedule);
+        }
+        settings.schedules = schedules;
+        Ok(settings)
+    }
+}
+
+fn api_settings(raw: RawApi, env: &Environment) -> Result<ApiSettings, ConfigError> {
+    let text = raw.listen.unwrap_or_else(|| "127.0.0.1:8750".into());
+    let text = text.trim();
+    let listen = if text.is_empty() {
+        ApiListen::Disabled
+    } else if let Some(path) = text.strip_prefix("unix:") {
+        ApiListen::Unix(PathBuf::from(path))
+    } else if text.starts_with('/') || text.starts_with('.') {
+        ApiListen::Unix(PathBuf::from(text))
+    } else {
+        ApiListen::Tcp(text.parse().map_err(|_| {
+            ConfigError::invalid(
+                "api.listen",
+                format!("expected HOST:PORT (such as \"127.0.0.1:8750\"), a unix socket path, or \"\" to disable; found {text:?}"),
+            )
+        })?)
+    };
+    let token = match raw.token_file {
+        None => None,
+        Some(file) => {
+            let mut path = file.clone();
+            if path.is_relative()
+                && let Some(dir) = env.get("CREDENTIALS_DIRECTORY")
+            {
+                path = Path::new(dir).join(path);
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::invalid(
+                    "api.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let token = text.trim().to_string();
+            if token.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "api.token_file",
+                    "the token must be at least 16 characters (use a long random string)",
+                ));
+            }
+            Some(Secret::new(token))
+        }
+    };
+    // An API that answers the network must not be open to it.
+    if let ApiListen::Tcp(addr) = &listen
+        && !addr.ip().is_loopback()
+        && token.is_none()
+    {
+        return Err(ConfigError::invalid(
+            "api.listen",
+            format!(
+                "{addr} is reachable from other machines; set api.token_file so the API requires a token, or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(ApiSettings { listen, token })
+}
+
+/// Hides the password of a database URL (`postgres://user:pw@host`).
+pub fn redact_store_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The keys of one `[accounts.NAME]` table, taken one by one by the provider
+/// that owns them; [`AccountKeys::finish`] rejects whatever is left over.
+pub struct AccountKeys<'a> {
+    pub account: String,
+    table: BTreeMap<String, toml::Value>,
+    env: &'a Environment,
+}
+
+impl<'a> AccountKeys<'a> {
+    pub fn new(account: &str, table: BTreeMap<String, toml::Value>, env: &'a Environment) -> Self {
+        AccountKeys {
+            account: account.to_string(),
+            table,
+            env,
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("accounts.{}.{key}", self.account)
+    }
+
+    /// An optional string key.
+    pub fn string(&mut self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.table.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(ConfigError::invalid(
+                self.key(key),
+                format!("expected a string, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    /// A required string key.
+    pub fn required(&mut self, key: &str) -> Result<String, ConfigError> {
+        self.string(key)?
+            .ok_or_else(|| ConfigError::invalid(self.key(key), "is required"))
+    }
+
+    /// An optional list of strings (an argv).
+    pub fn string_list(&mut self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        match self.table.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => Ok(s),
+                    other => Err(ConfigError::invalid(
+                        self.key(key),
+                        format!("expected a list of strings, found a {}", other.type_str()),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(ConfigError::invalid(
+                self.key(key),
+                format!(
+                    "expected a list of strings such as [\"/usr/local/bin/import\", \"--quiet\"], found {}",
+                    other.type_str()
+                ),
+            )),
+        }
+    }
+
+    /// An optional positive integer key.
+    pub fn integer(&mut self, key: &str) -> Result<Option<u64>, ConfigError> {
+        match self.table.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::Integer(i)) if i >= 0 => Ok(Some(i as u64)),
+            Some(toml::Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
+                ConfigError::invalid(self.key(key), format!("expected a number, found {s:?}"))
+            }),
+            Some(other) => Err(ConfigError::invalid(
+                self.key(key),
+                format!("expected a positive number, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    /// An optional boolean key.
+    pub fn boolean(&mut self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.table.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::Boolean(b)) => Ok(Some(b)),
+            Some(toml::Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
+            Some(other) => Err(ConfigError::invalid(
+                self.key(key),
+                format!("expected true or false, found {other}"),
+            )),
+        }
+    }
+
+    /// A URL key (`http` or `https`), with a default.
+    pub fn url(&mut self, key: &str, default: Option<&str>) -> Result<url::Url, ConfigError> {
+        let text = match (self.string(key)?, default) {
+            (Some(text), _) => text,
+            (None, Some(default)) => default.to_string(),
+            (None, None) => return Err(ConfigError::invalid(self.key(key), "is required")),
+        };
+        let url = url::Url::parse(&text).map_err(|e| {
+            ConfigError::invalid(self.key(key), format!("expected an http(s) URL: {e}"))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(ConfigError::invalid(
+                self.key(key),
+                format!("expected an http:// or https:// URL, found {text:?}"),
+            ));
+        }
+        if url.password().is_some() || !url.username().is_empty() {
+            return Err(ConfigError::invalid(
+                self.key(key),
+                "must not carry credentials; use the account's credential keys",
+            ));
+        }
+        Ok(url)
+    }
+
+    /// A secret given as `KEY = "value"`, `KEY_file = "path"` or
+    /// `KEY_env = "VARIABLE"` (exactly one of them). A relative `_file` path is
+    /// looked up in `$CREDENTIALS_DIRECTORY` when systemd provides one.
+    pub fn secret(&mut self, key: &str) -> Result<Option<Secret>, ConfigError> {
+        let inline = self.string(key)?;
+        let file_key = format!("{key}_file");
+        let env_key = format!("{key}_env");
+        let file = self.string(&file_key)?;
+        let var = self.string(&env_key)?;
+        let given = [inline.is_some(), file.is_some(), var.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if given > 1 {
+            return Err(ConfigError::invalid(
+                self.key(key),
+                format!("give only one of `{key}`, `{file_key}` and `{env_key}`"),
+            ));
+        }
+        if let Some(value) = inline {
+            return Ok(Some(Secret(value)));
+        }
+        if let Some(file) = file {
+            let mut path = PathBuf::from(&file);
+            if path.is_relative()
+                && let Some(dir) = self.env.get("CREDENTIALS_DIRECTORY")
+            {
+                path = Path::new(dir).join(path);
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::invalid(
+                    self.key(&file_key),
+                    format!("cannot read secret file {}: {e}", path.display()),
+                )
+            })?;
+            // Files written by editors and `echo` end with a newline that is
+            // not part of the secret.
+            let value = text.trim_end_matches(['\r', '\n']).to_string();
+            if value.is_empty() {
+                return Err(ConfigError::invalid(
+                    self.key(&file_key),
+                    format!("secret file {} is empty", path.display()),
+                ));
+            }
+            return Ok(Some(Secret(value)));
+        }
+        if let Some(var) = var {
+            return match self.env.get(&var) {
+                Some(value) if !value.is_empty() => Ok(Some(Secret(value.to_string()))),
+                _ => Err(ConfigError::invalid(
+                    self.key(&env_key),
+                    format!("environment variable {var} is not set or empty"),
+                )),
+            };
+        }
+        Ok(None)
+    }
+
+    /// A required secret.
+    pub fn required_secret(&mut self, key: &str) -> Result<Secret, ConfigError> {
+        self.secret(key)?.ok_or_else(|| {
+            ConfigError::invalid(
+                self.key(key),
+                format!("is required (as `{key}`, `{key}_file` or `{key}_env`)"),
+            )
+        })
+    }
+
+    /// Fails when keys are left that no one took: they are typos.
+    pub fn finish(self) -> Result<(), ConfigError> {
+        match self.table.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(ConfigError::invalid(self.key(key), "unknown key")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Environment {
+        Environment {
+            vars: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn docfetch_runs_with_no_config_file_at_all() {
+        let s = Settings::from_toml("", &Environment::default()).unwrap();
+        assert_eq!(s.store.url, "sqlite://var/docfetch.db");
+        assert_eq!(s.paths.requests, PathBuf::from("var/requests"));
+        assert_eq!(s.scheduler.workers, 16);
+        assert_eq!(s.scheduler.poll_initial, Duration::from_secs(2));
+        assert_eq!(s.scheduler.poll_max, Duration::from_secs(600));
+        assert_eq!(s.scheduler.max_attempts, 8);
+        assert_eq!(s.scheduler.deadline, Duration::from_secs(48 * 3600));
+        assert_eq!(s.scheduler.max_file_size, 4 << 30);
+        assert!(s.accounts.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let s = Settings::from_toml(
+            "[scheduler]\nworkers = 4\n",
+            &env(&[
+                ("DOCFETCH__SCHEDULER__WORKERS", "7"),
+                ("DOCFETCH__PATHS__OUTPUT", "/srv/out"),
+                ("DOCFETCH_CONFIG", "/etc/docfetch.toml"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.scheduler.workers, 7);
+        assert_eq!(s.paths.output, PathBuf::from("/srv/out"));
+    }
+
+    #[test]
+    fn a_typo_is_an_error_that_names_the_key() {
+        let err = Settings::from_toml("[scheduler]\nworkrs = 4\n", &Environment::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workrs"), "{err}");
+        let err = Settings::from_toml("[scheduler]\npoll_max = \"ten\"\n", &Environment::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scheduler.poll_max"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_file_a_secret_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fresh"), "s3cret-from-file\n").unwrap();
+        let base = "[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/a/hs/dt/storage\"\nusername = \"api\"\n";
+        let from_file = format!("{base}password_file = \"fresh\"\n");
+        let s = Settings::from_toml(
+            &from_file,
+            &env(&[("CREDENTIALS_DIRECTORY", dir.path().to_str().unwrap())]),
+        )
+        .unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cret"), "Debug leaks the secret: {debug}");
+        let crate::providers::AccountConfig::Fresh(fresh) = &s.accounts["a"].config else {
+            panic!("a 1c-fresh account")
+        };
+        assert_eq!(fresh.password.expose(), "s3cret-from-file");
+
+        let from_env = format!("{base}password_env = \"FRESH_PW\"\n");
+        let s = Settings::from_toml(&from_env, &env(&[("FRESH_PW", "pw-from-env")])).unwrap();
+        let crate::providers::AccountConfig::Fresh(fresh) = &s.accounts["a"].config else {
+            panic!("a 1c-fresh account")
+        };
+        assert_eq!(fresh.password.expose(), "pw-from-env");
+
+        let err = Settings::from_toml(&from_env, &Environment::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FRESH_PW"), "{err}");
+
+        let both = format!("{base}password = \"x\"\npassword_env = \"FRESH_PW\"\n");
+        assert!(Settings::from_toml(&both, &Environment::default()).is_err());
+    }
+
+    #[test]
+    fn unknown_provider_and_unknown_account_keys_are_rejected() {
+        let err = Settings::from_toml(
+            "[accounts.a]\nprovider = \"nope\"\n",
+            &Environment::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("accounts.a.provider"), "{err}");
+        let err = Settings::from_toml(
+            "[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/x\"\nusername = \"u\"\npassword = \"p\"\ncolour = \"red\"\n",
+            &Environment::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("accounts.a.colour"), "{err}");
+    }
+
+    #[test]
+    fn the_api_listens_on_loopback_by_default_and_refuses_the_network_without_a_token() {
+        let s = Settings::from_toml("", &Environment::default()).unwrap();
+        assert_eq!(
+            s.api.listen,
+            ApiListen::Tcp("127.0.0.1:8750".parse().unwrap())
+        );
+        let s = Settings::from_toml("[api]\nlisten = \"\"\n", &Environment::default()).unwrap();
+        assert_eq!(s.api.listen, ApiListen::Disabled);
+        let s = Settings::from_toml(
+            "[api]\nlisten = \"/run/docfetch/api.sock\"\n",
+            &Environment::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.api.listen,
+            ApiListen::Unix("/run/docfetch/api.sock".into())
+        );
+        let err = Settings::from_toml(
+            "[api]\nlisten = \"0.0.0.0:8750\"\n",
+            &Environment::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api.token_file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api-token"), "0123456789abcdef0123\n").unwrap();
+        let text = format!(
+            "[api]\nlisten = \"0.0.0.0:8750\"\ntoken_file = \"{}\"\n",
+            dir.path().join("api-token").display()
+        );
+        let s = Settings::from_toml(&text, &Environment::default()).unwrap();
+        assert_eq!(s.api.token.unwrap().expose(), "0123456789abcdef0123");
+        assert!(
+            Settings::from_toml("[api]\nlisten = \"nonsense\"\n", &Environment::default()).is_err()
+        );
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_shows_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("fresh");
+        std::fs::write(&secret, "pw\n").unwrap();
+        let text = include_str!("../config/docfetch.example.toml")
+            .replace("/run/credentials/docfetch/fresh", secret.to_str().unwrap());
+        let example = Settings::from_toml(&text, &Environment::default()).unwrap();
+        let defaults = Settings::from_toml("", &Environment::default()).unwrap();
+        assert_eq!(
+            format!("{:?}", example.scheduler),
+            format!("{:?}", defaults.scheduler)
+        );
+        assert_eq!(
+            format!("{:?}", example.inbox),
+            format!("{:?}", defaults.inbox)
+        );
+        assert_eq!(
+            format!("{:?}", example.paths),
+            format!("{:?}", defaults.paths)
+        );
+        assert_eq!(example.store.url, defaults.store.url);
+        assert_eq!(example.accounts.len(), 1);
+    }
+}

@@ -1,0 +1,211 @@
+//! Saving a provider's response body as a file, atomically.
+//!
+//! The body streams into `.FILENAME.part` in the target folder while it is
+//! hashed (SHA-256) and counted; the size limit is enforced while streaming,
+//! the total is checked against `Content-Length`, the file is `fsync`ed and
+//! renamed into place, and the folder is `fsync`ed so the rename itself is
+//! durable. A file therefore never appears half-written under its final name.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::job::SavedFile;
+use crate::job::request::hex;
+
+/// Why a download did not produce a file. The caller decides retry or fail
+/// through [`crate::providers::ProviderError::from`].
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("the file is larger than the {limit}-byte limit (scheduler.max_file_size)")]
+    TooLarge { limit: u64 },
+    #[error("the download was cut short: got {got} of {expected} bytes")]
+    Truncated { got: u64, expected: u64 },
+    #[error("the download stalled: no data for {0:?}")]
+    Stalled(Duration),
+    #[error("the connection failed during the download: {0}")]
+    Network(String),
+    #[error("cannot write {path}: {source}")]
+    Disk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Creates `dir` (and parents) with mode 0750 if missing.
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+}
+
+/// `fsync`s a folder so a rename inside it survives a power cut.
+pub async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The temporary name a file has while it is being written.
+pub fn part_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.part"))
+}
+
+/// Streams `response` into `dir/name` (already sanitized), enforcing
+/// `max_size` and failing when no bytes arrive for `idle`.
+pub async fn save_response(
+    mut response: reqwest::Response,
+    dir: &Path,
+    name: &str,
+    max_size: u64,
+    idle: Duration,
+) -> Result<SavedFile, DownloadError> {
+    let expected = response.content_length();
+    if let Some(len) = expected
+        && len > max_size
+    {
+        return Err(DownloadError::TooLarge { limit: max_size });
+    }
+    let disk = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DownloadError::Disk { path, source }
+    };
+    ensure_dir(dir).map_err(disk(dir))?;
+    let part = part_path(dir, name);
+    let target = dir.join(name);
+    let result = async {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&part)
+            .await
+            .map_err(disk(&part))?;
+        let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+        let mut hasher = Sha256::new();
+        let mut total: u64 = 0;
+        loop {
+            let chunk = match tokio::time::timeout(idle, response.chunk()).await {
+                Err(_) => return Err(DownloadError::Stalled(idle)),
+                Ok(Err(e)) => return Err(DownloadError::Network(crate::http::describe(&e))),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            total += chunk.len() as u64;
+            if total > max_size {
+                return Err(DownloadError::TooLarge { limit: max_size });
+            }
+            hasher.update(&chunk);
+            writer.write_all(&chunk).await.map_err(disk(&part))?;
+        }
+        if let Some(expected) = expected
+            && total != expected
+        {
+            return Err(DownloadError::Truncated {
+                got: total,
+                expected,
+            });
+        }
+        writer.flush().await.map_err(disk(&part))?;
+        let file = writer.into_inner();
+        file.sync_all().await.map_err(disk(&part))?;
+        drop(file);
+        tokio::fs::rename(&part, &target)
+            .await
+            .map_err(disk(&target))?;
+        sync_dir(dir).await.map_err(disk(dir))?;
+        Ok(SavedFile {
+            name: name.to_string(),
+            size: total,
+            sha256: hex(&hasher.finalize()),
+        })
+    }
+    .await;
+    if result.is_err() {
+        // Never leave a half-written file behind; a missing one is fine.
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    result
+}
+
+/// Writes small contents durably and atomically (`.part`, fsync, rename,
+/// fsync folder): receipts and error notes.
+pub async fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    ensure_dir(dir)?;
+    let part = part_path(dir, name);
+    let target = dir.join(name);
+    let write = async {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&part)
+            .await?;
+        file.write_all(contents).await?;
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&part, &target).await?;
+        sync_dir(dir).await
+    }
+    .await;
+    if write.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    write
+}
+
+/// Removes `.*.part` leftovers of an interrupted download from `dir`.
+pub fn remove_stale_parts(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".part") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_atomic_leaves_only_the_final_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a/b");
+        write_atomic(&out, "job.json", b"{}").await.unwrap();
+        write_atomic(&out, "job.json", b"{\"x\":1}").await.unwrap();
+        assert_eq!(std::fs::read(out.join("job.json")).unwrap(), b"{\"x\":1}");
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("job.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[test]
+    fn stale_parts_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".x.json.part"), b"half").unwrap();
+        std::fs::write(dir.path().join("x.json"), b"whole").unwrap();
+        remove_stale_parts(dir.path());
+        assert!(!dir.path().join(".x.json.part").exists());
+        assert!(dir.path().join("x.json").exists());
+    }
+}

@@ -1,0 +1,325 @@
+//! What a job is: its identity, the request that created it, its persisted
+//! state machine and the retry policy that decides when it runs next.
+//!
+//! ```text
+//! queued ──▶ running ──▶ waiting ──▶ running ──▶ done
+//!               │  ▲                    │
+//!               │  └────────────────────┘
+//!               └──▶ failed / cancelled  (from any live state)
+//! ```
+
+pub mod request;
+pub mod retry;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use request::{JobRequest, RequestError};
+pub use retry::RetryPolicy;
+
+/// Milliseconds since the Unix epoch: how the store keeps every timestamp.
+pub type Millis = i64;
+
+/// The current wall-clock time in milliseconds.
+pub fn now_ms() -> Millis {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Renders a stored timestamp as RFC 3339 UTC for receipts and the CLI.
+pub fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Job names: `[A-Za-z0-9._-]{1,100}`, not `.` or `..`. They name folders
+/// under `output/`, so nothing else is allowed.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A job's persisted state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted, never run.
+    Queued,
+    /// Leased by a daemon that is running one of its steps.
+    Running,
+    /// Between steps: the provider is still working, or an error is being retried.
+    Waiting,
+    /// Files and receipt are on disk.
+    Done,
+    /// Ended with an error (kept in `last_error` and the receipt).
+    Failed,
+    /// Stopped by a user.
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Waiting,
+        JobState::Done,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Waiting => "waiting",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Done, failed and cancelled jobs never run again (unless retried).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown state {s:?} (expected queued, running, waiting, done, failed or cancelled)")
+            })
+    }
+}
+
+/// A file a job saved, as recorded in the store and the receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFile {
+    /// File name inside `output/NAME/`.
+    pub name: String,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// What a finished job produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub files: Vec<SavedFile>,
+    /// Warnings the provider reported with a successful result (1C `10240`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// A UUID, fixed at creation.
+    pub id: String,
+    /// Unique, user-visible; names the output folder.
+    pub name: String,
+    pub account: String,
+    pub provider: String,
+    pub operation: String,
+    pub params: serde_json::Value,
+    pub state: JobState,
+    /// The provider's progress (remote job id, file id, …); opaque to the core.
+    pub cursor: serde_json::Value,
+    /// Consecutive transient errors; reset by every successful step.
+    pub attempts: u32,
+    /// "Not ready yet" answers so far.
+    pub polls: u32,
+    /// Steps started (for the receipt and duplicate detection in tests).
+    pub steps: u32,
+    pub next_run_at: Millis,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<Millis>,
+    pub last_error: Option<String>,
+    pub result: Option<JobResult>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub deadline_at: Millis,
+    /// Where the request came from: the request file name, `cli` or `api`.
+    pub source: String,
+    /// SHA-256 of the request as received; recognises a re-scanned request
+    /// file after a crash between commit and move.
+    pub request_sha256: String,
+    /// Completion hooks given by the request (the account's come on top).
+    pub hooks: Option<Hooks>,
+    /// `pending` while completion hooks still have to run, then `done` or `failed`.
+    pub hooks_state: Option<String>,
+    pub hooks_attempts: u32,
+}
+
+/// Commands and a webhook to run when a job finishes. Commands are argv
+/// lists run without a shell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_done: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failed: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_done_url: Option<String>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.on_done.is_none() && self.on_failed.is_none() && self.on_done_url.is_none()
+    }
+
+    /// These hooks, with `fallback`'s filling the gaps (a request's hooks
+    /// win over its account's).
+    pub fn or(&self, fallback: &Hooks) -> Hooks {
+        Hooks {
+            on_done: self.on_done.clone().or_else(|| fallback.on_done.clone()),
+            on_failed: self
+                .on_failed
+                .clone()
+                .or_else(|| fallback.on_failed.clone()),
+            on_done_url: self
+                .on_done_url
+                .clone()
+                .or_else(|| fallback.on_done_url.clone()),
+        }
+    }
+
+    /// Whether anything is to run for a job that ended in `state`.
+    pub fn applies_to(&self, state: JobState) -> bool {
+        match state {
+            JobState::Done => self.on_done.is_some() || self.on_done_url.is_some(),
+            JobState::Failed => self.on_failed.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Checks argv lists and the URL.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        for (key, argv) in [("on_done", &self.on_done), ("on_failed", &self.on_failed)] {
+            if let Some(argv) = argv
+                && argv.first().is_none_or(|program| program.trim().is_empty())
+            {
+                return Err(format!(
+                    "{prefix}{key}: expected a command as a list, such as [\"/usr/local/bin/import\", \"--quiet\"]"
+                ));
+            }
+        }
+        if let Some(url) = &self.on_done_url {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(format!(
+                        "{prefix}on_done_url: expected an http(s) URL, found {url:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Job {
+    /// The job as the CLI's `--json` and the API show it (no cursor, no
+    /// lease details).
+    pub fn summary_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "account": self.account,
+            "provider": self.provider,
+            "operation": self.operation,
+            "state": self.state,
+            "attempts": self.attempts,
+            "polls": self.polls,
+            "steps": self.steps,
+            "next_run_at": rfc3339(self.next_run_at),
+            "created_at": rfc3339(self.created_at),
+            "finished_at": self.finished_at.map(rfc3339),
+            "last_error": self.last_error,
+            "result": self.result,
+            "source": self.source,
+        })
+    }
+}
+
+/// One line of a job's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobEvent {
+    pub at: Millis,
+    pub kind: String,
+    pub message: String,
+}
+
+/// A new job as the inbox or the CLI hands it to the store.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub name: String,
+    pub account: String,
+    pub provider: String,
+    pub operation: String,
+    pub params: serde_json::Value,
+    pub source: String,
+    pub request_sha256: String,
+    pub created_at: Millis,
+    pub deadline_at: Millis,
+    pub hooks: Option<Hooks>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_allow_only_the_documented_characters() {
+        assert!(is_valid_name("usn-2018q3"));
+        assert!(is_valid_name("A.b_c-9"));
+        assert!(is_valid_name(&"x".repeat(100)));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "ä",
+            "x\0",
+            &"x".repeat(101),
+            "../etc",
+        ] {
+            assert!(!is_valid_name(bad), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
+        }
+        assert!("paused".parse::<JobState>().is_err());
+        assert!(JobState::Done.is_finished() && !JobState::Waiting.is_finished());
+    }
+}

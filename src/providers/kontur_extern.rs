@@ -1,0 +1,1872 @@
+//! Kontur.Extern DraftsBuilder (seed `002_7cb98a187ae5719e.txt`): uploads a
+//! set of files, has Extern assemble them into drafts, and saves the build
+//! result as `build-result.json`.
+//!
+//! One operation, `drafts-build`. Every call that creates something at
+//! Extern is its own step, and what it created (content id, builder id,
+//! document id, file id, task id) goes into the job's cursor at once, so a
+//! restart never repeats a finished call:
+//!
+//! 1. **upload** each file to the content service: `POST /v1/{accountId}/contents`
+//!    with the first part and `Content-Range: bytes 0-N/SIZE`, the following
+//!    parts with `PUT …/contents/{contentId}` (parts of at most 64 MB, streamed
+//!    from disk);
+//! 2. **builder**: `POST /v1/{accountId}/drafts/builders` → builder id;
+//! 3. **documents**: `POST …/builders/{builderId}/documents` per document, then
+//!    `POST …/documents/{documentId}/files` per file (content id, base64
+//!    signature, meta);
+//! 4. **build**: `POST …/builders/{builderId}/build?deferred=true` → a task.
+//!    A 409 `urn:error:externapi:concurrentApiTaskActive` means a build of this
+//!    builder is already running — ours, started just before a crash — and
+//!    its task (the error's `context.concurrent-task.id`) is adopted instead
+//!    of starting another;
+//! 5. **poll** `GET …/builders/{builderId}/tasks/{taskId}` until `task-state`
+//!    is `succeed` or `failed`. The service gives no hint: the first poll is
+//!    5 s after the build, then the scheduler backs off.
+//!
+//! Authentication is an OpenID Connect bearer token ([`super::oidc`]), kept in
+//! memory only and fetched again once when the API answers 401. Files to
+//! upload must lie inside `paths.attachments`: request paths are checked
+//! syntactically when the request is accepted and against the file system
+//! (symbolic links resolved) every time a file is opened.
+//!
+//! Where the seed is ambiguous, the reading chosen is noted next to the code.
+
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::oidc::{Oidc, OidcConfig};
+use super::{ProviderError, Step, StepContext, excerpt, is_transient_status, read_body_limited};
+use crate::config::{AccountKeys, ConfigError, Secret};
+use crate::job::request::{RequestError, hex};
+use crate::job::{JobResult, SavedFile};
+
+/// The provider name used in `[accounts.*] provider = "…"`.
+pub const PROVIDER: &str = "kontur-extern";
+
+/// The one operation this provider runs.
+pub const OPERATION: &str = "drafts-build";
+
+/// The file a finished job saves.
+pub const RESULT_FILE: &str = "build-result.json";
+
+/// The largest upload part. The seed's content service takes parts of "at
+/// most 64 MB"; read as decimal megabytes, the smaller reading, so a part
+/// is never too large whichever unit the service means.
+pub const MAX_PART_SIZE: u64 = 64 * 1000 * 1000;
+
+/// Extern serves at most this many concurrent requests per API client.
+pub const CLIENT_REQUEST_LIMIT: usize = 20;
+
+/// The wait before the first poll of a build (the issue: "start at 5 s").
+const FIRST_POLL: Duration = Duration::from_secs(5);
+
+/// Steps in a row before a job lets the scheduler breathe (a short wait):
+/// the scheduler allows at most 16 `Continue`s per claim, and a job with
+/// many files or parts needs more.
+const BURST: u32 = 8;
+
+/// Largest JSON answer accepted (task results list draft ids; a few KB).
+const MAX_ANSWER: usize = 4 << 20;
+
+/// Largest signature file read (detached CMS signatures are a few KB).
+const MAX_SIGNATURE: u64 = 16 << 20;
+
+/// A part must move at least this fast, on top of `http.timeout`.
+const MIN_UPLOAD_RATE: u64 = 100 * 1024;
+
+/// The error id of a 409 that means "a build is already running".
+pub const CONCURRENT_TASK_ERROR: &str = "urn:error:externapi:concurrentApiTaskActive";
+
+/// `[accounts.NAME]` for `provider = "kontur-extern"`.
+#[derive(Debug, Clone)]
+pub struct KonturExternAccount {
+    pub base_url: Url,
+    /// The Extern account (`accountId` in every path), a UUID.
+    pub account_id: String,
+    pub oidc: OidcConfig,
+    /// Steps of this account's jobs run at once (default 8, at most 20:
+    /// Extern's limit of concurrent requests per client).
+    pub concurrency: usize,
+    /// Upload part size (hidden key `upload_part_size`, for tests; default
+    /// and maximum [`MAX_PART_SIZE`]).
+    pub upload_part_size: u64,
+}
+
+impl KonturExternAccount {
+    pub fn from_keys(keys: &mut AccountKeys<'_>) -> Result<Self, ConfigError> {
+        let base_url = keys.url("base_url", Some("https://extern-api.kontur.ru"))?;
+        let account_id = keys.required("account_id")?;
+        let account_id = uuid::Uuid::parse_str(account_id.trim())
+            .map_err(|_| {
+                ConfigError::invalid(
+                    format!("accounts.{}.account_id", keys.account),
+                    format!(
+                        "expected the Extern account id, a UUID such as \"4bfa1b0a-6f2c-4bd4-8a4e-5f1d5b3c9e10\", found {account_id:?}"
+                    ),
+                )
+            })?
+            .hyphenated()
+            .to_string();
+        let oidc = OidcConfig::from_keys(keys, "extern.api")?;
+        let concurrency = super::concurrency_key(keys, 8)?;
+        if concurrency > CLIENT_REQUEST_LIMIT {
+            return Err(ConfigError::invalid(
+                format!("accounts.{}.concurrency", keys.account),
+                format!(
+                    "expected 1 to {CLIENT_REQUEST_LIMIT} (Kontur.Extern serves at most {CLIENT_REQUEST_LIMIT} concurrent requests per client), found {concurrency}"
+                ),
+            ));
+        }
+        let upload_part_size = match keys.integer("upload_part_size")? {
+            None => MAX_PART_SIZE,
+            Some(n) if (1..=MAX_PART_SIZE).contains(&n) => n,
+            Some(n) => {
+                return Err(ConfigError::invalid(
+                    format!("accounts.{}.upload_part_size", keys.account),
+                    format!("expected 1 to {MAX_PART_SIZE} bytes, found {n}"),
+                ));
+            }
+        };
+        Ok(KonturExternAccount {
+            base_url,
+            account_id,
+            oidc,
+            concurrency,
+            upload_part_size,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The request
+// ---------------------------------------------------------------------------
+
+/// A `drafts-build` request, parsed from `params`.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    builder_type: String,
+    sender: Value,
+    payer: Value,
+    recipient: Value,
+    builder_data: Value,
+    documents: Vec<DocumentPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct DocumentPlan {
+    /// docfetch's own label for messages (never sent).
+    name: Option<String>,
+    builder_data: Value,
+    files: Vec<FilePlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct FilePlan {
+    /// Relative to `paths.attachments`.
+    path: String,
+    signature_path: Option<String>,
+    /// `meta.file-name`; the path's last component unless given.
+    file_name: String,
+    /// `meta.builder-data`.
+    builder_data: Option<Value>,
+}
+
+impl DocumentPlan {
+    /// How a document is named in warnings and `build-result.json`: its
+    /// `name`, the builder's `scanned-document-name`, or its first file name.
+    fn label(&self) -> String {
+        self.name
+            .clone()
+            .or_else(|| {
+                self.builder_data
+                    .get("scanned-document-name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .or_else(|| self.files.first().map(|f| f.file_name.clone()))
+            .unwrap_or_default()
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "builder-type",
+    "sender",
+    "payer",
+    "recipient",
+    "builder-data",
+    "documents",
+];
+const DOCUMENT_KEYS: &[&str] = &["name", "builder-data", "files"];
+const FILE_KEYS: &[&str] = &["path", "signature_path", "meta"];
+const META_KEYS: &[&str] = &["file-name", "builder-data"];
+
+/// Checks a request before it is accepted: the operation, every required
+/// parameter with its type, and the attachment paths' syntax.
+pub fn validate_request(operation: &str, params: &Value) -> Result<(), RequestError> {
+    parse_plan(operation, params).map(|_| ())
+}
+
+fn parse_plan(operation: &str, params: &Value) -> Result<Plan, RequestError> {
+    if operation != OPERATION {
+        return Err(RequestError::field(
+            "operation",
+            format!("{operation:?} is not a Kontur.Extern operation; expected {OPERATION:?}"),
+        ));
+    }
+    let top = object(params, "params")?;
+    // Unknown keys are refused rather than dropped: a misspelt
+    // `signature-path` would otherwise send a file without its signature.
+    known_keys(top, TOP_KEYS, "params")?;
+    let builder_type = match top.get("builder-type") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) => {
+            return Err(RequestError::field(
+                "params.builder-type",
+                "must not be empty",
+            ));
+        }
+        Some(_) => {
+            return Err(RequestError::field(
+                "params.builder-type",
+                "expected a string such as \"urn:drafts-builder-type:fns534-inventory\"",
+            ));
+        }
+        None => {
+            return Err(RequestError::field(
+                "params.builder-type",
+                "is required (the DraftsBuilder type, such as \"urn:drafts-builder-type:fns534-inventory\")",
+            ));
+        }
+    };
+    let sender = required_object(top, "sender", "params")?;
+    let payer = required_object(top, "payer", "params")?;
+    let recipient = required_object(top, "recipient", "params")?;
+    let builder_data = required_object(top, "builder-data", "params")?;
+    let documents = match top.get("documents") {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) => {
+            return Err(RequestError::field(
+                "params.documents",
+                "needs at least one document",
+            ));
+        }
+        Some(_) => {
+            return Err(RequestError::field(
+                "params.documents",
+                "expected an array of documents",
+            ));
+        }
+        None => {
+            return Err(RequestError::field(
+                "params.documents",
+                "is required (an array of documents, each with builder-data and files)",
+            ));
+        }
+    };
+    let documents = documents
+        .iter()
+        .enumerate()
+        .map(|(d, document)| parse_document(document, &format!("params.documents[{d}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Plan {
+        builder_type,
+        sender,
+        payer,
+        recipient,
+        builder_data,
+        documents,
+    })
+}
+
+fn parse_document(value: &Value, field: &str) -> Result<DocumentPlan, RequestError> {
+    let document = object(value, field)?;
+    known_keys(document, DOCUMENT_KEYS, field)?;
+    let name = optional_string(document, "name", field)?;
+    let builder_data = required_object(document, "builder-data", field)?;
+    let files = match document.get("files") {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) => {
+            return Err(RequestError::field(
+                format!("{field}.files"),
+                "needs at least one file",
+            ));
+        }
+        Some(_) => {
+            return Err(RequestError::field(
+                format!("{field}.files"),
+                "expected an array of files",
+            ));
+        }
+        None => {
+            return Err(RequestError::field(
+                format!("{field}.files"),
+                "is required (an array of {\"path\": …} relative to paths.attachments)",
+            ));
+        }
+    };
+    let files = files
+        .iter()
+        .enumerate()
+        .map(|(f, file)| parse_file(file, &format!("{field}.files[{f}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DocumentPlan {
+        name,
+        builder_data,
+        files,
+    })
+}
+
+fn parse_file(value: &Value, field: &str) -> Result<FilePlan, RequestError> {
+    let file = object(value, field)?;
+    known_keys(file, FILE_KEYS, field)?;
+    let path = match file.get("path") {
+        Some(Value::String(path)) => path.clone(),
+        Some(_) => {
+            return Err(RequestError::field(
+                format!("{field}.path"),
+                "expected a string: a file path relative to paths.attachments",
+            ));
+        }
+        None => {
+            return Err(RequestError::field(
+                format!("{field}.path"),
+                "is required (a file path relative to paths.attachments)",
+            ));
+        }
+    };
+    check_relative(&path).map_err(|m| RequestError::field(format!("{field}.path"), m))?;
+    let signature_path = optional_string(file, "signature_path", field)?;
+    if let Some(signature) = &signature_path {
+        check_relative(signature)
+            .map_err(|m| RequestError::field(format!("{field}.signature_path"), m))?;
+    }
+    let mut file_name = None;
+    let mut builder_data = None;
+    if let Some(meta) = file.get("meta") {
+        let meta_field = format!("{field}.meta");
+        let meta = object(meta, &meta_field)?;
+        known_keys(meta, META_KEYS, &meta_field)?;
+        file_name = optional_string(meta, "file-name", &meta_field)?;
+        if file_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(RequestError::field(
+                format!("{meta_field}.file-name"),
+                "must not be empty",
+            ));
+        }
+        builder_data = match meta.get("builder-data") {
+            None => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => {
+                return Err(RequestError::field(
+                    format!("{meta_field}.builder-data"),
+                    "expected an object",
+                ));
+            }
+        };
+    }
+    let file_name = file_name.unwrap_or_else(|| {
+        Path::new(&path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.clone())
+    });
+    Ok(FilePlan {
+        path,
+        signature_path,
+        file_name,
+        builder_data,
+    })
+}
+
+/// The syntactic rule for attachment paths: relative, without `..`, naming
+/// something below `paths.attachments`.
+fn check_relative(path: &str) -> Result<(), String> {
+    if path.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if path.contains('\0') {
+        return Err("must not contain a NUL character".into());
+    }
+    if path.len() > 4096 {
+        return Err("is longer than 4096 bytes".into());
+    }
+    let p = Path::new(path);
+    if p.is_absolute() || path.starts_with('/') || path.starts_with('\\') {
+        return Err(format!(
+            "{path:?} is absolute; expected a path relative to paths.attachments"
+        ));
+    }
+    let mut named = false;
+    for component in p.components() {
+        match component {
+            Component::ParentDir => {
+                return Err(format!(
+                    "{path:?} contains \"..\"; files must stay inside paths.attachments"
+                ));
+            }
+            Component::Normal(_) => named = true,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "{path:?} is absolute; expected a path relative to paths.attachments"
+                ));
+            }
+        }
+    }
+    if !named {
+        return Err(format!("{path:?} names no file"));
+    }
+    Ok(())
+}
+
+fn object<'a>(value: &'a Value, field: &str) -> Result<&'a Map<String, Value>, RequestError> {
+    value
+        .as_object()
+        .ok_or_else(|| RequestError::field(field, "expected a JSON object"))
+}
+
+fn known_keys(map: &Map<String, Value>, allowed: &[&str], field: &str) -> Result<(), RequestError> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(RequestError::field(
+            format!("{field}.{key}"),
+            format!("unknown key; expected one of: {}", allowed.join(", ")),
+        )),
+    }
+}
+
+fn required_object(
+    map: &Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Value, RequestError> {
+    match map.get(key) {
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(_) => Err(RequestError::field(
+            format!("{field}.{key}"),
+            "expected an object",
+        )),
+        None => Err(RequestError::field(
+            format!("{field}.{key}"),
+            "is required (an object)",
+        )),
+    }
+}
+
+fn optional_string(
+    map: &Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Option<String>, RequestError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(RequestError::field(
+            format!("{field}.{key}"),
+            "expected a string",
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The cursor
+// ---------------------------------------------------------------------------
+
+/// What has been done, stored as the job's cursor. Ids only; never a token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Cursor {
+    /// One entry per requested document, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    documents: Vec<DocumentCursor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    builder_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task_id: Option<String>,
+    /// Steps in a row without a wait (see [`BURST`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    burst: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct DocumentCursor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    document_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    files: Vec<FileCursor>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct FileCursor {
+    /// Known as soon as the first part is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_id: Option<String>,
+    /// The file's size when its upload began; a file that changes size
+    /// mid-upload is refused rather than uploaded half old, half new.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    size: u64,
+    /// Bytes accepted so far.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    uploaded: u64,
+    /// The DraftsBuilder file id once attached to its document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file_id: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+impl FileCursor {
+    fn uploaded_fully(&self) -> bool {
+        self.content_id.is_some() && self.size > 0 && self.uploaded >= self.size
+    }
+}
+
+impl Cursor {
+    /// Reads the stored cursor and shapes it like the request (a new job's
+    /// cursor is empty).
+    fn load(value: &Value, plan: &Plan) -> Result<Cursor, ProviderError> {
+        let mut cursor: Cursor = if value.is_null() {
+            Cursor::default()
+        } else {
+            serde_json::from_value(value.clone()).map_err(|e| {
+                ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
+            })?
+        };
+        let mismatch = || {
+            ProviderError::permanent(
+                "the job's saved progress does not match its request (more documents or files than requested)",
+            )
+        };
+        if cursor.documents.len() > plan.documents.len() {
+            return Err(mismatch());
+        }
+        cursor
+            .documents
+            .resize_with(plan.documents.len(), Default::default);
+        for (state, document) in cursor.documents.iter_mut().zip(&plan.documents) {
+            if state.files.len() > document.files.len() {
+                return Err(mismatch());
+            }
+            state
+                .files
+                .resize_with(document.files.len(), Default::default);
+        }
+        Ok(cursor)
+    }
+
+    /// The first file not yet fully uploaded.
+    fn next_upload(&self) -> Option<(usize, usize)> {
+        self.documents.iter().enumerate().find_map(|(d, doc)| {
+            doc.files
+                .iter()
+                .position(|f| !f.uploaded_fully())
+                .map(|f| (d, f))
+        })
+    }
+
+    /// Whether every file is attached to its document (nothing is read
+    /// from disk any more).
+    fn all_attached(&self) -> bool {
+        self.documents
+            .iter()
+            .all(|d| d.files.iter().all(|f| f.file_id.is_some()))
+    }
+
+    fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Progress was made: continue at once, or after [`BURST`] steps in a row
+/// wait a moment so the scheduler's guard against endless continues is
+/// never hit by a job with many files.
+fn progress(mut cursor: Cursor, note: String) -> Step {
+    cursor.burst += 1;
+    if cursor.burst >= BURST {
+        cursor.burst = 0;
+        return Step::Wait {
+            cursor: cursor.to_value(),
+            hint: Some(Duration::from_millis(1)),
+            poll: false,
+            note,
+        };
+    }
+    Step::Continue(cursor.to_value())
+}
+
+// ---------------------------------------------------------------------------
+// Extern's answers
+// ---------------------------------------------------------------------------
+
+/// An Extern error document: `{"id": "urn:error:…", "status-code": …,
+/// "message": …, "trace-id": …, "context": {…}}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ApiError {
+    id: String,
+    message: String,
+    trace_id: String,
+    context: Value,
+}
+
+impl ApiError {
+    /// Reads an error document; `None` when the body is not one.
+    fn parse(body: &[u8]) -> Option<ApiError> {
+        let value: Value = serde_json::from_slice(body).ok()?;
+        ApiError::from_value(&value)
+    }
+
+    fn from_value(value: &Value) -> Option<ApiError> {
+        let object = value.as_object()?;
+        let text = |key: &str| {
+            object
+                .get(key)
+                .and_then(Value::as_str)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        let error = ApiError {
+            id: text("id"),
+            message: text("message"),
+            // Older answers call it `track-id`.
+            trace_id: Some(text("trace-id"))
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| text("track-id")),
+            context: object.get("context").cloned().unwrap_or(Value::Null),
+        };
+        (!error.id.is_empty() || !error.message.is_empty()).then_some(error)
+    }
+
+    /// `urn:error:…: message (trace-id …)`.
+    fn describe(&self) -> String {
+        let mut text = match (self.id.is_empty(), self.message.is_empty()) {
+            (false, false) => format!("{}: {}", self.id, self.message),
+            (false, true) => self.id.clone(),
+            _ => self.message.clone(),
+        };
+        if !self.trace_id.is_empty() {
+            text.push_str(&format!(" (trace-id {})", self.trace_id));
+        }
+        text
+    }
+
+    /// The running task a `concurrentApiTaskActive` conflict names.
+    fn concurrent_task(&self) -> Option<String> {
+        self.context
+            .pointer("/concurrent-task/id")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+    }
+}
+
+/// A finished HTTP exchange: status, `Retry-After`, body.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+/// Decides what a failed answer means; the one place that does so.
+/// 429 pauses the account; 408 and 5xx are retried; any other status
+/// (400, 403, 404, 409 …) fails the job with Extern's own message.
+fn failure(
+    what: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> ProviderError {
+    let detail = ApiError::parse(body)
+        .map(|e| e.describe())
+        .unwrap_or_else(|| excerpt(body));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let context = if detail.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what} ({detail})")
+        };
+        return ProviderError::rate_limited(&context, retry_after);
+    }
+    let message = if detail.is_empty() {
+        format!("{what}: HTTP {status}")
+    } else {
+        format!("{what}: HTTP {status}: {detail}")
+    };
+    if is_transient_status(status) {
+        ProviderError::transient(message).with_retry_after(retry_after)
+    } else {
+        ProviderError::permanent(message)
+    }
+}
+
+/// A success answer's JSON; anything else is garbage, worth a retry.
+fn json_of(body: &[u8], what: &str) -> Result<Value, ProviderError> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| {
+            ProviderError::transient(format!(
+                "{what}: the answer is not the expected JSON: {}",
+                excerpt(body)
+            ))
+        })
+}
+
+/// A non-empty string at `pointer`.
+fn id_at(value: &Value, pointer: &str) -> Option<String> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn required_id(value: &Value, what: &str) -> Result<String, ProviderError> {
+    id_at(value, "/id").ok_or_else(|| {
+        ProviderError::transient(format!(
+            "{what}: the answer carries no id: {}",
+            excerpt(value.to_string().as_bytes())
+        ))
+    })
+}
+
+/// An API task (`ApiTaskResult`): `id`, `task-state`, `task-result`, `error`.
+#[derive(Debug, Clone, PartialEq)]
+struct Task {
+    id: Option<String>,
+    state: String,
+    result: Value,
+    error: Option<ApiError>,
+}
+
+impl Task {
+    fn parse(value: &Value) -> Task {
+        Task {
+            id: id_at(value, "/id"),
+            state: value
+                .get("task-state")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase(),
+            result: value.get("task-result").cloned().unwrap_or(Value::Null),
+            error: value.get("error").and_then(ApiError::from_value),
+        }
+    }
+}
+
+/// One document Extern could not build, as in `error-drafts-builder-documents`.
+#[derive(Debug, Clone, PartialEq)]
+struct DocumentError {
+    document_id: String,
+    message: String,
+}
+
+/// Reads `draft-ids` and `error-drafts-builder-documents`. The latter is an
+/// array of `{document-id, error-message}` in the current API; the older
+/// SDK read it as a map of document id to message, so both are accepted.
+fn read_build_result(result: &Value) -> (Vec<String>, Vec<DocumentError>) {
+    let drafts = result
+        .get("draft-ids")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let errors = match result.get("error-drafts-builder-documents") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| DocumentError {
+                document_id: id_at(item, "/document-id").unwrap_or_default(),
+                message: item
+                    .get("error-message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            })
+            .collect(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(id, message)| DocumentError {
+                document_id: id.clone(),
+                message: message.as_str().unwrap_or("").to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    (drafts, errors)
+}
+
+// ---------------------------------------------------------------------------
+// Attachments on disk
+// ---------------------------------------------------------------------------
+
+/// Resolves an attachment path against the file system: symbolic links are
+/// followed, and the result must still lie inside `paths.attachments` and
+/// be a regular file.
+async fn resolve_attachment(
+    root: &Path,
+    path: &str,
+    field: &str,
+) -> Result<PathBuf, ProviderError> {
+    check_relative(path).map_err(|m| ProviderError::permanent(format!("{field}: {m}")))?;
+    let root = tokio::fs::canonicalize(root).await.map_err(|e| {
+        ProviderError::permanent(format!(
+            "{field}: paths.attachments cannot be opened ({e}); {path:?} cannot be read"
+        ))
+    })?;
+    let full = match tokio::fs::canonicalize(root.join(path)).await {
+        Ok(full) => full,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ProviderError::permanent(format!(
+                "{field}: {path:?} does not exist in paths.attachments"
+            )));
+        }
+        Err(e) => {
+            return Err(ProviderError::transient(format!(
+                "{field}: cannot open {path:?} in paths.attachments: {e}"
+            )));
+        }
+    };
+    if !full.starts_with(&root) {
+        return Err(ProviderError::permanent(format!(
+            "{field}: {path:?} leads outside paths.attachments (through a symbolic link); refused"
+        )));
+    }
+    let metadata = tokio::fs::metadata(&full)
+        .await
+        .map_err(|e| ProviderError::transient(format!("{field}: cannot read {path:?}: {e}")))?;
+    if !metadata.is_file() {
+        return Err(ProviderError::permanent(format!(
+            "{field}: {path:?} is not a regular file"
+        )));
+    }
+    Ok(full)
+}
+
+/// A part of a file as a streamed request body (one part is never held in
+/// memory whole).
+fn part_body(path: &Path, from: u64, len: u64) -> std::io::Result<reqwest::Body> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let reader = tokio::fs::File::from_std(file).take(len);
+    Ok(reqwest::Body::wrap_stream(
+        tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024),
+    ))
+}
+
+/// The limit of concurrent requests shared by every account using the
+/// same API client (identity server + `client_id`): Extern counts them per
+/// client, and two accounts may share one.
+fn client_limit(key: &str) -> Arc<Semaphore> {
+    static LIMITS: OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
+    let mut limits = LIMITS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    limits
+        .entry(key.to_string())
+        .or_insert_with(|| Arc::new(Semaphore::new(CLIENT_REQUEST_LIMIT)))
+        .clone()
+}
+
+// ---------------------------------------------------------------------------
+// The provider
+// ---------------------------------------------------------------------------
+
+/// A Kontur.Extern account's provider.
+pub struct KonturExtern {
+    account: KonturExternAccount,
+    oidc: Oidc,
+    client_limit: Arc<Semaphore>,
+}
+
+impl KonturExtern {
+    pub fn new(name: &str, account: KonturExternAccount) -> Self {
+        let key = format!("{}|{}", account.oidc.identity_url, account.oidc.client_id);
+        KonturExtern {
+            oidc: Oidc::new(name, account.oidc.clone()),
+            client_limit: client_limit(&key),
+            account,
+        }
+    }
+
+    /// Logins performed so far (for tests).
+    pub fn logins(&self) -> u64 {
+        self.oidc.logins()
+    }
+
+    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+        let plan = parse_plan(&ctx.job.operation, &ctx.job.params)
+            .map_err(|e| ProviderError::permanent(format!("the request is not valid: {e}")))?;
+        let mut cursor = Cursor::load(&ctx.job.cursor, &plan)?;
+
+        if let (Some(builder_id), Some(task_id)) =
+            (cursor.builder_id.clone(), cursor.task_id.clone())
+        {
+            return self.poll(ctx, &plan, &cursor, &builder_id, &task_id).await;
+        }
+
+        // Nothing is uploaded until every attachment (and signature) is
+        // known to lie inside paths.attachments.
+        if !cursor.all_attached() {
+            check_all_attachments(ctx, &plan, &cursor).await?;
+        }
+
+        if let Some((d, f)) = cursor.next_upload() {
+            let note = self.upload_part(ctx, &plan, &mut cursor, d, f).await?;
+            return Ok(progress(cursor, note));
+        }
+
+        let builder_id = match cursor.builder_id.clone() {
+            Some(id) => id,
+            None => {
+                let id = self.create_builder(ctx, &plan).await?;
+                let note = format!("files uploaded; drafts builder {id} created");
+                cursor.builder_id = Some(id);
+                return Ok(progress(cursor, note));
+            }
+        };
+
+        for (d, document) in plan.documents.iter().enumerate() {
+            let Some(state) = cursor.documents.get(d) else {
+                continue;
+            };
+            let document_id = match state.document_id.clone() {
+                Some(id) => id,
+                None => {
+                    let id = self.create_document(ctx, &builder_id, document, d).await?;
+                    let note = format!("document {d} created as {id}");
+                    if let Some(state) = cursor.documents.get_mut(d) {
+                        state.document_id = Some(id);
+                    }
+                    return Ok(progress(cursor, note));
+                }
+            };
+            for (f, file) in document.files.iter().enumerate() {
+                let Some(file_state) = state.files.get(f) else {
+                    continue;
+                };
+                if file_state.file_id.is_some() {
+                    continue;
+                }
+                let Some(content_id) = file_state.content_id.clone() else {
+                    return Err(ProviderError::permanent(
+                        "the job's saved progress lost a content id",
+                    ));
+                };
+                let id = self
+                    .attach_file(ctx, &builder_id, &document_id, &content_id, file, d, f)
+                    .await?;
+                let note = format!("{:?} attached to document {d} as file {id}", file.path);
+                if let Some(file_state) =
+                    cursor.documents.get_mut(d).and_then(|s| s.files.get_mut(f))
+                {
+                    file_state.file_id = Some(id);
+                }
+                return Ok(progress(cursor, note));
+            }
+        }
+
+        let (task_id, adopted, finished) = self.build(ctx, &builder_id).await?;
+        cursor.task_id = Some(task_id.clone());
+        cursor.burst = 0;
+        if finished {
+            // Already over: the next step reads the result at once.
+            return Ok(Step::Continue(cursor.to_value()));
+        }
+        let note = if adopted {
+            format!(
+                "a build of drafts builder {builder_id} was already running; following its task {task_id}"
+            )
+        } else {
+            format!("build of drafts builder {builder_id} started; task {task_id}")
+        };
+        Ok(Step::Wait {
+            cursor: cursor.to_value(),
+            hint: Some(FIRST_POLL),
+            poll: false,
+            note,
+        })
+    }
+
+    /// `{base}/v1/{accountId}/…segments`.
+    fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.account.base_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty()
+                .push("v1")
+                .push(&self.account.account_id);
+            for segment in segments {
+                path.push(segment);
+            }
+        }
+        url
+    }
+
+    /// Sends one API request built by `make` with a bearer token, at most
+    /// [`CLIENT_REQUEST_LIMIT`] at once per client. A 401 drops the token
+    /// and the request is sent once more with a new one; a second 401 fails
+    /// the job. `make` is called again for the retry because a streamed body
+    /// cannot be sent twice.
+    async fn call<F>(
+        &self,
+        ctx: &StepContext<'_>,
+        what: &str,
+        make: F,
+    ) -> Result<Answer, ProviderError>
+    where
+        F: Fn(&Secret) -> Result<reqwest::RequestBuilder, ProviderError>,
+    {
+        let _permit = self.client_limit.acquire().await.map_err(|_| {
+            ProviderError::transient(format!("{what}: the request limit was closed"))
+        })?;
+        let mut refused_once = false;
+        loop {
+            let token = self.oidc.token(ctx.http).await?;
+            let response = make(&token)?
+                .send()
+                .await
+                .map_err(|e| ProviderError::from_reqwest(what, &e))?;
+            let status = response.status();
+            let retry_after =
+                crate::http::retry_after(response.headers(), std::time::SystemTime::now());
+            if status == StatusCode::UNAUTHORIZED {
+                if !refused_once {
+                    // Expired or revoked before our cache thought so.
+                    tracing::info!(
+                        "{what}: the access token was refused (HTTP 401); logging in again"
+                    );
+                    refused_once = true;
+                    self.oidc.invalidate(&token).await;
+                    continue;
+                }
+                let body = read_body_limited(response, MAX_ANSWER, what)
+                    .await
+                    .unwrap_or_default();
+                let detail = ApiError::parse(&body)
+                    .map(|e| format!(": {}", e.describe()))
+                    .unwrap_or_default();
+                return Err(ProviderError::permanent(format!(
+                    "{what}: Kontur.Extern refused a freshly issued access token (HTTP 401{detail}); check that this API client may use account {}",
+                    self.account.account_id
+                )));
+            }
+            let body = read_body_limited(response, MAX_ANSWER, what).await?;
+            return Ok(Answer {
+                status,
+                retry_after,
+                body,
+            });
+        }
+    }
+
+    /// Sends a JSON request and returns the JSON answer of a 2xx.
+    async fn call_json(
+        &self,
+        ctx: &StepContext<'_>,
+        what: &str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Value, ProviderError> {
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|e| {
+                ProviderError::permanent(format!("{what}: the request cannot be encoded: {e}"))
+            })?),
+            None => None,
+        };
+        let answer = self
+            .call(ctx, what, |token| {
+                let mut request = ctx
+                    .http
+                    .request(method.clone(), url.clone())
+                    .bearer_auth(token.expose())
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .timeout(ctx.timeout);
+                request = match &body {
+                    Some(b) => request
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(b.clone()),
+                    // A POST without a body still says so, or some proxies
+                    // answer 411.
+                    None => request.header(CONTENT_LENGTH, 0),
+                };
+                Ok(request)
+            })
+            .await?;
+        if !answer.status.is_success() {
+            return Err(failure(
+                what,
+                answer.status,
+                answer.retry_after,
+                &answer.body,
+            ));
+        }
+        json_of(&answer.body, what)
+    }
+
+    /// Phase 1: sends the next part of file `d`/`f`.
+    async fn upload_part(
+        &self,
+        ctx: &StepContext<'_>,
+        plan: &Plan,
+        cursor: &mut Cursor,
+        d: usize,
+        f: usize,
+    ) -> Result<String, ProviderError> {
+        let spec = plan
+            .documents
+            .get(d)
+            .and_then(|doc| doc.files.get(f))
+            .ok_or_else(|| ProviderError::permanent("the job's saved progress is out of step"))?;
+        let state = cursor
+            .documents
+            .get_mut(d)
+            .and_then(|doc| doc.files.get_mut(f))
+            .ok_or_else(|| ProviderError::permanent("the job's saved progress is out of step"))?;
+        let field = format!("params.documents[{d}].files[{f}].path");
+        let path = resolve_attachment(&ctx.attachments_dir, &spec.path, &field).await?;
+        let size = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| {
+                ProviderError::transient(format!("{field}: cannot read {:?}: {e}", spec.path))
+            })?
+            .len();
+        if size == 0 {
+            return Err(ProviderError::permanent(format!(
+                "{field}: {:?} is empty; Kontur.Extern takes no empty files",
+                spec.path
+            )));
+        }
+        if state.content_id.is_some() && state.size != size {
+            return Err(ProviderError::permanent(format!(
+                "{field}: {:?} changed size while it was being uploaded ({} bytes, now {size}); submit the job again once the file is final",
+                spec.path, state.size
+            )));
+        }
+        let from = if state.content_id.is_some() {
+            state.uploaded
+        } else {
+            0
+        };
+        let len = self.account.upload_part_size.min(size - from);
+        let to = from + len - 1;
+        let range = format!("bytes {from}-{to}/{size}");
+        let what = format!("uploading {:?} (bytes {from}-{to} of {size})", spec.path);
+        // The first part creates the content; the rest are added to it.
+        let (method, url) = match &state.content_id {
+            None => (Method::POST, self.endpoint(&["contents"])),
+            Some(id) => (Method::PUT, self.endpoint(&["contents", id])),
+        };
+        let timeout = ctx.timeout + Duration::from_secs(len / MIN_UPLOAD_RATE);
+        let answer = self
+            .call(ctx, &what, |token| {
+                let body = part_body(&path, from, len).map_err(|e| {
+                    ProviderError::transient(format!("{what}: cannot read the file: {e}"))
+                })?;
+                Ok(ctx
+                    .http
+                    .request(method.clone(), url.clone())
+                    .bearer_auth(token.expose())
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, range.as_str())
+                    .header(CONTENT_LENGTH, len)
+                    .body(body)
+                    .timeout(timeout))
+            })
+            .await?;
+        if !answer.status.is_success() {
+            return Err(failure(
+                &what,
+                answer.status,
+                answer.retry_after,
+                &answer.body,
+            ));
+        }
+        let value = json_of(&answer.body, &what)?;
+        // `POST` answers the content (`{"id": …}`); `PUT` answers
+        // `{"content": {"id": …}, "is-completed": …}`.
+        let id = id_at(&value, "/id").or_else(|| id_at(&value, "/content/id"));
+        let last = to + 1 == size;
+        if last && value.get("is-completed") == Some(&Value::Bool(false)) {
+            return Err(ProviderError::transient(format!(
+                "{what}: the service did not confirm the upload complete after its last part"
+            )));
+        }
+        if state.content_id.is_none() {
+            let id = id.ok_or_else(|| {
+                ProviderError::transient(format!(
+                    "{what}: the answer carries no content id: {}",
+                    excerpt(&answer.body)
+                ))
+            })?;
+            state.content_id = Some(id);
+            state.size = size;
+        }
+        state.uploaded = to + 1;
+        Ok(if last {
+            format!("{:?} uploaded ({size} bytes)", spec.path)
+        } else {
+            format!("{:?}: {} of {size} bytes uploaded", spec.path, to + 1)
+        })
+    }
+
+    /// Phase 2: creates the DraftsBuilder.
+    async fn create_builder(
+        &self,
+        ctx: &StepContext<'_>,
+        plan: &Plan,
+    ) -> Result<String, ProviderError> {
+        let what = "creating the drafts builder";
+        let body = json!({
+            "sender": plan.sender,
+            "payer": plan.payer,
+            "recipient": plan.recipient,
+            "builder-type": plan.builder_type,
+            "builder-data": plan.builder_data,
+        });
+        let value = self
+            .call_json(
+                ctx,
+                what,
+                Method::POST,
+                self.endpoint(&["drafts", "builders"]),
+                Some(&body),
+            )
+            .await?;
+        required_id(&value, what)
+    }
+
+    /// Phase 3a: creates document `d` in the builder.
+    async fn create_document(
+        &self,
+        ctx: &StepContext<'_>,
+        builder_id: &str,
+        document: &DocumentPlan,
+        d: usize,
+    ) -> Result<String, ProviderError> {
+        let what = format!("creating document {d} in drafts builder {builder_id}");
+        let url = self.endpoint(&["drafts", "builders", builder_id, "documents"]);
+        let body = json!({ "builder-data": document.builder_data });
+        let value = self
+            .call_json(ctx, &what, Method::POST, url, Some(&body))
+            .await?;
+        required_id(&value, &what)
+    }
+
+    /// Phase 3b: attaches an uploaded content, with its signature, to its document.
+    #[allow(clippy::too_many_arguments)]
+    async fn attach_file(
+        &self,
+        ctx: &StepContext<'_>,
+        builder_id: &str,
+        document_id: &str,
+        content_id: &str,
+        file: &FilePlan,
+        d: usize,
+        f: usize,
+    ) -> Result<String, ProviderError> {
+        let what = format!("attaching {:?} to document {document_id}", file.path);
+        let mut body = json!({ "content-id": content_id });
+        if let Some(signature_path) = &file.signature_path {
+            let field = format!("params.documents[{d}].files[{f}].signature_path");
+            let signature = read_signature(&ctx.attachments_dir, signature_path, &field).await?;
+            body["base64-signature-content"] =
+                Value::String(base64::engine::general_purpose::STANDARD.encode(signature));
+        }
+        let mut meta = json!({ "file-name": file.file_name });
+        if let Some(builder_data) = &file.builder_data {
+            meta["builder-data"] = builder_data.clone();
+        }
+        body["meta"] = meta;
+        let url = self.endpoint(&[
+            "drafts",
+            "builders",
+            builder_id,
+            "documents",
+            document_id,
+            "files",
+        ]);
+        let value = self
+            .call_json(ctx, &what, Method::POST, url, Some(&body))
+            .await?;
+        required_id(&value, &what)
+    }
+
+    /// Phase 4: starts the build, or adopts the one already running.
+    /// Returns the task id, whether it was adopted, and whether it is over.
+    async fn build(
+        &self,
+        ctx: &StepContext<'_>,
+        builder_id: &str,
+    ) -> Result<(String, bool, bool), ProviderError> {
+        let what = format!("starting the build of drafts builder {builder_id}");
+        let mut url = self.endpoint(&["drafts", "builders", builder_id, "build"]);
+        url.query_pairs_mut().append_pair("deferred", "true");
+        let answer = self
+            .call(ctx, &what, |token| {
+                Ok(ctx
+                    .http
+                    .post(url.clone())
+                    .bearer_auth(token.expose())
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .header(CONTENT_LENGTH, 0)
+                    .timeout(ctx.timeout))
+            })
+            .await?;
+        if answer.status.is_success() {
+            // The seed promises 202; any 2xx carrying a task will do.
+            let value = json_of(&answer.body, &what)?;
+            let task = Task::parse(&value);
+            let id = task.id.clone().ok_or_else(|| {
+                ProviderError::transient(format!(
+                    "{what}: the answer carries no task id: {}",
+                    excerpt(&answer.body)
+                ))
+            })?;
+            tracing::info!(builder = builder_id, task = %id, "drafts build started");
+            let finished = matches!(task.state.as_str(), "succeed" | "failed");
+            return Ok((id, false, finished));
+        }
+        if answer.status == StatusCode::CONFLICT
+            && let Some(error) = ApiError::parse(&answer.body)
+            && error.id.eq_ignore_ascii_case(CONCURRENT_TASK_ERROR)
+        {
+            // A build is running already: ours, started before a crash or a
+            // lost answer. Follow it rather than start a second one.
+            return match error.concurrent_task() {
+                Some(id) => {
+                    tracing::info!(builder = builder_id, task = %id, "a build was already running; adopting its task");
+                    Ok((id, true, false))
+                }
+                // The error "may" name the task (the docs' wording); without
+                // it there is nothing to follow and no second build to start.
+                None => Err(ProviderError::permanent(format!(
+                    "{what}: a build is already running, but Kontur.Extern did not say which task ({}); its result cannot be followed",
+                    error.describe()
+                ))),
+            };
+        }
+        Err(failure(
+            &what,
+            answer.status,
+            answer.retry_after,
+            &answer.body,
+        ))
+    }
+
+    /// Phase 5: asks whether the build is over; saves its result when it is.
+    async fn poll(
+        &self,
+        ctx: &StepContext<'_>,
+        plan: &Plan,
+        cursor: &Cursor,
+        builder_id: &str,
+        task_id: &str,
+    ) -> Result<Step, ProviderError> {
+        let what = format!("polling build task {task_id}");
+        let url = self.endpoint(&["drafts", "builders", builder_id, "tasks", task_id]);
+        let value = self.call_json(ctx, &what, Method::GET, url, None).await?;
+        let task = Task::parse(&value);
+        match task.state.as_str() {
+            "running" => Ok(Step::Wait {
+                cursor: cursor.to_value(),
+                hint: None,
+                poll: true,
+                note: format!("build task {task_id} is still running"),
+            }),
+            "succeed" => {
+                self.finish(ctx, plan, cursor, builder_id, task_id, &task.result)
+                    .await
+            }
+            "failed" => {
+                let detail = task
+                    .error
+                    .map(|e| e.describe())
+                    .unwrap_or_else(|| "no error was given".into());
+                Err(ProviderError::permanent(format!(
+                    "the build of drafts builder {builder_id} failed (task {task_id}): {detail}"
+                )))
+            }
+            other => Err(ProviderError::transient(format!(
+                "{what}: unexpected task-state {other:?}: {}",
+                excerpt(&answer_text(&value))
+            ))),
+        }
+    }
+
+    /// Writes `build-result.json` and decides done, done with warnings, or failed.
+    async fn finish(
+        &self,
+        ctx: &StepContext<'_>,
+        plan: &Plan,
+        cursor: &Cursor,
+        builder_id: &str,
+        task_id: &str,
+        result: &Value,
+    ) -> Result<Step, ProviderError> {
+        let (drafts, errors) = read_build_result(result);
+        let mut warnings = Vec::new();
+        let mut error_entries = Vec::new();
+        for error in &errors {
+            let index = cursor
+                .documents
+                .iter()
+                .position(|d| d.document_id.as_deref() == Some(error.document_id.as_str()));
+            let label = match index {
+                Some(i) => {
+                    let name = plan.documents.get(i).map(|d| d.label()).unwrap_or_default();
+                    if name.is_empty() {
+                        format!("documents[{i}]")
+                    } else {
+                        format!("documents[{i}] ({name})")
+                    }
+                }
+                None => format!("document {}", error.document_id),
+            };
+            warnings.push(format!("{label}: {}", error.message));
+            let mut entry = json!({
+                "document-id": error.document_id,
+                "error-message": error.message,
+            });
+            if let Some(i) = index {
+                entry["document-index"] = json!(i);
+                entry["document-name"] = json!(plan.documents.get(i).map(|d| d.label()));
+            }
+            error_entries.push(entry);
+        }
+        let report = json!({
+            "builder-id": builder_id,
+            "task-id": task_id,
+            "task-state": "succeed",
+            "draft-ids": drafts,
+            "error-drafts-builder-documents": error_entries,
+        });
+        let saved = save_json(&ctx.output_dir, RESULT_FILE, &report).await?;
+        if drafts.is_empty() {
+            let reasons = if warnings.is_empty() {
+                "Extern named no document in error".to_string()
+            } else {
+                warnings.join("; ")
+            };
+            return Err(ProviderError::permanent(format!(
+                "the build of drafts builder {builder_id} produced no draft (task {task_id}): {reasons}; details in {RESULT_FILE}"
+            )));
+        }
+        Ok(Step::Done {
+            cursor: cursor.to_value(),
+            result: JobResult {
+                files: vec![saved],
+                warnings,
+            },
+        })
+    }
+}
+
+fn answer_text(value: &Value) -> Vec<u8> {
+    value.to_string().into_bytes()
+}
+
+/// Resolves every attachment and signature path still to be read, and
+/// refuses the job at once when one leads outside `paths.attachments`: so
+/// nothing at all is uploaded for a request with one bad path. Files
+/// already uploaded (and signatures already sent) are not looked at again.
+async fn check_all_attachments(
+    ctx: &StepContext<'_>,
+    plan: &Plan,
+    cursor: &Cursor,
+) -> Result<(), ProviderError> {
+    for (d, document) in plan.documents.iter().enumerate() {
+        for (f, file) in document.files.iter().enumerate() {
+            let state = cursor.documents.get(d).and_then(|doc| doc.files.get(f));
+            let field = format!("params.documents[{d}].files[{f}]");
+            if !state.is_some_and(FileCursor::uploaded_fully) {
+                resolve_attachment(&ctx.attachments_dir, &file.path, &format!("{field}.path"))
+                    .await?;
+            }
+            if let Some(signature) = &file.signature_path
+                && state.is_none_or(|s| s.file_id.is_none())
+            {
+                resolve_attachment(
+                    &ctx.attachments_dir,
+                    signature,
+                    &format!("{field}.signature_path"),
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn read_signature(root: &Path, path: &str, field: &str) -> Result<Vec<u8>, ProviderError> {
+    let full = resolve_attachment(root, path, field).await?;
+    let file = tokio::fs::File::open(&full)
+        .await
+        .map_err(|e| ProviderError::transient(format!("{field}: cannot open {path:?}: {e}")))?;
+    let mut bytes = Vec::new();
+    // One byte more than allowed tells an oversized file from a full one.
+    file.take(MAX_SIGNATURE + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| ProviderError::transient(format!("{field}: cannot read {path:?}: {e}")))?;
+    if bytes.len() as u64 > MAX_SIGNATURE {
+        return Err(ProviderError::permanent(format!(
+            "{field}: {path:?} is larger than {MAX_SIGNATURE} bytes, too large for a signature"
+        )));
+    }
+    if bytes.is_empty() {
+        return Err(ProviderError::permanent(format!(
+            "{field}: {path:?} is empty"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Saves a JSON document atomically and describes it for the receipt.
+async fn save_json(dir: &Path, name: &str, value: &Value) -> Result<SavedFile, ProviderError> {
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| ProviderError::permanent(format!("cannot encode {name}: {e}")))?;
+    bytes.push(b'\n');
+    crate::download::write_atomic(dir, name, &bytes)
+        .await
+        .map_err(|e| ProviderError::transient(format!("cannot write {name}: {e}")))?;
+    Ok(SavedFile {
+        name: name.to_string(),
+        size: bytes.len() as u64,
+        sha256: hex(&Sha256::digest(&bytes)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Environment;
+    use crate::providers::ErrorClass;
+
+    fn request() -> Value {
+        json!({
+            "builder-type": "urn:drafts-builder-type:fns534-inventory",
+            "sender": {"inn": "7810000000"},
+            "payer": {"inn": "7810000000"},
+            "recipient": {"ifns-code": "0087"},
+            "builder-data": {"id-file-osn": "NO_NDS_0007"},
+            "documents": [
+                {"builder-data": {"type": "scanned", "scanned-document-name": "Акт.pdf"},
+                 "files": [{"path": "a/act.pdf", "signature_path": "a/act.pdf.sig",
+                            "meta": {"builder-data": {"scanned-file-order": "1"}}}]},
+                {"name": "Счёт", "builder-data": {"type": "scanned"},
+                 "files": [{"path": "bill.pdf", "meta": {"file-name": "Счёт.pdf"}}]}
+            ]
+        })
+    }
+
+    fn field_of(result: Result<(), RequestError>) -> String {
+        match result {
+            Err(RequestError::Field { field, message }) => format!("{field}: {message}"),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_complete_request_is_accepted_and_read_in_full() {
+        let plan = parse_plan(OPERATION, &request()).unwrap();
+        assert_eq!(plan.documents.len(), 2);
+        let first = &plan.documents[0].files[0];
+        assert_eq!(
+            first.file_name, "act.pdf",
+            "defaults to the path's file name"
+        );
+        assert_eq!(first.signature_path.as_deref(), Some("a/act.pdf.sig"));
+        assert_eq!(plan.documents[1].files[0].file_name, "Счёт.pdf");
+        assert_eq!(plan.documents[0].label(), "Акт.pdf");
+        assert_eq!(plan.documents[1].label(), "Счёт");
+    }
+
+    #[test]
+    fn requests_are_refused_with_the_field_that_is_wrong() {
+        assert!(field_of(validate_request("drafts", &request())).starts_with("operation"));
+        let mut r = request();
+        r.as_object_mut().unwrap().remove("payer");
+        assert!(field_of(validate_request(OPERATION, &r)).starts_with("params.payer: is required"));
+        let mut r = request();
+        r["sender"] = json!("7810000000");
+        assert!(
+            field_of(validate_request(OPERATION, &r))
+                .starts_with("params.sender: expected an object")
+        );
+        let mut r = request();
+        r["documents"] = json!([]);
+        assert!(field_of(validate_request(OPERATION, &r)).contains("at least one document"));
+        let mut r = request();
+        r["documents"][1]["files"][0]["signature-path"] = json!("x.sig");
+        assert!(
+            field_of(validate_request(OPERATION, &r))
+                .starts_with("params.documents[1].files[0].signature-path: unknown key")
+        );
+        let mut r = request();
+        r["documents"][0]["files"][0]["meta"]["builder-data"] = json!(3);
+        assert!(
+            field_of(validate_request(OPERATION, &r))
+                .starts_with("params.documents[0].files[0].meta.builder-data")
+        );
+    }
+
+    #[test]
+    fn attachment_paths_must_stay_inside_the_attachments_folder() {
+        for (path, why) in [
+            ("../secret", ".."),
+            ("a/../../secret", ".."),
+            ("a/../b", ".."),
+            ("/etc/passwd", "absolute"),
+            ("", "empty"),
+            ("./", "names no file"),
+        ] {
+            let mut r = request();
+            r["documents"][1]["files"][0]["path"] = json!(path);
+            let text = field_of(validate_request(OPERATION, &r));
+            assert!(
+                text.starts_with("params.documents[1].files[0].path: ") && text.contains(why),
+                "{path:?}: {text}"
+            );
+        }
+        let mut r = request();
+        r["documents"][0]["files"][0]["signature_path"] = json!("../key.sig");
+        assert!(
+            field_of(validate_request(OPERATION, &r))
+                .starts_with("params.documents[0].files[0].signature_path")
+        );
+        assert!(check_relative("./dir/file.pdf").is_ok());
+        assert!(
+            check_relative("файл..pdf").is_ok(),
+            "dots inside a name are fine"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_symlink_out_of_the_attachments_folder_is_refused_at_run_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("attachments");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        std::fs::write(root.join("sub/ok.pdf"), b"ok").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("out")).unwrap();
+        std::os::unix::fs::symlink(root.join("sub/ok.pdf"), root.join("in")).unwrap();
+        let err = resolve_attachment(&root, "out", "f").await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(err.message.contains("outside"), "{}", err.message);
+        assert!(
+            resolve_attachment(&root, "in", "f").await.is_ok(),
+            "links inside are fine"
+        );
+        assert!(resolve_attachment(&root, "sub/ok.pdf", "f").await.is_ok());
+        let missing = resolve_attachment(&root, "nope.pdf", "f")
+            .await
+            .unwrap_err();
+        assert!(
+            missing.message.contains("does not exist"),
+            "{}",
+            missing.message
+        );
+        let folder = resolve_attachment(&root, "sub", "f").await.unwrap_err();
+        assert!(folder.message.contains("not a regular file"));
+    }
+
+    #[test]
+    fn extern_error_documents_are_read_into_the_message() {
+        let body = br#"{"id":"urn:error:externapi:concurrentApiTaskActive","status-code":409,
+            "track-id":"m4n3","message":"There is an active concurrent operation",
+            "trace-id":"[T-587660f5(-)] ",
+            "context":{"concurrent-task":{"id":"5b35fae5-e429-43c5-befe-6a4aa3cfceda","task-type":"urn:task-type:send"}}}"#;
+        let error = ApiError::parse(body).unwrap();
+        assert_eq!(
+            error.describe(),
+            "urn:error:externapi:concurrentApiTaskActive: There is an active concurrent operation (trace-id [T-587660f5(-)])"
+        );
+        assert_eq!(
+            error.concurrent_task().as_deref(),
+            Some("5b35fae5-e429-43c5-befe-6a4aa3cfceda")
+        );
+        assert!(ApiError::parse(b"<html>502</html>").is_none());
+        assert!(ApiError::parse(b"{}").is_none());
+    }
+
+    #[test]
+    fn each_status_is_classified_in_one_place() {
+        let doc = |status: u16| {
+            format!(
+                r#"{{"id":"urn:error:x","status-code":{status},"message":"Нет доступа","trace-id":"T-1"}}"#
+            )
+        };
+        for status in [400u16, 403, 404, 409, 422] {
+            let e = failure(
+                "creating",
+                StatusCode::from_u16(status).unwrap(),
+                None,
+                doc(status).as_bytes(),
+            );
+            assert_eq!(e.class, ErrorClass::Permanent, "{status}");
+            assert!(
+                e.message.contains("urn:error:x")
+                    && e.message.contains("Нет доступа")
+                    && e.message.contains("T-1"),
+                "{}",
+                e.message
+            );
+        }
+        for status in [500u16, 502, 503, 408] {
+            let e = failure(
+                "creating",
+                StatusCode::from_u16(status).unwrap(),
+                None,
+                b"<html>oops</html>",
+            );
+            assert_eq!(e.class, ErrorClass::Transient, "{status}");
+            assert!(e.message.contains("oops"));
+        }
+        let e = failure(
+            "creating",
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(3)),
+            b"",
+        );
+        assert_eq!(e.class, ErrorClass::Transient);
+        assert_eq!(e.account_cooldown, Some(Duration::from_secs(3)));
+        assert!(json_of(b"<html>", "x").is_err_and(|e| e.class == ErrorClass::Transient));
+    }
+
+    #[test]
+    fn build_results_are_read_in_both_shapes() {
+        let (drafts, errors) = read_build_result(&json!({
+            "draft-ids": ["d1", "d2"],
+            "error-drafts-builder-documents": [{"document-id": "doc1", "error-message": "bad"}]
+        }));
+        assert_eq!(drafts, vec!["d1", "d2"]);
+        assert_eq!(
+            errors,
+            vec![DocumentError {
+                document_id: "doc1".into(),
+                message: "bad".into()
+            }]
+        );
+        let (drafts, errors) = read_build_result(&json!({
+            "draft-ids": [], "error-drafts-builder-documents": {"doc2": "worse"}
+        }));
+        assert!(drafts.is_empty());
+        assert_eq!(errors[0].document_id, "doc2");
+        assert_eq!(read_build_result(&Value::Null), (vec![], vec![]));
+    }
+
+    #[test]
+    fn the_cursor_is_shaped_like_the_request_and_survives_a_round_trip() {
+        let plan = parse_plan(OPERATION, &request()).unwrap();
+        let mut cursor = Cursor::load(&Value::Null, &plan).unwrap();
+        assert_eq!(cursor.next_upload(), Some((0, 0)));
+        cursor.documents[0].files[0] = FileCursor {
+            content_id: Some("c1".into()),
+            size: 10,
+            uploaded: 10,
+            file_id: None,
+        };
+        assert_eq!(cursor.next_upload(), Some((1, 0)));
+        let stored = cursor.to_value();
+        assert_eq!(stored["documents"][0]["files"][0]["content-id"], "c1");
+        assert_eq!(Cursor::load(&stored, &plan).unwrap(), cursor);
+        let mut bigger = stored.clone();
+        bigger["documents"].as_array_mut().unwrap().push(json!({}));
+        bigger["documents"].as_array_mut().unwrap().push(json!({}));
+        assert!(Cursor::load(&bigger, &plan).is_err());
+    }
+
+    #[test]
+    fn many_steps_in_a_row_pause_before_the_scheduler_guard() {
+        let mut cursor = Cursor::default();
+        for _ in 0..BURST - 1 {
+            match progress(cursor.clone(), "x".into()) {
+                Step::Continue(v) => cursor = serde_json::from_value(v).unwrap(),
+                other => panic!("{other:?}"),
+            }
+        }
+        match progress(cursor, "x".into()) {
+            Step::Wait { cursor, poll, .. } => {
+                assert!(!poll);
+                assert!(cursor.get("burst").is_none(), "the count starts again");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn keys(table: &str) -> Result<KonturExternAccount, ConfigError> {
+        let table: toml::Table = toml::from_str(table).unwrap();
+        let env = Environment::default();
+        let mut keys = AccountKeys::new("ke", table.into_iter().collect(), &env);
+        let account = KonturExternAccount::from_keys(&mut keys)?;
+        keys.finish()?;
+        Ok(account)
+    }
+
+    #[test]
+    fn accounts_need_a_uuid_and_respect_the_client_limit() {
+        let base = "client_id = \"c\"\napi_key = \"k\"\n";
+        let account = keys(&format!(
+            "{base}account_id = \"6F9619FF-8B86-D011-B42D-00CF4FC964FF\"\n"
+        ))
+        .unwrap();
+        assert_eq!(account.account_id, "6f9619ff-8b86-d011-b42d-00cf4fc964ff");
+        assert_eq!(account.concurrency, 8);
+        assert_eq!(account.upload_part_size, MAX_PART_SIZE);
+        assert_eq!(account.base_url.as_str(), "https://extern-api.kontur.ru/");
+        let err = keys(&format!("{base}account_id = \"my-account\"\n")).unwrap_err();
+        assert!(err.to_string().contains("account_id"), "{err}");
+        let err = keys(&format!(
+            "{base}account_id = \"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"\nconcurrency = 21\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("20"), "{err}");
+        let err = keys("account_id = \"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"\napi_key = \"k\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("client_id"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_put_the_account_first() {
+        let account = keys(
+            "client_id = \"c\"\napi_key = \"k\"\naccount_id = \"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"\nbase_url = \"http://h/extern/\"\n",
+        )
+        .unwrap();
+        let p = KonturExtern::new("ke", account);
+        assert_eq!(
+            p.endpoint(&["drafts", "builders", "b1", "tasks", "t/1"])
+                .as_str(),
+            "http://h/extern/v1/6f9619ff-8b86-d011-b42d-00cf4fc964ff/drafts/builders/b1/tasks/t%2F1"
+        );
+    }
+}

@@ -1,0 +1,515 @@
+//! Providers: one module per service, behind one small interface.
+//!
+//! A provider turns a job into HTTP calls one *step* at a time. Each step
+//! reads the job's cursor (what has been done so far) and returns a [`Step`]:
+//! continue at once, wait (with the service's hint when it gives one), or
+//! done with the saved files. Failures are [`ProviderError`]s that already
+//! carry the decision the scheduler acts on — retry later, or fail now — so
+//! that decision is made in one place per provider and tested there.
+
+pub mod atol;
+pub mod fresh;
+pub mod kontur_diadoc;
+pub mod kontur_extern;
+pub mod ofd;
+pub mod oidc;
+pub mod token;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{AccountKeys, ConfigError, Settings};
+use crate::download::{self, DownloadError};
+use crate::job::request::RequestError;
+use crate::job::{Job, JobResult, SavedFile};
+
+/// What a finished step asks the scheduler to do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Progress was made; save the cursor and run the next step at once.
+    Continue(serde_json::Value),
+    /// Nothing to do until later: the service is still working (`poll` is
+    /// true: it counts as a poll) or the job was just ordered.
+    Wait {
+        cursor: serde_json::Value,
+        /// The service's own estimate (`Retry-After`, an ETA field).
+        hint: Option<Duration>,
+        poll: bool,
+        /// What the service said, for the job's history.
+        note: String,
+    },
+    /// Every file is saved; the job is done.
+    Done {
+        cursor: serde_json::Value,
+        result: JobResult,
+    },
+}
+
+/// Whether an error is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Network trouble, 5xx, 408/429, a garbled body, a full disk: retried
+    /// with backoff, counting toward `max_attempts`.
+    Transient,
+    /// The service refused the request for good (bad data, not found,
+    /// wrong credentials): the job fails at once with this message.
+    Permanent,
+}
+
+/// A classified provider failure. Its message is shown to users, so it
+/// never contains a secret or a URL with a token in it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub class: ErrorClass,
+    pub message: String,
+    /// The service's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+    /// The service asked the whole account to slow down (429): no job of
+    /// the account runs again before this much time has passed.
+    pub account_cooldown: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        ProviderError {
+            class: ErrorClass::Transient,
+            message: message.into(),
+            retry_after: None,
+            account_cooldown: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        ProviderError {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+            retry_after: None,
+            account_cooldown: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        if retry_after.is_some() {
+            self.retry_after = retry_after;
+            if self.account_cooldown.is_some() {
+                self.account_cooldown = retry_after;
+            }
+        }
+        self
+    }
+
+    /// A 429: transient, and the whole account pauses for `Retry-After`
+    /// (or [`DEFAULT_COOLDOWN`] without one).
+    pub fn rate_limited(context: &str, retry_after: Option<Duration>) -> Self {
+        let pause = retry_after.unwrap_or(DEFAULT_COOLDOWN);
+        ProviderError {
+            class: ErrorClass::Transient,
+            message: format!(
+                "{context}: the service asked to slow down (HTTP 429); the account pauses for {}",
+                crate::units::format_duration(pause)
+            ),
+            retry_after: Some(pause),
+            account_cooldown: Some(pause),
+        }
+    }
+
+    /// A transport-level failure: connection refused or reset, timeout, a
+    /// body cut short. Always transient; the URL is never included.
+    pub fn from_reqwest(context: &str, error: &reqwest::Error) -> Self {
+        ProviderError::transient(format!("{context}: {}", crate::http::describe(error)))
+    }
+
+    /// Classifies an HTTP status that the provider did not handle itself:
+    /// 408, 429 and 5xx are transient, other 4xx permanent.
+    pub fn from_status(context: &str, status: reqwest::StatusCode, detail: &str) -> Self {
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return ProviderError::rate_limited(context, None);
+        }
+        let detail = detail.trim();
+        let message = if detail.is_empty() {
+            format!("{context}: HTTP {status}")
+        } else {
+            format!("{context}: HTTP {status}: {detail}")
+        };
+        if is_transient_status(status) {
+            ProviderError::transient(message)
+        } else {
+            ProviderError::permanent(message)
+        }
+    }
+}
+
+/// How long an account pauses after a 429 that came without `Retry-After`.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// 408, 429 and every 5xx are worth retrying; other 4xx are not.
+pub fn is_transient_status(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+impl From<DownloadError> for ProviderError {
+    fn from(error: DownloadError) -> Self {
+        match error {
+            // The same file will be just as large next time.
+            DownloadError::TooLarge { .. } => ProviderError::permanent(error.to_string()),
+            // Network trouble and a full or failing disk may pass: the job
+            // waits and retries, and nothing half-written stays behind.
+            DownloadError::Truncated { .. }
+            | DownloadError::Stalled(_)
+            | DownloadError::Network(_)
+            | DownloadError::Disk { .. } => ProviderError::transient(error.to_string()),
+        }
+    }
+}
+
+/// Everything a step may use.
+pub struct StepContext<'a> {
+    pub job: &'a Job,
+    pub http: &'a reqwest::Client,
+    /// `output/NAME/`: the only place a step may write.
+    pub output_dir: PathBuf,
+    /// `paths.attachments`: the only place a step may read files to upload.
+    pub attachments_dir: PathBuf,
+    pub max_file_size: u64,
+    /// Bound on a whole non-download request and on silence in a download.
+    pub timeout: Duration,
+}
+
+impl StepContext<'_> {
+    /// Saves a response body under a sanitized version of `suggested`
+    /// (falling back to `OPERATION.bin`).
+    pub async fn save(
+        &self,
+        response: reqwest::Response,
+        suggested: Option<&str>,
+    ) -> Result<SavedFile, ProviderError> {
+        let fallback = format!("{}.bin", self.job.operation);
+        let name = crate::filename::sanitize(suggested.unwrap_or(""), &fallback);
+        let started = std::time::Instant::now();
+        let saved = download::save_response(
+            response,
+            &self.output_dir,
+            &name,
+            self.max_file_size,
+            self.timeout,
+        )
+        .await?;
+        crate::metrics::download(&self.job.provider, saved.size, started.elapsed());
+        Ok(saved)
+    }
+}
+
+/// Reads a (small) response body, refusing more than `limit` bytes so a
+/// hostile endless body cannot exhaust memory.
+pub async fn read_body_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+    context: &str,
+) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(ProviderError::transient(format!(
+                        "{context}: the answer is larger than {limit} bytes, which is not what this service sends"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(ProviderError::from_reqwest(context, &e)),
+        }
+    }
+}
+
+/// A short, printable excerpt of a body for error messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut cut = flat.len().min(200);
+    while !flat.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if cut < flat.len() {
+        format!("{}…", &flat[..cut])
+    } else {
+        flat
+    }
+}
+
+/// One configured account, by provider.
+#[derive(Debug, Clone)]
+pub enum AccountConfig {
+    Fresh(fresh::FreshAccount),
+    Ofd(ofd::OfdAccount),
+    Atol(atol::AtolAccount),
+    KonturExtern(kontur_extern::KonturExternAccount),
+    KonturDiadoc(kontur_diadoc::KonturDiadocAccount),
+}
+
+/// The provider names `[accounts.*] provider = "…"` accepts.
+pub const PROVIDERS: &[&str] = &[
+    fresh::PROVIDER,
+    ofd::PROVIDER,
+    atol::PROVIDER,
+    kontur_extern::PROVIDER,
+    kontur_diadoc::PROVIDER,
+];
+
+impl AccountConfig {
+    /// Reads an `[accounts.NAME]` table; `provider` selects the module.
+    pub fn from_keys(mut keys: AccountKeys<'_>) -> Result<Self, ConfigError> {
+        let account = keys.account.clone();
+        let provider = keys.required("provider")?;
+        let config = match provider.as_str() {
+            fresh::PROVIDER => AccountConfig::Fresh(fresh::FreshAccount::from_keys(&mut keys)?),
+            ofd::PROVIDER => AccountConfig::Ofd(ofd::OfdAccount::from_keys(&mut keys)?),
+            atol::PROVIDER => AccountConfig::Atol(atol::AtolAccount::from_keys(&mut keys)?),
+            kontur_extern::PROVIDER => AccountConfig::KonturExtern(
+                kontur_extern::KonturExternAccount::from_keys(&mut keys)?,
+            ),
+            kontur_diadoc::PROVIDER => AccountConfig::KonturDiadoc(
+                kontur_diadoc::KonturDiadocAccount::from_keys(&mut keys)?,
+            ),
+            other => {
+                return Err(ConfigError::invalid(
+                    format!("accounts.{account}.provider"),
+                    format!(
+                        "unknown provider {other:?}; known providers: {}",
+                        PROVIDERS.join(", ")
+                    ),
+                ));
+            }
+        };
+        keys.finish()?;
+        Ok(config)
+    }
+
+    pub fn provider_name(&self) -> &'static str {
+        match self {
+            AccountConfig::Fresh(_) => fresh::PROVIDER,
+            AccountConfig::Ofd(_) => ofd::PROVIDER,
+            AccountConfig::Atol(_) => atol::PROVIDER,
+            AccountConfig::KonturExtern(_) => kontur_extern::PROVIDER,
+            AccountConfig::KonturDiadoc(_) => kontur_diadoc::PROVIDER,
+        }
+    }
+
+    /// Jobs of this account that may run a step at once.
+    pub fn concurrency(&self) -> usize {
+        match self {
+            AccountConfig::Fresh(a) => a.concurrency,
+            AccountConfig::Ofd(a) => a.concurrency,
+            AccountConfig::Atol(a) => a.concurrency,
+            AccountConfig::KonturExtern(a) => a.concurrency,
+            AccountConfig::KonturDiadoc(a) => a.concurrency,
+        }
+    }
+
+    /// Checks a request's operation and parameters before it is accepted.
+    pub fn validate_request(
+        &self,
+        operation: &str,
+        params: &serde_json::Value,
+    ) -> Result<(), RequestError> {
+        match self {
+            AccountConfig::Fresh(_) => fresh::validate_request(operation, params),
+            AccountConfig::Ofd(_) => ofd::validate_request(operation, params),
+            AccountConfig::Atol(_) => atol::validate_request(operation, params),
+            AccountConfig::KonturExtern(_) => kontur_extern::validate_request(operation, params),
+            AccountConfig::KonturDiadoc(_) => kontur_diadoc::validate_request(operation, params),
+        }
+    }
+}
+
+/// Reads the optional `concurrency` key shared by every provider.
+pub fn concurrency_key(keys: &mut AccountKeys<'_>, default: usize) -> Result<usize, ConfigError> {
+    match keys.integer("concurrency")? {
+        None => Ok(default),
+        Some(n) if (1..=256).contains(&n) => Ok(n as usize),
+        Some(n) => Err(ConfigError::invalid(
+            format!("accounts.{}.concurrency", keys.account),
+            format!("expected 1 to 256, found {n}"),
+        )),
+    }
+}
+
+/// A provider bound to one account, with whatever state it keeps (sessions,
+/// tokens) shared by that account's jobs. Boxed: one per account, sizes vary.
+pub enum Provider {
+    Fresh(Box<fresh::Fresh>),
+    Ofd(Box<ofd::Ofd>),
+    Atol(Box<atol::Atol>),
+    KonturExtern(Box<kontur_extern::KonturExtern>),
+    KonturDiadoc(Box<kontur_diadoc::KonturDiadoc>),
+}
+
+impl Provider {
+    pub fn new(name: &str, config: &AccountConfig) -> Provider {
+        match config {
+            AccountConfig::Fresh(account) => {
+                Provider::Fresh(Box::new(fresh::Fresh::new(account.clone())))
+            }
+            AccountConfig::Ofd(account) => Provider::Ofd(Box::new(ofd::Ofd::new(account.clone()))),
+            AccountConfig::Atol(account) => {
+                Provider::Atol(Box::new(atol::Atol::new(account.clone())))
+            }
+            AccountConfig::KonturExtern(account) => Provider::KonturExtern(Box::new(
+                kontur_extern::KonturExtern::new(name, account.clone()),
+            )),
+            AccountConfig::KonturDiadoc(account) => Provider::KonturDiadoc(Box::new(
+                kontur_diadoc::KonturDiadoc::new(name, account.clone()),
+            )),
+        }
+    }
+
+    /// Runs one step of `ctx.job`.
+    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+        match self {
+            Provider::Fresh(p) => p.step(ctx).await,
+            Provider::Ofd(p) => p.step(ctx).await,
+            Provider::Atol(p) => p.step(ctx).await,
+            Provider::KonturExtern(p) => p.step(ctx).await,
+            Provider::KonturDiadoc(p) => p.step(ctx).await,
+        }
+    }
+
+    /// Tells the service a job was cancelled, where it has a way to hear it
+    /// (OFD's `CancelUrl`). Best effort: the job is cancelled either way.
+    pub async fn cancel_remote(
+        &self,
+        http: &reqwest::Client,
+        job: &Job,
+    ) -> Result<(), ProviderError> {
+        match self {
+            Provider::Fresh(_)
+            | Provider::Atol(_)
+            | Provider::KonturExtern(_)
+            | Provider::KonturDiadoc(_) => Ok(()),
+            Provider::Ofd(p) => p.cancel_remote(http, job).await,
+        }
+    }
+}
+
+/// One account at run time: its provider, the limit on its concurrent
+/// steps, and the pause a 429 imposed on it.
+pub struct Account {
+    pub name: String,
+    pub provider: Provider,
+    pub limit: Arc<tokio::sync::Semaphore>,
+    cooldown_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Account {
+    /// When the account may run again, if it is pausing after a 429.
+    pub fn cooling_until(&self) -> Option<std::time::Instant> {
+        let guard = self
+            .cooldown_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        guard.filter(|until| *until > std::time::Instant::now())
+    }
+
+    /// Pauses the whole account for `pause` (never shortens a longer pause).
+    pub fn cool_down(&self, pause: Duration) {
+        let until = std::time::Instant::now() + pause;
+        let mut guard = self
+            .cooldown_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if guard.is_none_or(|current| current < until) {
+            *guard = Some(until);
+        }
+    }
+}
+
+/// The providers of every configured account, by account name.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_account: std::collections::BTreeMap<String, Arc<Account>>,
+}
+
+impl Providers {
+    pub fn from_settings(settings: &Settings) -> Providers {
+        Providers {
+            by_account: settings
+                .accounts
+                .iter()
+                .map(|(name, account)| {
+                    let runtime = Account {
+                        name: name.clone(),
+                        provider: Provider::new(name, &account.config),
+                        limit: Arc::new(tokio::sync::Semaphore::new(account.config.concurrency())),
+                        cooldown_until: std::sync::Mutex::new(None),
+                    };
+                    (name.clone(), Arc::new(runtime))
+                })
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, account: &str) -> Option<Arc<Account>> {
+        self.by_account.get(account).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn status_codes_are_classified_in_one_place() {
+        for s in [500, 502, 503, 504, 408, 429] {
+            assert!(is_transient_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [400, 401, 403, 404, 405, 409, 410, 422] {
+            assert!(
+                !is_transient_status(StatusCode::from_u16(s).unwrap()),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn download_failures_map_to_retry_or_fail() {
+        let too_large: ProviderError = DownloadError::TooLarge { limit: 1 }.into();
+        assert_eq!(too_large.class, ErrorClass::Permanent);
+        let cut: ProviderError = DownloadError::Truncated {
+            got: 1,
+            expected: 2,
+        }
+        .into();
+        assert_eq!(cut.class, ErrorClass::Transient);
+        let disk: ProviderError = DownloadError::Disk {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        }
+        .into();
+        assert_eq!(disk.class, ErrorClass::Transient);
+    }
+
+    #[test]
+    fn a_429_slows_the_whole_account() {
+        let e = ProviderError::from_status("x", StatusCode::TOO_MANY_REQUESTS, "");
+        assert_eq!(e.class, ErrorClass::Transient);
+        assert_eq!(e.account_cooldown, Some(DEFAULT_COOLDOWN));
+        let e = ProviderError::rate_limited("x", Some(Duration::from_secs(7)));
+        assert_eq!(e.account_cooldown, Some(Duration::from_secs(7)));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn excerpts_are_short_and_flat() {
+        assert_eq!(
+            excerpt(b"<html>\n  <b>oops</b>\n</html>"),
+            "<html> <b>oops</b> </html>"
+        );
+        assert!(excerpt("я".repeat(500).as_bytes()).chars().count() <= 201);
+    }
+}

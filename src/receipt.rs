@@ -1,0 +1,87 @@
+//! The receipt, `output/NAME/job.json`: written last, atomically, when a job
+//! finishes (done, failed or cancelled). Its appearance is the signal that a
+//! job is over; scripts can wait for it. It never contains a secret.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::download;
+use crate::filename::RECEIPT_NAME;
+use crate::job::{Job, JobState, SavedFile, rfc3339};
+
+/// What `job.json` holds.
+#[derive(Debug, Serialize)]
+pub struct Receipt<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub account: &'a str,
+    pub provider: &'a str,
+    pub operation: &'a str,
+    pub state: JobState,
+    pub files: &'a [SavedFile],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub warnings: &'a [String],
+    /// Transient errors in a row at the end (0 when the last step succeeded).
+    pub attempts: u32,
+    /// "Not ready yet" answers received.
+    pub polls: u32,
+    /// Times a daemon ran one of the job's steps.
+    pub steps: u32,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub last_error: Option<&'a str>,
+    pub source: &'a str,
+}
+
+impl<'a> Receipt<'a> {
+    pub fn of(job: &'a Job) -> Receipt<'a> {
+        let (files, warnings) = match &job.result {
+            Some(result) => (result.files.as_slice(), result.warnings.as_slice()),
+            None => (&[][..], &[][..]),
+        };
+        Receipt {
+            id: &job.id,
+            name: &job.name,
+            account: &job.account,
+            provider: &job.provider,
+            operation: &job.operation,
+            state: job.state,
+            files,
+            warnings,
+            attempts: job.attempts,
+            polls: job.polls,
+            steps: job.steps,
+            created_at: rfc3339(job.created_at),
+            finished_at: job.finished_at.map(rfc3339),
+            last_error: job.last_error.as_deref(),
+            source: &job.source,
+        }
+    }
+}
+
+/// `output/NAME/`.
+pub fn job_dir(output_root: &Path, job: &Job) -> PathBuf {
+    output_root.join(&job.name)
+}
+
+/// Writes the receipt of `job` (which should be in a finished state) and
+/// sweeps leftovers of interrupted downloads from its folder.
+pub async fn write(output_root: &Path, job: &Job) -> std::io::Result<PathBuf> {
+    let dir = job_dir(output_root, job);
+    download::ensure_dir(&dir)?;
+    download::remove_stale_parts(&dir);
+    let mut text = serde_json::to_vec_pretty(&Receipt::of(job)).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    download::write_atomic(&dir, RECEIPT_NAME, &text).await?;
+    Ok(dir.join(RECEIPT_NAME))
+}
+
+/// Removes a receipt when a job is queued again (its appearance would
+/// otherwise claim the job is finished).
+pub fn remove(output_root: &Path, job: &Job) -> std::io::Result<()> {
+    match std::fs::remove_file(job_dir(output_root, job).join(RECEIPT_NAME)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,538 @@
+//! Recurring jobs: "yesterday's shift report at 06:00 Moscow time, every
+//! day". Schedules come from `[[schedules]]` in the config and from one file
+//! per schedule in `paths.schedules` (`*.toml`, re-read when they change).
+//!
+//! Each firing creates an ordinary job named `SCHEDULE-YYYYMMDD-HHMMSS`
+//! (the scheduled local time), so a firing is never doubled: a restart or a
+//! second daemon that fires the same occurrence hits the unique job name.
+//! Templates in `params` and `name` are evaluated in the schedule's time
+//! zone at the scheduled time. The last firing time is kept in the store;
+//! occurrences missed while the daemon was down are handled by the
+//! schedule's `catch_up` policy.
+//!
+//! Firing times are computed here with `croner` (the cron engine inside
+//! tokio-cron-scheduler) rather than by registering cron jobs, because
+//! catch-up and exactly-once need the store's record of the last firing,
+//! and tests need to fire at chosen instants without a clock.
+
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use self::template::Template;
+use crate::config::Settings;
+use crate::job::request::{JobRequest, prepare};
+use crate::job::{Hooks, Job};
+use crate::store::{Store, StoreError};
+use crate::units::parse_duration;
+
+/// An occurrence this close to "now" is on time, not missed.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+/// What to do with occurrences missed while the daemon was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Skip them.
+    None,
+    /// Run the most recent one once (the default).
+    Latest,
+    /// Run every one within `window` (at most 1000).
+    All { window: Duration },
+}
+
+/// A validated schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: String,
+    pub cron_text: String,
+    pub cron: Cron,
+    pub timezone: Tz,
+    pub enabled: bool,
+    pub catch_up: CatchUp,
+    pub account: String,
+    pub operation: String,
+    /// `params` with every string parsed as a template.
+    params: serde_json::Value,
+    name_template: Template,
+    pub hooks: Hooks,
+    /// `config` or the schedule file's path.
+    pub source: String,
+}
+
+/// A schedule that does not load, with where and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ScheduleError {
+    pub source_name: String,
+    pub message: String,
+}
+
+fn bad(source: &str, message: impl Into<String>) -> ScheduleError {
+    ScheduleError {
+        source_name: source.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Where a template string sits in its file (1-based line and column of the
+/// string's first character), found by searching the file's text.
+fn locate(text: Option<&str>, needle: &str) -> Option<(usize, usize)> {
+    let text = text?;
+    let at = text.find(needle)?;
+    let line = text[..at].matches('\n').count() + 1;
+    let column = text[..at]
+        .rsplit('\n')
+        .next()
+        .map_or(0, |l| l.chars().count())
+        + 1;
+    Some((line, column))
+}
+
+/// Parses every string in `value` as a template (reporting the first error
+/// with its position) and returns the value unchanged.
+fn check_templates(
+    value: &serde_json::Value,
+    path: &str,
+    source: &str,
+    text: Option<&str>,
+) -> Result<(), ScheduleError> {
+    match value {
+        serde_json::Value::String(s) => Template::parse(s).map(|_| ()).map_err(|e| {
+            let place = match locate(text, s) {
+                Some((line, column)) => format!("line {line} column {}", column + e.column - 1),
+                None => format!("column {} of the value", e.column),
+            };
+            bad(source, format!("{path}: {place}: {}", e.message))
+        }),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_templates(v, &format!("{path}[{i}]"), source, text)),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .try_for_each(|(k, v)| check_templates(v, &format!("{path}.{k}"), source, text)),
+        _ => Ok(()),
+    }
+}
+
+fn render_value(
+    value: &serde_json::Value,
+    at: chrono::NaiveDateTime,
+    schedule: &str,
+) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(s) => match Template::parse(s) {
+            Ok(t) => serde_json::Value::String(t.render(at, schedule)),
+            Err(_) => value.clone(),
+        },
+        serde_json::Value::Array(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|v| render_value(v, at, schedule))
+                .collect(),
+        ),
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), render_value(v, at, schedule)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The default job name: unique per firing.
+const DEFAULT_NAME: &str = "{{schedule}}-{{now | %Y%m%d-%H%M%S}}";
+
+impl Schedule {
+    /// Builds a schedule from one TOML table (a `[[schedules]]` entry or a
+    /// schedule file). `text` is the file's text, for error positions.
+    pub fn from_table(
+        table: toml::Table,
+        source: &str,
+        text: Option<&str>,
+        settings: &Settings,
+    ) -> Result<Schedule, ScheduleError> {
+        let value = serde_json::to_value(&table).map_err(|e| bad(source, e.to_string()))?;
+        let obj = value.as_object().cloned().unwrap_or_default();
+        for key in obj.keys() {
+            if ![
+                "name",
+                "cron",
+                "timezone",
+                "enabled",
+                "catch_up",
+                "catch_up_window",
+                "request",
+            ]
+            .contains(&key.as_str())
+            {
+                return Err(bad(source, format!("unknown key `{key}`")));
+            }
+        }
+        let string = |key: &str| obj.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let name = string("name").ok_or_else(|| bad(source, "`name` is required"))?;
+        if name.len() > 80 || !crate::job::is_valid_name(&name) {
+            return Err(bad(
+                source,
+                format!("schedule name {name:?}: use 1 to 80 of A-Z a-z 0-9 . _ -"),
+            ));
+        }
+        let source = format!("{source} (schedule {name})");
+        let cron_text = string("cron")
+            .ok_or_else(|| bad(&source, "`cron` is required, such as \"0 6 * * *\""))?;
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(&cron_text)
+            .map_err(|e| bad(&source, format!("cron {cron_text:?}: {e}")))?;
+        let timezone: Tz = string("timezone")
+            .unwrap_or_else(|| "Europe/Moscow".into())
+            .parse()
+            .map_err(|_| {
+                bad(
+                    &source,
+                    "`timezone` must be an IANA zone such as \"Europe/Moscow\"",
+                )
+            })?;
+        let enabled = match obj.get("enabled") {
+            None => true,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| bad(&source, "`enabled` must be true or false"))?,
+        };
+        let window = match string("catch_up_window") {
+            None => Duration::from_secs(7 * 86_400),
+            Some(text) => {
+                parse_duration(&text).map_err(|e| bad(&source, format!("catch_up_window: {e}")))?
+            }
+        };
+        let catch_up = match string("catch_up").as_deref() {
+            None | Some("latest") => CatchUp::Latest,
+            Some("none") => CatchUp::None,
+            Some("all") => CatchUp::All { window },
+            Some(other) => {
+                return Err(bad(
+                    &source,
+                    format!("catch_up {other:?}: expected \"none\", \"latest\" or \"all\""),
+                ));
+            }
+        };
+        let request = obj.get("request").cloned().ok_or_else(|| {
+            bad(
+                &source,
+                "a [request] table is required (account, operation, params)",
+            )
+        })?;
+        let mut request: JobRequest =
+            serde_json::from_value(request).map_err(|e| bad(&source, format!("request: {e}")))?;
+        let name_text = request
+            .name
+            .take()
+            .unwrap_or_else(|| DEFAULT_NAME.to_string());
+        let name_template = Template::parse(&name_text).map_err(|e| {
+            bad(
+                &source,
+                format!("request.name: column {}: {}", e.column, e.message),
+            )
+        })?;
+        if name_template.is_literal() {
+            return Err(bad(
+                &source,
+                "request.name must contain a time variable (such as {{now | %Y%m%d-%H%M}}) so each firing gets its own job",
+            ));
+        }
+        check_templates(&request.params, "request.params", &source, text)?;
+        let schedule = Schedule {
+            name,
+            cron_text,
+            cron,
+            timezone,
+            enabled,
+            catch_up,
+            account: request.account.clone(),
+            operation: request.operation.clone(),
+            params: request.params.clone(),
+            name_template,
+            hooks: Hooks {
+                on_done: request.on_done.clone(),
+                on_failed: request.on_failed.clone(),
+                on_done_url: request.on_done_url.clone(),
+            },
+            source: source.clone(),
+        };
+        // Render once now and validate like a request file, so a schedule
+        // that can never produce a valid job is refused at load.
+        let sample = schedule.request_at(Utc::now().with_timezone(&schedule.timezone));
+        prepare(sample, None, settings, "schedule", String::new(), 0)
+            .map_err(|e| bad(&source, e.to_string()))?;
+        Ok(schedule)
+    }
+
+    /// The request a firing at `at` creates.
+    pub fn request_at(&self, at: DateTime<Tz>) -> JobRequest {
+        let local = at.naive_local();
+        JobRequest {
+            account: self.account.clone(),
+            operation: self.operation.clone(),
+            params: render_value(&self.params, local, &self.name),
+            name: Some(self.name_template.render(local, &self.name)),
+            on_done: self.hooks.on_done.clone(),
+            on_failed: self.hooks.on_failed.clone(),
+            on_done_url: self.hooks.on_done_url.clone(),
+        }
+    }
+
+    /// The first occurrence strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Tz>> {
+        self.cron
+            .find_next_occurrence(&after.with_timezone(&self.timezone), false)
+            .ok()
+    }
+
+    /// The occurrences to fire now, given the last firing and the policy.
+    pub fn due(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> Vec<DateTime<Tz>> {
+        let mut missed = Vec::new();
+        let mut cursor = last;
+        while let Some(next) = self.next_after(cursor) {
+            let next_utc = next.with_timezone(&Utc);
+            if next_utc > now {
+                break;
+            }
+            missed.push(next);
+            cursor = next_utc;
+            // A minutely schedule down for a year would be half a million
+            // occurrences; only the newest can matter.
+            if missed.len() > 10_000 {
+                missed.drain(..5_000);
+            }
+        }
+        let age = |t: &DateTime<Tz>| {
+            (now - t.with_timezone(&Utc))
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        };
+        match self.catch_up {
+            CatchUp::None => missed.into_iter().filter(|t| age(t) <= GRACE).collect(),
+            CatchUp::Latest => missed.pop().into_iter().collect(),
+            CatchUp::All { window } => {
+                let mut kept: Vec<_> = missed.into_iter().filter(|t| age(t) <= window).collect();
+                if kept.len() > 1000 {
+                    kept.drain(..kept.len() - 1000);
+                }
+                kept
+            }
+        }
+    }
+}
+
+/// Reads every `*.toml` in `dir` (sorted), one schedule per file.
+pub fn load_dir(dir: &Path, settings: &Settings) -> (Vec<Schedule>, Vec<ScheduleError>) {
+    let mut schedules = Vec::new();
+    let mut errors = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (schedules, errors);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let source = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(bad(&source, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let table: toml::Table = match toml::from_str(&text) {
+            Ok(table) => table,
+            Err(e) => {
+                errors.push(bad(&source, e.to_string().trim().to_string()));
+                continue;
+            }
+        };
+        match Schedule::from_table(table, &source, Some(&text), settings) {
+            Ok(s) => schedules.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    (schedules, errors)
+}
+
+/// A cheap fingerprint of the schedule files (names, sizes, times).
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    Some((e.path(), meta.len(), meta.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// What one firing did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fired {
+    Created(Box<Job>),
+    /// This occurrence already has its job (fired before a restart, or by
+    /// another daemon).
+    AlreadyThere(String),
+}
+
+/// Keeps the schedules and fires them.
+pub struct Schedules {
+    store: Store,
+    settings: Arc<Settings>,
+    current: RwLock<Vec<Schedule>>,
+}
+
+impl Schedules {
+    /// Loads the config's schedules and the schedule files. Errors in the
+    /// config's own schedules were already refused by [`Settings`]; a bad
+    /// file is logged and skipped.
+    pub fn load(store: Store, settings: Arc<Settings>) -> Schedules {
+        let schedules = Schedules {
+            store,
+            settings,
+            current: RwLock::new(Vec::new()),
+        };
+        let loaded = schedules.read_all();
+        schedules.current.try_write().map(|mut c| *c = loaded).ok();
+        schedules
+    }
+
+    fn read_all(&self) -> Vec<Schedule> {
+        let mut all: Vec<Schedule> = self.settings.schedules.clone();
+        let (from_files, errors) = load_dir(&self.settings.paths.schedules, &self.settings);
+        for e in errors {
+            error!(error = %e, "schedule file not loaded");
+        }
+        for s in from_files {
+            if all.iter().any(|existing| existing.name == s.name) {
+                error!(schedule = %s.name, source = %s.source, "a schedule with this name exists already; this one is ignored");
+            } else {
+                all.push(s);
+            }
+        }
+        all
+    }
+
+    /// The schedules as loaded now.
+    pub async fn list(&self) -> Vec<Schedule> {
+        self.current.read().await.clone()
+    }
+
+    /// Creates the job of one occurrence (idempotent: a second call finds it).
+    pub async fn fire(&self, schedule: &Schedule, at: DateTime<Tz>) -> Result<Fired, StoreError> {
+        let request = schedule.request_at(at);
+        let source = format!("schedule:{}", schedule.name);
+        let new = match prepare(
+            request,
+            None,
+            &self.settings,
+            &source,
+            String::new(),
+            crate::job::now_ms(),
+        ) {
+            Ok(new) => new,
+            Err(e) => {
+                // The schedule validated at load; the account may have gone since.
+                error!(schedule = %schedule.name, error = %e, "a firing produced an invalid request; skipped");
+                return Ok(Fired::AlreadyThere(String::new()));
+            }
+        };
+        match self.store.insert(&new).await {
+            Ok(job) => {
+                info!(schedule = %schedule.name, job = %job.name, at = %at, "schedule fired");
+                Ok(Fired::Created(Box::new(job)))
+            }
+            Err(StoreError::Duplicate { name, .. }) => Ok(Fired::AlreadyThere(name)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fires every occurrence due at `now` (the testable step).
+    pub async fn fire_due(&self, now: DateTime<Utc>) -> Result<Vec<Fired>, StoreError> {
+        let mut fired = Vec::new();
+        for schedule in self.list().await.iter().filter(|s| s.enabled) {
+            let now_ms = now.timestamp_millis();
+            let Some(last) = self.store.last_fire(&schedule.name).await? else {
+                // A new schedule starts from now: it has missed nothing yet.
+                self.store.set_last_fire(&schedule.name, now_ms).await?;
+                continue;
+            };
+            let last = Utc.timestamp_millis_opt(last).single().unwrap_or(now);
+            for at in schedule.due(last, now) {
+                fired.push(self.fire(schedule, at).await?);
+            }
+            // Everything up to now has been considered, fired or skipped.
+            self.store.set_last_fire(&schedule.name, now_ms).await?;
+        }
+        Ok(fired)
+    }
+
+    /// The next firing of each enabled schedule after `now`.
+    pub async fn next_firings(&self, now: DateTime<Utc>) -> BTreeMap<String, DateTime<Tz>> {
+        self.list()
+            .await
+            .iter()
+            .filter(|s| s.enabled)
+            .filter_map(|s| s.next_after(now).map(|t| (s.name.clone(), t)))
+            .collect()
+    }
+
+    /// The driver: fires due occurrences, sleeps until the next one, and
+    /// re-reads the schedule files when they change.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let dir = self.settings.paths.schedules.clone();
+        let mut seen = fingerprint(&dir);
+        loop {
+            if let Err(e) = self.fire_due(Utc::now()).await {
+                warn!(error = %e, "cannot fire schedules; will try again");
+            }
+            let now = Utc::now();
+            let next = self
+                .next_firings(now)
+                .await
+                .values()
+                .map(|t| t.with_timezone(&Utc))
+                .min();
+            // Wake for the next firing, or every few seconds to notice edits.
+            let sleep = next
+                .and_then(|t| (t - now).to_std().ok())
+                .unwrap_or(Duration::from_secs(5))
+                .min(Duration::from_secs(5));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            let current = fingerprint(&dir);
+            if current != seen {
+                seen = current;
+                let loaded = self.read_all();
+                info!(schedules = loaded.len(), "schedule files changed; reloaded");
+                *self.current.write().await = loaded;
+            }
+        }
+    }
+}

@@ -1,0 +1,627 @@
+//! The scheduler: claims due jobs, runs one provider step for each under a
+//! lease, and persists what the step decided.
+//!
+//! - [`Scheduler::step`] is one testable pass: claim what is due now, run
+//!   it, persist the outcomes. Tests call it until the queue is idle.
+//! - [`Scheduler::run`] is the thin driver: it keeps up to `workers` jobs in
+//!   flight and sleeps until the next job is due, a new request arrives (an
+//!   in-process wake-up), another process commits to the store (checked once
+//!   a second with SQLite's cheap `data_version`), or a step ends. It never
+//!   scans all jobs on a tick: due work is found through an index.
+//!
+//! Waiting is not failing: "not ready yet" answers are polls, spaced by the
+//! provider's hint or by backoff, and never fail a job; transient errors back
+//! off separately and fail the job after `max_attempts` in a row; permanent
+//! errors fail it at once; the deadline bounds everything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::Settings;
+use crate::job::{Job, JobResult, JobState, Millis, RetryPolicy, now_ms};
+use crate::providers::{ErrorClass, ProviderError, Providers, Step, StepContext};
+use crate::receipt;
+use crate::store::{Store, StoreError, Transition};
+use crate::units::format_duration;
+
+/// Steps that may follow each other without a wait in one claim; a guard
+/// against a provider that never stops asking to continue.
+const MAX_CONTINUES: u32 = 16;
+
+/// How long a claimed job waits for its account's concurrency limit before
+/// stepping aside.
+const ACCOUNT_WAIT: Duration = Duration::from_secs(2);
+
+/// How often the idle driver asks whether another process (the CLI) added work.
+const CROSS_PROCESS_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs jobs. Cheap to share behind an `Arc`.
+pub struct Scheduler {
+    store: Store,
+    providers: Providers,
+    http: reqwest::Client,
+    settings: Arc<Settings>,
+    policy: RetryPolicy,
+    /// This process's lease-owner id.
+    owner: String,
+}
+
+/// What became of one claimed job, for tests and the driver's bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The job was persisted in this state.
+    Persisted(JobState),
+    /// The job changed under us (cancelled) or could not be persisted; its
+    /// lease will bring it back if needed.
+    Abandoned(String),
+}
+
+impl Scheduler {
+    pub fn new(
+        store: Store,
+        providers: Providers,
+        http: reqwest::Client,
+        settings: Arc<Settings>,
+        owner: String,
+    ) -> Self {
+        let policy = RetryPolicy::from_settings(&settings.scheduler);
+        Scheduler {
+            store,
+            providers,
+            http,
+            settings,
+            policy,
+            owner,
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The accounts this scheduler runs jobs for.
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    fn lease_ms(&self) -> Millis {
+        millis(self.settings.scheduler.lease)
+    }
+
+    /// Claims up to `capacity` jobs that are due now.
+    pub async fn claim(&self, capacity: usize) -> Result<Vec<Job>, StoreError> {
+        let now = now_ms();
+        let limit = u32::try_from(capacity).unwrap_or(u32::MAX);
+        let started = std::time::Instant::now();
+        let claimed = self
+            .store
+            .claim_due(&self.owner, now, now + self.lease_ms(), limit)
+            .await;
+        crate::metrics::store_op("claim", started.elapsed());
+        claimed
+    }
+
+    /// One pass: claims every job due now (up to `workers`), runs one step
+    /// of each concurrently, and persists the outcomes.
+    pub async fn step(self: &Arc<Self>) -> Result<Vec<(String, Outcome)>, StoreError> {
+        let jobs = self.claim(self.settings.scheduler.workers).await?;
+        let mut set = JoinSet::new();
+        for job in jobs {
+            let this = self.clone();
+            let name = job.name.clone();
+            set.spawn(async move { (name, this.run_job(job, CancellationToken::new()).await) });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => error!(error = %e, "a job step panicked"),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Runs one claimed job until it waits, finishes or fails, and persists
+    /// the result. Never returns an error: whatever happens is recorded on
+    /// the job or left to its lease.
+    pub async fn run_job(self: Arc<Self>, job: Job, stop: CancellationToken) -> Outcome {
+        let span = info_span!("job", job = %job.name, job_id = %job.id, provider = %job.provider, account = %job.account, attempt = job.attempts + 1);
+        self.run_job_inner(job, stop).instrument(span).await
+    }
+
+    async fn run_job_inner(self: Arc<Self>, mut job: Job, stop: CancellationToken) -> Outcome {
+        if now_ms() >= job.deadline_at {
+            let message = format!(
+                "timed out: not finished within scheduler.deadline ({}) of being accepted",
+                format_duration(self.settings.scheduler.deadline)
+            );
+            return self.fail(&job, message).await;
+        }
+        let Some(account) = self.providers.get(&job.account) else {
+            let message = format!("account {:?} is no longer configured", job.account);
+            return self.fail(&job, message).await;
+        };
+        // A 429 pauses the whole account: its jobs wait without spending a
+        // request or an attempt.
+        if let Some(until) = account.cooling_until() {
+            let pause = until.saturating_duration_since(std::time::Instant::now());
+            debug!(pause = %format_duration(pause), "account is pausing after a 429");
+            return self.postpone(&job, pause).await;
+        }
+        // At most `concurrency` steps per account. A short wait for a permit
+        // keeps the account busy without handing the job back and forth;
+        // past it, the job steps aside so other accounts' jobs get workers.
+        let permit =
+            match tokio::time::timeout(ACCOUNT_WAIT, account.limit.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    let delay = ACCOUNT_WAIT.mul_f64(1.0 + fastrand::f64());
+                    return self.postpone(&job, delay).await;
+                }
+            };
+        let _permit = permit;
+        // The lease is renewed in the background while the step runs; losing
+        // it (a user cancelled the job) stops the step.
+        let lease_lost = stop.child_token();
+        let renewer = tokio::spawn(renew_lease(
+            self.store.clone(),
+            job.id.clone(),
+            self.owner.clone(),
+            self.settings.scheduler.lease,
+            lease_lost.clone(),
+        ));
+        let _stop_renewer = AbortOnDrop(renewer);
+        let output_dir = receipt::job_dir(&self.settings.paths.output, &job);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(job.deadline_at - now_ms()).unwrap_or(0));
+        let mut continues = 0;
+        loop {
+            let ctx = StepContext {
+                job: &job,
+                http: &self.http,
+                output_dir: output_dir.clone(),
+                attachments_dir: self.settings.paths.attachments.clone(),
+                max_file_size: self.settings.scheduler.max_file_size,
+                timeout: self.settings.http.timeout,
+            };
+            let started = std::time::Instant::now();
+            let result = tokio::select! {
+                result = account.provider.step(&ctx) => {
+                    crate::metrics::step_duration(&job.provider, started.elapsed());
+                    result
+                }
+                // The deadline bounds a step too: a download that trickles
+                // forever never goes silent long enough to time out.
+                _ = tokio::time::sleep_until(deadline) => {
+                    let message = format!(
+                        "timed out: not finished within scheduler.deadline ({}) of being accepted",
+                        format_duration(self.settings.scheduler.deadline)
+                    );
+                    return self.fail(&job, message).await;
+                }
+                _ = lease_lost.cancelled() => {
+                    let why = if stop.is_cancelled() { "stopped by shutdown" } else { "lease lost (cancelled?)" };
+                    info!("step interrupted: {why}");
+                    return Outcome::Abandoned(why.into());
+                }
+            };
+            match result {
+                Ok(Step::Continue(cursor)) if continues < MAX_CONTINUES => {
+                    continues += 1;
+                    if let Err(e) = self.store.checkpoint(&job.id, &self.owner, &cursor).await {
+                        return self.abandoned(&job, e).await;
+                    }
+                    job.cursor = cursor;
+                    job.attempts = 0;
+                }
+                Ok(Step::Continue(cursor)) => {
+                    let message = "the provider kept asking to continue without waiting; giving up"
+                        .to_string();
+                    job.cursor = cursor;
+                    return self.fail(&job, message).await;
+                }
+                Ok(Step::Wait {
+                    cursor,
+                    hint,
+                    poll,
+                    note,
+                }) => {
+                    return self.wait(&job, cursor, hint, poll, note).await;
+                }
+                Ok(Step::Done { cursor, result }) => {
+                    job.cursor = cursor;
+                    return self.done(job, result).await;
+                }
+                Err(e) => return self.error(&job, e).await,
+            }
+        }
+    }
+
+    async fn wait(
+        &self,
+        job: &Job,
+        cursor: serde_json::Value,
+        hint: Option<Duration>,
+        poll: bool,
+        note: String,
+    ) -> Outcome {
+        let polls = job.polls + u32::from(poll);
+        let delay = self.policy.poll_delay(polls, hint, fastrand::f64());
+        let next = self.next_run(job, delay);
+        debug!(polls, next_in = %format_duration(delay), "{note}");
+        let t = Transition {
+            state: JobState::Waiting,
+            cursor,
+            next_run_at: next,
+            attempts: 0,
+            polls,
+            last_error: None,
+            result: None,
+            event: (
+                if poll { "poll" } else { "progress" }.into(),
+                format!("{note}; next check in {}", format_duration(delay)),
+            ),
+            hooks_pending: false,
+        };
+        self.persist(job, t).await
+    }
+
+    async fn done(&self, mut job: Job, result: JobResult) -> Outcome {
+        let files: Vec<String> = result
+            .files
+            .iter()
+            .map(|f| format!("{} ({} bytes)", f.name, f.size))
+            .collect();
+        for warning in &result.warnings {
+            warn!(warning = %warning, "the provider reported a warning");
+        }
+        let event = format!("done: {}", files.join(", "));
+        let cursor = job.cursor.clone();
+        let polls = job.polls;
+        job.state = JobState::Done;
+        job.result = Some(result.clone());
+        job.attempts = 0;
+        job.last_error = None;
+        job.finished_at = Some(now_ms());
+        // The receipt is written before the commit: a job is done only once
+        // its files and receipt are on disk. A crash in between re-runs the
+        // last step, which rewrites both.
+        if let Err(e) = receipt::write(&self.settings.paths.output, &job).await {
+            let error = ProviderError::transient(format!("cannot write the receipt: {e}"));
+            return self.error(&job, error).await;
+        }
+        let t = Transition {
+            state: JobState::Done,
+            cursor,
+            next_run_at: now_ms(),
+            attempts: 0,
+            polls,
+            last_error: None,
+            result: Some(result),
+            event: ("done".into(), event),
+            hooks_pending: self.hooks_for(&job).applies_to(JobState::Done),
+        };
+        let outcome = self.persist(&job, t).await;
+        if outcome == Outcome::Persisted(JobState::Done) {
+            info!(files = %files.join(", "), polls, "job done");
+        }
+        outcome
+    }
+
+    async fn error(&self, job: &Job, e: ProviderError) -> Outcome {
+        let class = match e.class {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        };
+        crate::metrics::error(&job.provider, &job.account, class);
+        if let (Some(pause), Some(account)) = (e.account_cooldown, self.providers.get(&job.account))
+        {
+            warn!(pause = %format_duration(pause), "the service asked to slow down; pausing the account");
+            account.cool_down(pause);
+        }
+        if e.class == ErrorClass::Permanent {
+            return self.fail(job, e.message).await;
+        }
+        let attempts = job.attempts + 1;
+        match self
+            .policy
+            .retry_delay(attempts, e.retry_after, fastrand::f64())
+        {
+            Some(delay) => {
+                warn!(attempts, retry_in = %format_duration(delay), error = %e.message, "transient error, will retry");
+                let t = Transition {
+                    state: JobState::Waiting,
+                    cursor: job.cursor.clone(),
+                    next_run_at: self.next_run(job, delay),
+                    attempts,
+                    polls: job.polls,
+                    last_error: Some(e.message.clone()),
+                    result: None,
+                    event: (
+                        "error".into(),
+                        format!(
+                            "{} (attempt {attempts}, retry in {})",
+                            e.message,
+                            format_duration(delay)
+                        ),
+                    ),
+                    hooks_pending: false,
+                };
+                self.persist(job, t).await
+            }
+            None => {
+                let message = format!("gave up after {attempts} attempts in a row: {}", e.message);
+                let mut job = job.clone();
+                job.attempts = attempts;
+                self.fail(&job, message).await
+            }
+        }
+    }
+
+    async fn fail(&self, job: &Job, message: String) -> Outcome {
+        error!(error = %message, "job failed");
+        let mut failed = job.clone();
+        failed.state = JobState::Failed;
+        failed.last_error = Some(message.clone());
+        failed.finished_at = Some(now_ms());
+        if let Err(e) = receipt::write(&self.settings.paths.output, &failed).await {
+            // The failure is still recorded in the store; the receipt is
+            // rewritten if the job is retried and fails again.
+            error!(error = %e, "cannot write the receipt of a failed job");
+        }
+        let t = Transition {
+            state: JobState::Failed,
+            cursor: job.cursor.clone(),
+            next_run_at: now_ms(),
+            attempts: job.attempts,
+            polls: job.polls,
+            last_error: Some(message.clone()),
+            result: None,
+            event: ("failed".into(), message),
+            hooks_pending: self.hooks_for(job).applies_to(JobState::Failed),
+        };
+        self.persist(job, t).await
+    }
+
+    /// The hooks that apply to `job`: its request's, then its account's.
+    fn hooks_for(&self, job: &Job) -> crate::job::Hooks {
+        let account = self
+            .settings
+            .accounts
+            .get(&job.account)
+            .map(|a| a.hooks.clone())
+            .unwrap_or_default();
+        job.hooks.clone().unwrap_or_default().or(&account)
+    }
+
+    /// Hands the job back unrun, due again after `delay`.
+    async fn postpone(&self, job: &Job, delay: Duration) -> Outcome {
+        match self
+            .store
+            .postpone(&job.id, &self.owner, self.next_run(job, delay))
+            .await
+        {
+            Ok(()) => {
+                crate::metrics::step(&job.provider, &job.account, "postponed");
+                Outcome::Persisted(JobState::Waiting)
+            }
+            Err(e) => self.abandoned(job, e).await,
+        }
+    }
+
+    /// The next run time, never past the deadline (so a job that would
+    /// sleep beyond it wakes up in time to fail as timed out).
+    fn next_run(&self, job: &Job, delay: Duration) -> Millis {
+        (now_ms() + millis(delay)).min(job.deadline_at)
+    }
+
+    /// Persists a transition, retrying briefly when the store is busy.
+    async fn persist(&self, job: &Job, t: Transition) -> Outcome {
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let finished = self.store.finish_step(&job.id, &self.owner, &t).await;
+            crate::metrics::store_op("finish", started.elapsed());
+            match finished {
+                Ok(saved) => {
+                    let outcome = match t.event.0.as_str() {
+                        "poll" => {
+                            crate::metrics::poll(&job.provider, &job.account);
+                            "waiting"
+                        }
+                        "error" => "retry",
+                        "done" => "done",
+                        "failed" => "failed",
+                        _ => "waiting",
+                    };
+                    crate::metrics::step(&job.provider, &job.account, outcome);
+                    return Outcome::Persisted(saved.state);
+                }
+                Err(e) if e.is_transient() => {
+                    warn!(error = %e, "store busy, retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return self.abandoned(job, e).await,
+            }
+        }
+        Outcome::Abandoned("the store stayed busy; the lease will bring the job back".into())
+    }
+
+    /// The row moved under us: usually a user cancelled the job. Make sure the
+    /// receipt tells the truth about its final state.
+    async fn abandoned(&self, job: &Job, e: StoreError) -> Outcome {
+        match self.store.find(&job.id).await {
+            Ok(Some(current)) if current.state.is_finished() => {
+                info!(state = %current.state, "the job was finished by someone else meanwhile");
+                if let Err(e) = receipt::write(&self.settings.paths.output, &current).await {
+                    error!(error = %e, "cannot write the receipt");
+                }
+            }
+            _ => {
+                warn!(error = %e, "could not persist the step; the job's lease will bring it back")
+            }
+        }
+        Outcome::Abandoned(e.to_string())
+    }
+
+    /// The driver: runs until `shutdown`, then lets running steps finish for
+    /// up to `scheduler.shutdown_grace`, and releases this process's leases.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        heartbeat: Option<Arc<dyn Fn() + Send + Sync>>,
+    ) {
+        let workers = self.settings.scheduler.workers;
+        let wake = self.store.wakeup();
+        let mut running: JoinSet<Outcome> = JoinSet::new();
+        let steps_stop = CancellationToken::new();
+        let mut last_version = self.store.change_counter().await.ok();
+        let mut next_due: Option<Millis> = None;
+        let mut dirty = true;
+        let mut store_trouble = Duration::ZERO;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if let Some(beat) = &heartbeat {
+                beat();
+            }
+            while let Some(done) = running.try_join_next() {
+                if let Err(e) = done {
+                    error!(error = %e, "a job step panicked");
+                }
+            }
+            let capacity = workers.saturating_sub(running.len());
+            let due_now = next_due.is_some_and(|due| due <= now_ms());
+            if capacity > 0 && (dirty || due_now) {
+                match self.claim(capacity).await {
+                    Ok(jobs) => {
+                        store_trouble = Duration::ZERO;
+                        let full = jobs.len() == capacity;
+                        for job in jobs {
+                            running.spawn(self.clone().run_job(job, steps_stop.child_token()));
+                        }
+                        match self.store.next_due_at().await {
+                            Ok(due) => next_due = due,
+                            Err(e) => warn!(error = %e, "cannot read the next due time"),
+                        }
+                        dirty = full;
+                        if full {
+                            // More may be due: loop again once a worker frees up.
+                            dirty = true;
+                        }
+                    }
+                    Err(e) => {
+                        store_trouble = (store_trouble * 2)
+                            .clamp(Duration::from_millis(200), Duration::from_secs(10));
+                        error!(error = %e, retry_in = ?store_trouble, "cannot claim jobs");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(store_trouble) => continue,
+                        }
+                    }
+                }
+            }
+            // Sleep until the next due job, but at most a second, so work
+            // added by another process is noticed.
+            let until_due = next_due
+                .map(|due| Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)))
+                .unwrap_or(CROSS_PROCESS_CHECK);
+            let can_claim = running.len() < workers;
+            let sleep = if can_claim {
+                until_due.min(CROSS_PROCESS_CHECK)
+            } else {
+                CROSS_PROCESS_CHECK
+            };
+            if can_claim && dirty {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.notified() => dirty = true,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Err(e) = done {
+                        error!(error = %e, "a job step panicked");
+                    }
+                    // The step may have scheduled its job sooner than `next_due`.
+                    dirty = true;
+                }
+                _ = tokio::time::sleep(sleep) => {
+                    if next_due.is_none_or(|due| due > now_ms()) {
+                        match self.store.change_counter().await {
+                            Ok(version) if Some(version) != last_version => {
+                                last_version = Some(version);
+                                dirty = true;
+                            }
+                            Ok(_) => {}
+                            Err(e) => warn!(error = %e, "cannot check the store for changes"),
+                        }
+                    }
+                }
+            }
+        }
+        info!(running = running.len(), grace = %format_duration(self.settings.scheduler.shutdown_grace), "stopping: no new claims; letting running steps finish");
+        let drained = tokio::time::timeout(self.settings.scheduler.shutdown_grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                running = running.len(),
+                "shutdown grace ran out; interrupting the remaining steps"
+            );
+            steps_stop.cancel();
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+        }
+        match self.store.release_leases(Some(&self.owner), now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                jobs = n,
+                "released leases; these jobs resume at the next start"
+            ),
+            Err(e) => error!(error = %e, "cannot release leases; they expire on their own"),
+        }
+    }
+}
+
+/// Renews a job's lease every third of its length until dropped; cancels
+/// `lost` when the lease is gone.
+async fn renew_lease(
+    store: Store,
+    id: String,
+    owner: String,
+    lease: Duration,
+    lost: CancellationToken,
+) {
+    let period = lease / 3;
+    loop {
+        tokio::time::sleep(period).await;
+        let until = now_ms() + millis(lease);
+        match store.renew_lease(&id, &owner, until).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => {
+                lost.cancel();
+                return;
+            }
+            Err(e) => warn!(error = %e, "cannot renew a lease; will try again"),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn millis(d: Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

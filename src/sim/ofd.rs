@@ -1,0 +1,1063 @@
+//! A fake OFD.ru "ИС Отчеты" API v1.3 that follows seed
+//! `001_36c055defb9d4596.txt`, quirks included:
+//!
+//! - `POST /api/Authorization/CreateAuthToken` with `{"Login","Password"}` →
+//!   `{"AuthToken": 32 hex digits, "ExpirationDateUtc": "YYYY-MM-DDTHH:MM:SS"}`;
+//!   wrong credentials → 403 with `{}`. Every other call needs a valid,
+//!   unexpired `AuthToken` in the query string, or it gets 401.
+//! - `GET /api/customer/reports?Inn=…&Kpp=…` → the agreement lookup of 1.2
+//!   (always the wrapped shape, with `OfdAgreementId`).
+//! - `GET /api/customer/reports` → the report list (3.2), wrapped in `Data`
+//!   (the generic envelope of section 2, default) or bare as 3.2 prints it,
+//!   with its `" TotalCount "` key and, optionally, its unquoted e-mail.
+//!   Without `SkipPageFilter=true` only the first page is shown.
+//! - `POST /api/customer/reports` → a report in `Todo` with its
+//!   `AssumptiveCompleteTime`; it turns `Processing`, then `Done` as the list
+//!   is read (see [`OfdSimConfig::pending_lists`]).
+//! - `GET /api/customer/reports/{id}` → the file once `Done`, else `ReportNotDone`.
+//! - `DELETE /api/customer/reports/{id}` → the report, now `Deleted`.
+//! - `GET /api/customer/reports/{id}/cancel` → a report not generated yet is
+//!   cancelled. 3.2.1 has no "cancelled" status, so it shows as `Deleted`
+//!   (the report is gone for the user, as after a delete).
+//!
+//! Errors are the seed's `{"Errors":[…],"Status":"Failed","Elapsed":…}` with
+//! an HTTP status other than 200. Behaviour per report can be steered by a
+//! `_sim` object in the order body (see [`Knobs`]); the service ignores it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Timelike, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Where the fake service is mounted on the simulator's port (the account's
+/// `base_url` is the simulator origin plus this prefix).
+pub const PREFIX: &str = "/ofd";
+
+/// The agreement of the seed's 1.2 example, found by its INN and KPP.
+pub const SEED_AGREEMENT_ID: &str = "56ddf007-76d7-4157-8e85-2d9fe0704cb4";
+pub const SEED_INN: &str = "7841465198";
+pub const SEED_KPP: &str = "772501001";
+
+/// The e-mail of the seed's 3.2 example (printed there without quotes).
+const ACCOUNT_EMAIL: &str = "ofdtester1@ofd.ru";
+
+/// Report types of 3.1.1 with their display names (the seed's examples name
+/// `CloseShiftReport` "Отчёт по сменам" and `ReceiptReport` "Сверка").
+const REPORT_TYPES: &[(&str, &str)] = &[
+    ("KKTReport", "Отчет по подключенным ККТ"),
+    ("CloseShiftReport", "Отчёт по сменам"),
+    ("ReceiptReport", "Сверка"),
+    ("FiscalDocumentReport", "Список фискальных документов"),
+    ("RentReport", "Отчет арендатора"),
+    ("EReceiptReport", "Статистика отправки электронных чеков"),
+    (
+        "OpenShift24Report",
+        "Список касс со сменами, открытыми более 24 часов",
+    ),
+    ("ManagerKktReport", "Список всех касс"),
+    ("MyKktReport", "Отчёт-мониторинг"),
+    ("FnScheduleReport", "График смены ФН"),
+];
+
+mod lock {
+    //! `std::sync::Mutex` that shrugs off poisoning: the simulator's state
+    //! stays usable even if a handler panicked while holding it.
+    pub struct Mutex<T>(std::sync::Mutex<T>);
+    impl<T> Mutex<T> {
+        pub fn new(value: T) -> Self {
+            Mutex(std::sync::Mutex::new(value))
+        }
+        pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+}
+use lock::Mutex;
+
+/// Per-report behaviour, from the order body's `_sim` (all optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Knobs {
+    /// List answers showing the report unfinished (default: the service's).
+    pub pending_lists: Option<u32>,
+    /// The report is not `Done` before this many milliseconds after the order.
+    pub ready_after_ms: Option<u64>,
+    /// `AssumptiveCompleteTime` this far after the order (default: the service's).
+    pub eta_ms: Option<u64>,
+    /// End in this status instead of `Done` (`Error`, `Deleted`).
+    pub final_status: Option<String>,
+    /// The order is refused with this error name.
+    pub order_error: Option<String>,
+    /// HTTP status of `order_error` (default: 500 for `InternalError`, else 400).
+    pub order_status: Option<u16>,
+    /// The report is created, but the answer is a 502 HTML page (the
+    /// connection broke after the service accepted the order).
+    pub fail_after_create: bool,
+    /// List calls answer this error while `list_errors` last.
+    pub list_error: Option<String>,
+    pub list_errors: u32,
+    /// Downloads answer this error (`download_errors` times, or always).
+    pub download_error: Option<String>,
+    pub download_errors: Option<u32>,
+    /// The first N downloads of a `Done` report answer `ReportNotDone`.
+    pub not_done_downloads: u32,
+    /// The delete answers this error.
+    pub delete_error: Option<String>,
+    /// File size in bytes (default: the service's).
+    pub size: Option<usize>,
+    /// `Content-Disposition` file name.
+    pub filename: Option<String>,
+    /// Send no `Content-Disposition`.
+    pub no_disposition: bool,
+}
+
+/// The shape of the report list (3.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListShape {
+    /// `{"Status":"Success","Data":{"List":[…],"TotalCount":…},"Elapsed":…}`
+    /// with the reports as the 1.2 example shows them.
+    #[default]
+    Wrapped,
+    /// `{"OfdAgreementLimit":…,"ConsumedLimit":…,"List":[…]," TotalCount ":…}`
+    /// with the reports as the 3.2 example shows them (no name, no URLs).
+    Bare,
+}
+
+/// A legal entity attached to the cabinet.
+#[derive(Debug, Clone)]
+pub struct SimAgreement {
+    pub id: String,
+    pub inn: String,
+    pub kpp: String,
+}
+
+/// Settings of the fake service.
+#[derive(Debug, Clone)]
+pub struct OfdSimConfig {
+    pub login: String,
+    pub password: String,
+    /// How long a token lives (the expiry is printed in whole seconds,
+    /// rounded up, and enforced as printed).
+    pub token_lifetime: Duration,
+    /// List answers that show a new report unfinished (`Todo` for the first
+    /// half, then `Processing`); the next one shows it `Done`.
+    pub pending_lists: u32,
+    /// `AssumptiveCompleteTime` this long after the order (rounded up to a
+    /// whole second). The seed's example says a minute; a short default
+    /// keeps `docfetch demo` quick.
+    pub assumptive_delay: Duration,
+    pub list_shape: ListShape,
+    /// In the bare list, print `"AccountEmail": ofdtester1@ofd.ru` unquoted,
+    /// exactly as the seed does (invalid JSON).
+    pub unquoted_email: bool,
+    /// The legal entities; with more than one, orders need `OfdAgreementId`.
+    pub agreements: Vec<SimAgreement>,
+    /// `OfdAgreementLimit`: reports not deleted per agreement; an order
+    /// beyond it is refused with `LimitExhausted`.
+    pub agreement_limit: u64,
+    /// Reports per page when `SkipPageFilter=true` is not given.
+    pub page_size: usize,
+    /// The first N report lists answer 500 with an HTML page.
+    pub fail_lists: u32,
+    /// The first call after logging in answers 429 with `Retry-After: 1`.
+    pub rate_limit_once: bool,
+    /// The next N calls answer 401 whatever token they carry.
+    pub reject_tokens: u32,
+    /// Default file size in bytes.
+    pub file_size: usize,
+}
+
+impl Default for OfdSimConfig {
+    fn default() -> Self {
+        OfdSimConfig {
+            login: "docfetch".into(),
+            password: "sim-ofd-password".into(),
+            token_lifetime: Duration::from_secs(3600),
+            pending_lists: 1,
+            assumptive_delay: Duration::from_secs(2),
+            list_shape: ListShape::Wrapped,
+            unquoted_email: false,
+            agreements: vec![SimAgreement {
+                id: SEED_AGREEMENT_ID.into(),
+                inn: SEED_INN.into(),
+                kpp: SEED_KPP.into(),
+            }],
+            agreement_limit: 500_000,
+            page_size: 20,
+            fail_lists: 0,
+            rate_limit_once: false,
+            reject_tokens: 0,
+            file_size: 4096,
+        }
+    }
+}
+
+/// Counters a test can read.
+#[derive(Debug, Default)]
+pub struct OfdCounters {
+    /// Login attempts (accepted or refused).
+    pub logins: AtomicU64,
+    /// Reports created.
+    pub orders: AtomicU64,
+    /// Report list answers (the agreement lookup not included).
+    pub lists: AtomicU64,
+    /// Agreement lookups by Inn/Kpp.
+    pub agreement_lookups: AtomicU64,
+    /// Complete files served.
+    pub downloads: AtomicU64,
+    /// DELETE requests.
+    pub deletes: AtomicU64,
+    /// Cancel requests.
+    pub cancels: AtomicU64,
+    /// Calls refused with 401.
+    pub unauthorized: AtomicU64,
+    /// Unfinished reports shown in a list before their AssumptiveCompleteTime.
+    pub early_views: AtomicU64,
+}
+
+/// A report as the fake service keeps it; what a test can see of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportView {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub agreement: String,
+}
+
+#[derive(Debug, Clone)]
+struct SimReport {
+    id: String,
+    agreement: String,
+    name: String,
+    report_type: String,
+    type_name: String,
+    date_from: NaiveDateTime,
+    date_to: NaiveDateTime,
+    created: NaiveDateTime,
+    created_at: Instant,
+    eta: NaiveDateTime,
+    kkt_count: usize,
+    emails: Vec<String>,
+    status: String,
+    views: u32,
+    knobs: Knobs,
+    list_errors: u32,
+    download_errors: u32,
+    not_done_downloads: u32,
+    file: Option<(String, Bytes)>,
+}
+
+impl SimReport {
+    fn pending(&self) -> bool {
+        matches!(self.status.as_str(), "Todo" | "Processing")
+    }
+
+    fn url(&self, suffix: &str, key: &str) -> String {
+        format!(
+            "/api/customer/reports/{}{suffix}?{key}={}",
+            self.id, self.agreement
+        )
+    }
+
+    /// As the 1.2 and 3.1 examples show a report.
+    fn full(&self) -> Value {
+        let mut v = json!({
+            "Id": self.id,
+            "CDateUtc": utc(self.created),
+            "ReportTypeName": self.type_name,
+            "ReportType": self.report_type,
+            "DateFrom": utc(self.date_from),
+            "DateTo": utc(self.date_to),
+            "ExpiredDate": utc(self.created + TimeDelta::days(7)),
+            "KktCount": self.kkt_count,
+            "Status": self.status,
+            "AccountEmail": ACCOUNT_EMAIL,
+            "AccountName": "Иван",
+            "Name": self.name,
+            "EmailsToNotify": self.emails,
+            "FileFormat": "Xlsx",
+            "IsAutoReport": false,
+            "DownloadUrl": self.url("", "OfdAgreementId"),
+            "DeleteUrl": self.url("", "ofdAgreementId"),
+            "CancelUrl": self.url("/cancel", "ofdAgreementId"),
+        });
+        // "Предположительное время формирования отчета (если отчет ещё не сгенерирован)".
+        if self.pending() {
+            v["AssumptiveCompleteTime"] = json!(utc(self.eta));
+        }
+        v
+    }
+
+    /// As the 3.2 and 4 examples show a report.
+    fn short(&self) -> Value {
+        let size_kb = self
+            .file
+            .as_ref()
+            .map_or(0, |(_, b)| b.len().div_ceil(1024));
+        json!({
+            "Id": self.id,
+            "CDateUtc": utc(self.created),
+            "ReportType": self.report_type,
+            "DateFrom": utc(self.date_from),
+            "DateTo": utc(self.date_to),
+            "ExpiredDate": utc(self.created + TimeDelta::days(7)),
+            "KktCount": self.kkt_count,
+            "ReportSize": size_kb,
+            "Status": self.status,
+            "AccountEmail": ACCOUNT_EMAIL,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    reports: Vec<SimReport>,
+    tokens: HashMap<String, NaiveDateTime>,
+    issued: Vec<String>,
+    requests: Vec<String>,
+    order_bodies: Vec<Value>,
+    served: Vec<(String, String)>,
+}
+
+/// The fake service's state.
+pub struct OfdSim {
+    pub config: OfdSimConfig,
+    pub counters: OfdCounters,
+    inner: Mutex<Inner>,
+    origin: Mutex<String>,
+    seq: AtomicU64,
+    fail_lists: AtomicU64,
+    reject_tokens: AtomicU64,
+    rate_limited: AtomicBool,
+}
+
+impl OfdSim {
+    pub fn new(config: OfdSimConfig) -> Arc<Self> {
+        Arc::new(OfdSim {
+            fail_lists: AtomicU64::new(u64::from(config.fail_lists)),
+            reject_tokens: AtomicU64::new(u64::from(config.reject_tokens)),
+            config,
+            counters: OfdCounters::default(),
+            inner: Mutex::new(Inner::default()),
+            origin: Mutex::new(String::new()),
+            seq: AtomicU64::new(1),
+            rate_limited: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_origin(&self, origin: &str) {
+        *self.origin.lock() = origin.to_string();
+    }
+
+    /// The account `base_url` for this service.
+    pub fn base_url(&self) -> String {
+        self.origin.lock().clone()
+    }
+
+    pub fn orders(&self) -> u64 {
+        self.counters.orders.load(Ordering::SeqCst)
+    }
+    pub fn logins(&self) -> u64 {
+        self.counters.logins.load(Ordering::SeqCst)
+    }
+    pub fn lists(&self) -> u64 {
+        self.counters.lists.load(Ordering::SeqCst)
+    }
+    pub fn agreement_lookups(&self) -> u64 {
+        self.counters.agreement_lookups.load(Ordering::SeqCst)
+    }
+    pub fn downloads(&self) -> u64 {
+        self.counters.downloads.load(Ordering::SeqCst)
+    }
+    pub fn deletes(&self) -> u64 {
+        self.counters.deletes.load(Ordering::SeqCst)
+    }
+    pub fn cancels(&self) -> u64 {
+        self.counters.cancels.load(Ordering::SeqCst)
+    }
+    pub fn unauthorized(&self) -> u64 {
+        self.counters.unauthorized.load(Ordering::SeqCst)
+    }
+    pub fn early_views(&self) -> u64 {
+        self.counters.early_views.load(Ordering::SeqCst)
+    }
+
+    /// Every token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.lock().issued.clone()
+    }
+
+    /// Every request as `METHOD /path?query` (path inside [`PREFIX`]).
+    pub fn requests(&self) -> Vec<String> {
+        self.inner.lock().requests.clone()
+    }
+
+    /// The bodies of all orders received, as sent.
+    pub fn order_bodies(&self) -> Vec<Value> {
+        self.inner.lock().order_bodies.clone()
+    }
+
+    /// (file name, SHA-256 hex) of every file served.
+    pub fn served_files(&self) -> Vec<(String, String)> {
+        self.inner.lock().served.clone()
+    }
+
+    /// The reports, oldest first.
+    pub fn reports(&self) -> Vec<ReportView> {
+        self.inner
+            .lock()
+            .reports
+            .iter()
+            .map(|r| ReportView {
+                id: r.id.clone(),
+                name: r.name.clone(),
+                status: r.status.clone(),
+                agreement: r.agreement.clone(),
+            })
+            .collect()
+    }
+
+    /// Makes every token issued so far invalid (as if they had expired).
+    pub fn revoke_tokens(&self) {
+        self.inner.lock().tokens.clear();
+    }
+
+    /// Builds the router, mounted at the root.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/api/Authorization/CreateAuthToken", post(login))
+            .route("/api/customer/reports", get(list).post(order))
+            .route("/api/customer/reports/{id}", get(download).delete(delete))
+            .route("/api/customer/reports/{id}/cancel", get(cancel))
+            .with_state(self.clone())
+    }
+
+    fn digest(&self, label: &str) -> String {
+        let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        let mut h = Sha256::new();
+        h.update(n.to_le_bytes());
+        h.update(label.as_bytes());
+        h.update(self.origin.lock().as_bytes());
+        crate::job::request::hex(&h.finalize())
+    }
+
+    fn next_id(&self) -> String {
+        let hex = self.digest("report");
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    }
+
+    fn record(&self, method: &Method, uri: &Uri) {
+        let line = match uri.query() {
+            Some(q) => format!("{method} {}?{q}", uri.path()),
+            None => format!("{method} {}", uri.path()),
+        };
+        self.inner.lock().requests.push(line);
+    }
+
+    /// The checks every call but the login goes through.
+    fn authorize(&self, query: &Query) -> Result<(), Box<Response>> {
+        let now = now_utc();
+        let valid = query.get("AuthToken").is_some_and(|token| {
+            self.inner
+                .lock()
+                .tokens
+                .get(token)
+                .is_some_and(|expires| now < *expires)
+        });
+        let rejected = valid
+            && self
+                .reject_tokens
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if !valid || rejected {
+            self.counters.unauthorized.fetch_add(1, Ordering::SeqCst);
+            return Err(Box::new(
+                Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .body(Body::empty())
+                    .unwrap_or_default(),
+            ));
+        }
+        if self.config.rate_limit_once && !self.rate_limited.swap(true, Ordering::SeqCst) {
+            let mut response = failed(StatusCode::TOO_MANY_REQUESTS, &["TooManyRequests"]);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return Err(Box::new(response));
+        }
+        Ok(())
+    }
+
+    fn agreement_by_id(&self, id: &str) -> Option<&SimAgreement> {
+        self.config
+            .agreements
+            .iter()
+            .find(|a| a.id.eq_ignore_ascii_case(id.trim()))
+    }
+
+    /// Moves a report along as a list shows it.
+    fn advance(&self, report: &mut SimReport, now: NaiveDateTime) {
+        if !report.pending() {
+            return;
+        }
+        if now < report.eta {
+            self.counters.early_views.fetch_add(1, Ordering::SeqCst);
+        }
+        report.views += 1;
+        let pending = report
+            .knobs
+            .pending_lists
+            .unwrap_or(self.config.pending_lists);
+        let ripe = report
+            .knobs
+            .ready_after_ms
+            .is_none_or(|ms| report.created_at.elapsed() >= Duration::from_millis(ms));
+        report.status = if report.views > pending && ripe {
+            report
+                .knobs
+                .final_status
+                .clone()
+                .unwrap_or_else(|| "Done".into())
+        } else if report.views * 2 <= pending {
+            "Todo".into()
+        } else {
+            "Processing".into()
+        };
+    }
+
+    fn make_file(&self, report: &SimReport) -> (String, Bytes) {
+        let name = report.knobs.filename.clone().unwrap_or_else(|| {
+            format!(
+                "{} {} - {}.xlsx",
+                report.type_name,
+                report.date_from.format("%Y-%m-%d"),
+                report.date_to.format("%Y-%m-%d")
+            )
+        });
+        let size = report.knobs.size.unwrap_or(self.config.file_size);
+        // Starts like a ZIP (an xlsx), then deterministic bytes.
+        let mut bytes = b"PK\x03\x04".to_vec();
+        let mut block = Sha256::digest(report.id.as_bytes());
+        while bytes.len() < size {
+            let take = (size - bytes.len()).min(block.len());
+            bytes.extend_from_slice(&block[..take]);
+            block = Sha256::digest(block);
+        }
+        bytes.truncate(size);
+        (name, Bytes::from(bytes))
+    }
+}
+
+/// The query string, keys compared case-insensitively (ASP.NET binding is).
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Query {
+        Query(
+            url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn now_utc() -> NaiveDateTime {
+    Utc::now().naive_utc()
+}
+
+fn utc(t: NaiveDateTime) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+/// `now + d`, rounded up to a whole second (the seed prints no fractions).
+fn ceil_second(t: NaiveDateTime) -> NaiveDateTime {
+    let whole = t.with_nanosecond(0).unwrap_or(t);
+    if whole < t {
+        whole + TimeDelta::seconds(1)
+    } else {
+        whole
+    }
+}
+
+fn elapsed() -> &'static str {
+    "00:00:00.0123456"
+}
+
+/// A date as the service reads it: the wall-clock time as written (the
+/// seed's answer turns `…T00:00:00.000+03:00` into `…T00:00:00`).
+fn wall(text: &str) -> Option<NaiveDateTime> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(
+            t.naive_local()
+                .with_nanosecond(0)
+                .unwrap_or(t.naive_local()),
+        );
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.with_nanosecond(0).unwrap_or(t));
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+}
+
+/// A body field, by name case-insensitively (`ofdAgreementId` and
+/// `OfdAgreementId` both appear in the seed).
+fn body_field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
+    body.as_object()?
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case(key) && !v.is_null())
+        .map(|(_, v)| v)
+}
+
+fn json_response(status: StatusCode, text: String) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Body::from(text))
+        .unwrap_or_default()
+}
+
+fn success(data: Value) -> Response {
+    let body = json!({"Status": "Success", "Data": data, "Elapsed": elapsed()});
+    json_response(StatusCode::OK, body.to_string())
+}
+
+/// The seed's failure answer.
+fn failed(status: StatusCode, errors: &[&str]) -> Response {
+    let body = json!({"Errors": errors, "Status": "Failed", "Elapsed": elapsed()});
+    json_response(status, body.to_string())
+}
+
+/// A named error with its usual status.
+fn named_error(name: &str, status: Option<u16>) -> Response {
+    let status = status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(match name {
+            "InternalError" => StatusCode::INTERNAL_SERVER_ERROR,
+            "ReportNotFound" => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        });
+    failed(status, &[name])
+}
+
+fn html(status: StatusCode) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html")
+        .body(Body::from(format!(
+            "<html><body><h1>{status}</h1></body></html>"
+        )))
+        .unwrap_or_default()
+}
+
+type Sim = State<Arc<OfdSim>>;
+
+async fn login(State(sim): Sim, method: Method, uri: Uri, body: Bytes) -> Response {
+    sim.record(&method, &uri);
+    sim.counters.logins.fetch_add(1, Ordering::SeqCst);
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let given = |key: &str| body_field(&body, key).and_then(Value::as_str);
+    if given("Login") != Some(sim.config.login.as_str())
+        || given("Password") != Some(sim.config.password.as_str())
+    {
+        // "код ответа по протоколу HTTP будет равен 403 … JSON-структура будет пустой".
+        return json_response(StatusCode::FORBIDDEN, "{}".into());
+    }
+    let token = sim.digest("token")[..32].to_string();
+    let lifetime = TimeDelta::from_std(sim.config.token_lifetime).unwrap_or(TimeDelta::hours(1));
+    let expires = ceil_second(now_utc() + lifetime);
+    {
+        let mut inner = sim.inner.lock();
+        inner.tokens.insert(token.clone(), expires);
+        inner.issued.push(token.clone());
+    }
+    let answer = json!({"AuthToken": token, "ExpirationDateUtc": utc(expires)});
+    json_response(StatusCode::OK, answer.to_string())
+}
+
+async fn list(State(sim): Sim, method: Method, uri: Uri, RawQuery(raw): RawQuery) -> Response {
+    sim.record(&method, &uri);
+    let query = Query::parse(raw.as_deref());
+    if let Err(r) = sim.authorize(&query) {
+        return *r;
+    }
+    if let Some(inn) = query.get("Inn") {
+        return lookup(&sim, inn, query.get("Kpp").unwrap_or(""));
+    }
+    sim.counters.lists.fetch_add(1, Ordering::SeqCst);
+    if sim
+        .fail_lists
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return html(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let agreement = match query.get("OfdAgreementId") {
+        Some(id) => match sim.agreement_by_id(id) {
+            Some(a) => Some(a.id.clone()),
+            None => return named_error("OfdAgreementNotFound", None),
+        },
+        None => None,
+    };
+    let now = now_utc();
+    let mut inner = sim.inner.lock();
+    // A report with a list error knob spoils the whole list while it lasts.
+    if let Some(report) = inner
+        .reports
+        .iter_mut()
+        .find(|r| r.knobs.list_error.is_some() && r.list_errors < r.knobs.list_errors)
+    {
+        report.list_errors += 1;
+        let name = report.knobs.list_error.clone().unwrap_or_default();
+        return named_error(&name, None);
+    }
+    let mut shown: Vec<&mut SimReport> = inner
+        .reports
+        .iter_mut()
+        .filter(|r| agreement.as_ref().is_none_or(|a| &r.agreement == a))
+        .collect();
+    let total = shown.len();
+    let consumed = shown.iter().filter(|r| r.status != "Deleted").count();
+    // Newest first, as a cabinet lists them.
+    shown.reverse();
+    if query.get("SkipPageFilter") != Some("true") {
+        shown.truncate(sim.config.page_size);
+    }
+    for report in shown.iter_mut() {
+        sim.advance(report, now);
+    }
+    match sim.config.list_shape {
+        ListShape::Wrapped => {
+            let mut data = json!({
+                "OfdAgreementLimit": sim.config.agreement_limit,
+                "ConsumedLimit": consumed,
+                "List": shown.iter().map(|r| r.full()).collect::<Vec<_>>(),
+                "TotalCount": total,
+            });
+            if let Some(id) = &agreement {
+                data["OfdAgreementId"] = json!(id);
+            }
+            success(data)
+        }
+        ListShape::Bare => {
+            let body = json!({
+                "OfdAgreementLimit": sim.config.agreement_limit,
+                "ConsumedLimit": consumed,
+                "List": shown.iter().map(|r| r.short()).collect::<Vec<_>>(),
+                " TotalCount ": total,
+            });
+            let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();
+            if sim.config.unquoted_email {
+                text = text.replace(
+                    &format!("\"AccountEmail\": \"{ACCOUNT_EMAIL}\""),
+                    &format!("\"AccountEmail\": {ACCOUNT_EMAIL}"),
+                );
+            }
+            json_response(StatusCode::OK, text)
+        }
+    }
+}
+
+/// 1.2: the agreement of a legal entity, with its reports.
+fn lookup(sim: &OfdSim, inn: &str, kpp: &str) -> Response {
+    sim.counters
+        .agreement_lookups
+        .fetch_add(1, Ordering::SeqCst);
+    let Some(agreement) = sim
+        .config
+        .agreements
+        .iter()
+        .find(|a| a.inn == inn.trim() && a.kpp == kpp.trim())
+    else {
+        return named_error("OfdAgreementNotFound", None);
+    };
+    let inner = sim.inner.lock();
+    let reports: Vec<Value> = inner
+        .reports
+        .iter()
+        .rev()
+        .filter(|r| r.agreement == agreement.id)
+        .map(SimReport::full)
+        .collect();
+    let consumed = inner
+        .reports
+        .iter()
+        .filter(|r| r.agreement == agreement.id && r.status != "Deleted")
+        .count();
+    success(json!({
+        "OfdAgreementId": agreement.id,
+        "OfdAgreementLimit": sim.config.agreement_limit,
+        "ConsumedLimit": consumed,
+        "TotalCount": reports.len(),
+        "List": reports,
+    }))
+}
+
+async fn order(
+    State(sim): Sim,
+    method: Method,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    sim.record(&method, &uri);
+    if let Err(r) = sim.authorize(&Query::parse(raw.as_deref())) {
+        return *r;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return failed(StatusCode::BAD_REQUEST, &["Тело запроса не является JSON"]);
+    };
+    sim.inner.lock().order_bodies.push(body.clone());
+    let knobs: Knobs = body
+        .get("_sim")
+        .and_then(|k| serde_json::from_value(k.clone()).ok())
+        .unwrap_or_default();
+    if let Some(name) = &knobs.order_error {
+        return named_error(name, knobs.order_status);
+    }
+    // "Идентификатор ЛКК требуется в запросах, если к ЛКК клиента привязано
+    // несколько юридических лиц."
+    let agreement = match body_field(&body, "OfdAgreementId").and_then(Value::as_str) {
+        Some(id) => match sim.agreement_by_id(id) {
+            Some(a) => a.id.clone(),
+            None => return named_error("OfdAgreementNotFound", None),
+        },
+        None if sim.config.agreements.len() == 1 => sim.config.agreements[0].id.clone(),
+        None => return named_error("OfdAgreementNotFound", None),
+    };
+    let custom = body_field(&body, "CustomReportId").is_some();
+    let report_type = body_field(&body, "ReportType")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let type_name = match REPORT_TYPES.iter().find(|(t, _)| *t == report_type) {
+        Some((_, name)) => name.to_string(),
+        None if custom => "Пользовательский отчет".to_string(),
+        None => {
+            return failed(
+                StatusCode::BAD_REQUEST,
+                &[&format!(
+                    "ReportType: неизвестный тип отчета {report_type:?}"
+                )],
+            );
+        }
+    };
+    let date = |key: &str| {
+        body_field(&body, key)
+            .and_then(Value::as_str)
+            .and_then(wall)
+    };
+    let (Some(date_from), Some(date_to)) = (date("DateFrom"), date("DateTo")) else {
+        return failed(
+            StatusCode::BAD_REQUEST,
+            &["DateFrom и DateTo обязательны (дата и время в формате ISO)"],
+        );
+    };
+    if date_from > date_to {
+        return named_error("DateFromGreaterThanDateTo", None);
+    }
+    let now = now_utc();
+    let eta_delay = knobs
+        .eta_ms
+        .map(Duration::from_millis)
+        .unwrap_or(sim.config.assumptive_delay);
+    let report = {
+        let mut inner = sim.inner.lock();
+        let live = inner
+            .reports
+            .iter()
+            .filter(|r| r.agreement == agreement && r.status != "Deleted")
+            .count() as u64;
+        if live >= sim.config.agreement_limit {
+            return named_error("LimitExhausted", None);
+        }
+        let emails = match body_field(&body, "EmailsToNotify") {
+            Some(Value::String(s)) => s.split(';').map(|e| e.trim().to_string()).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|e| e.as_str().map(str::to_string))
+                .collect(),
+            _ => vec![String::new()],
+        };
+        let report = SimReport {
+            id: sim.next_id(),
+            agreement,
+            name: body_field(&body, "Name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| type_name.clone()),
+            report_type,
+            type_name,
+            date_from,
+            date_to,
+            created: now.with_nanosecond(0).unwrap_or(now),
+            created_at: Instant::now(),
+            eta: ceil_second(now + TimeDelta::from_std(eta_delay).unwrap_or_default()),
+            kkt_count: body_field(&body, "KktList")
+                .and_then(Value::as_array)
+                .map_or(1, |k| k.len().max(1)),
+            emails,
+            status: "Todo".into(),
+            views: 0,
+            knobs: knobs.clone(),
+            list_errors: 0,
+            download_errors: 0,
+            not_done_downloads: 0,
+            file: None,
+        };
+        inner.reports.push(report.clone());
+        report
+    };
+    sim.counters.orders.fetch_add(1, Ordering::SeqCst);
+    if knobs.fail_after_create {
+        return html(StatusCode::BAD_GATEWAY);
+    }
+    success(report.full())
+}
+
+async fn download(
+    State(sim): Sim,
+    method: Method,
+    uri: Uri,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    sim.record(&method, &uri);
+    if let Err(r) = sim.authorize(&Query::parse(raw.as_deref())) {
+        return *r;
+    }
+    let mut inner = sim.inner.lock();
+    let Some(report) = inner.reports.iter_mut().find(|r| r.id == id) else {
+        // "ReportNotDone — Отчет не сгенерирован или не существует".
+        return named_error("ReportNotDone", None);
+    };
+    if report.status != "Done" {
+        return named_error("ReportNotDone", None);
+    }
+    if let Some(name) = report.knobs.download_error.clone()
+        && report
+            .knobs
+            .download_errors
+            .is_none_or(|n| report.download_errors < n)
+    {
+        report.download_errors += 1;
+        return named_error(&name, None);
+    }
+    if report.not_done_downloads < report.knobs.not_done_downloads {
+        report.not_done_downloads += 1;
+        return named_error("ReportNotDone", None);
+    }
+    let file = match &report.file {
+        Some(file) => file.clone(),
+        None => {
+            let file = sim.make_file(report);
+            report.file = Some(file.clone());
+            file
+        }
+    };
+    let no_disposition = report.knobs.no_disposition;
+    let (name, bytes) = file;
+    inner.served.push((
+        name.clone(),
+        crate::job::request::hex(&Sha256::digest(&bytes)),
+    ));
+    drop(inner);
+    sim.counters.downloads.fetch_add(1, Ordering::SeqCst);
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        )
+        .header(header::CONTENT_LENGTH, bytes.len().to_string());
+    if !no_disposition {
+        builder = builder.header(header::CONTENT_DISPOSITION, content_disposition(&name));
+    }
+    builder.body(Body::from(bytes)).unwrap_or_default()
+}
+
+async fn delete(
+    State(sim): Sim,
+    method: Method,
+    uri: Uri,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    sim.record(&method, &uri);
+    if let Err(r) = sim.authorize(&Query::parse(raw.as_deref())) {
+        return *r;
+    }
+    sim.counters.deletes.fetch_add(1, Ordering::SeqCst);
+    let mut inner = sim.inner.lock();
+    let Some(report) = inner.reports.iter_mut().find(|r| r.id == id) else {
+        return named_error("ReportNotFound", None);
+    };
+    if let Some(name) = &report.knobs.delete_error {
+        return named_error(name, None);
+    }
+    report.status = "Deleted".into();
+    // Section 4 answers with the bare report.
+    json_response(StatusCode::OK, report.short().to_string())
+}
+
+async fn cancel(
+    State(sim): Sim,
+    method: Method,
+    uri: Uri,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    sim.record(&method, &uri);
+    if let Err(r) = sim.authorize(&Query::parse(raw.as_deref())) {
+        return *r;
+    }
+    sim.counters.cancels.fetch_add(1, Ordering::SeqCst);
+    let mut inner = sim.inner.lock();
+    let Some(report) = inner.reports.iter_mut().find(|r| r.id == id) else {
+        return named_error("ReportNotFound", None);
+    };
+    // Only a report not generated yet can be cancelled; others stay as they are.
+    if report.pending() {
+        report.status = "Deleted".into();
+    }
+    success(report.full())
+}
+
+fn content_disposition(name: &str) -> String {
+    if name.is_ascii() {
+        format!("attachment; filename=\"{name}\"")
+    } else {
+        let encoded =
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+        format!("attachment; filename=\"report.xlsx\"; filename*=UTF-8''{encoded}")
+    }
+}

@@ -1,0 +1,1135 @@
+//! The PostgreSQL store, for fleets of daemons sharing one queue.
+//!
+//! Every query has the semantics of its twin in [`super::sqlite`]; what
+//! differs is how several writers are kept apart:
+//!
+//! - Claims lock the due rows with `FOR UPDATE SKIP LOCKED`, so two daemons
+//!   claiming at once take disjoint jobs without waiting for each other.
+//! - Transitions stay compare-and-set (`WHERE id = $1 AND state = 'running'
+//!   AND lease_owner = $2`): a daemon whose lease was taken back can never
+//!   overwrite what the new holder wrote.
+//! - A transition, its line of history and its announcement are one
+//!   statement: one round trip, committed together or not at all.
+//! - Work added or made due by one daemon is announced with `pg_notify`
+//!   (delivered only if it commits); every store runs a `LISTEN` task that
+//!   turns announcements from other processes into the in-process wake-ups
+//!   the scheduler and hook runner already wait on. Polling stays the
+//!   fallback: [`PgStore::change_counter`] counts the announcements, and a
+//!   lost listener connection counts as a change.
+//! - Migrations run under sqlx's `pg_advisory_lock`, on a connection of
+//!   their own that is closed afterwards, so a failed migration cannot leave
+//!   the lock held by a pooled connection.
+//!
+//! The URL's password never leaves this module: errors carry the URL with
+//! the password replaced by [`crate::config::redact_store_url`].
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgNotification, PgPool, PgPoolOptions, PgRow,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{JobFilter, Snapshot, StoreError, StoredJob, Transition};
+use crate::job::{Job, JobEvent, JobResult, JobState, Millis, NewJob};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Announces that jobs were added or became due at another time.
+pub const JOBS_CHANNEL: &str = "docfetch_jobs";
+/// Announces that a finished job has completion hooks to run.
+pub const HOOKS_CHANNEL: &str = "docfetch_hooks";
+
+/// Announcement payloads are `"<sender> <when>"`: work due now wakes the
+/// other daemons at once; work due later (a job waiting for its next poll)
+/// only moves their change counter, which an idle scheduler reads once a
+/// second. Waking every daemon for every poll scheduled by another would
+/// make each of them claim in vain; the daemon that scheduled the poll
+/// claims it on time itself, and the others learn of it within a second in
+/// case it cannot. A payload without a `<when>` (a hand-made `NOTIFY
+/// docfetch_jobs`) counts as due now.
+const DUE_NOW: &str = "now";
+const DUE_LATER: &str = "later";
+
+fn due_at(next_run_at: Millis, now: Millis) -> &'static str {
+    if next_run_at <= now {
+        DUE_NOW
+    } else {
+        DUE_LATER
+    }
+}
+
+/// Connections per store handle: the scheduler's workers persist their
+/// steps concurrently; more would only queue inside PostgreSQL.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// The longest pause between attempts to restore the listener connection.
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The columns of a job, in the shape [`job_from_row`] reads. JSON columns
+/// are read as text, so they come back exactly as written.
+macro_rules! job_columns {
+    () => {
+        "id, name, account, provider, operation, params::text AS params, state,
+         cursor::text AS cursor, attempts, polls, steps, next_run_at, lease_owner,
+         lease_until, last_error, result::text AS result, created_at, updated_at,
+         finished_at, deadline_at, source, request_sha256, hooks::text AS hooks,
+         hooks_state, hooks_attempts"
+    };
+}
+
+/// Due jobs, oldest due first, at most `$4`, as of `$3`, locked for this
+/// transaction. Rows another daemon is claiming right now are skipped, not
+/// waited for; rows that stopped being due meanwhile are re-checked and
+/// dropped by PostgreSQL before they are locked. `jobs_due` serves the
+/// order, so no sort happens.
+macro_rules! due_jobs {
+    () => {
+        "SELECT id FROM jobs
+         WHERE state IN ('queued', 'waiting') AND next_run_at <= $3
+         ORDER BY next_run_at LIMIT $4
+         FOR UPDATE SKIP LOCKED"
+    };
+}
+/// The claim's row selection, for tests that check its plan.
+pub const DUE_JOBS: &str = due_jobs!();
+
+// Each transition is one statement: the UPDATE, its line of history and its
+// announcement are sub-statements of one `WITH`, so they commit together (a
+// statement is its own transaction) in a single round trip. The history
+// INSERT reads the updated rows, so a transition that matched nothing
+// writes nothing and announces nothing.
+
+/// A select-list item for a statement over the CTE `$from`: `pg_notify` on
+/// each channel of the text array `$channels` with payload `$payload`, once
+/// per row of `$from`. The reference to `$from` makes PostgreSQL evaluate
+/// it per row, so it never runs when nothing matched.
+macro_rules! announce {
+    ($from:ident, $payload:literal, $channels:literal) => {
+        concat!(
+            "(SELECT COUNT(pg_notify(channel, ",
+            $payload,
+            ")) FROM unnest(",
+            $channels,
+            "::text[]) AS channel WHERE ",
+            stringify!($from),
+            ".id IS NOT NULL) AS announced"
+        )
+    };
+}
+
+/// Runs `$update` (an `UPDATE … RETURNING id`) and returns how many rows it
+/// moved, announcing them on the channels `$channels` with `$payload`
+/// unless there were none.
+macro_rules! count_and_announce {
+    ($update:literal, $payload:literal, $channels:literal) => {
+        concat!(
+            "WITH moved AS (",
+            $update,
+            ") SELECT n, (SELECT COUNT(pg_notify(channel, ",
+            $payload,
+            ")) FROM unnest(",
+            $channels,
+            "::text[]) AS channel WHERE n > 0) AS announced
+             FROM (SELECT COUNT(*) AS n FROM moved) AS counted"
+        )
+    };
+}
+
+/// PostgreSQL-backed job store. Cheap to clone; the listener task stops
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    /// Identifies this handle in notification payloads, so its listener can
+    /// ignore its own announcements (the local wake-ups already happened).
+    instance: String,
+    wakeup: Arc<Notify>,
+    hooks_wakeup: Arc<Notify>,
+    /// Announcements received from other processes (and lost connections).
+    changes: Arc<AtomicI64>,
+    stop_listener: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_listener.cancel();
+    }
+}
+
+/// What the listener task needs; no reference back to [`Inner`], so the
+/// store can be dropped while the task runs.
+#[derive(Clone)]
+struct Signals {
+    instance: String,
+    wakeup: Arc<Notify>,
+    hooks_wakeup: Arc<Notify>,
+    changes: Arc<AtomicI64>,
+}
+
+impl Signals {
+    fn received(&self, n: &PgNotification) {
+        let (sender, due) = n
+            .payload()
+            .split_once(' ')
+            .unwrap_or((n.payload(), DUE_NOW));
+        if sender == self.instance {
+            return;
+        }
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        if n.channel() == HOOKS_CHANNEL {
+            self.hooks_wakeup.notify_one();
+        } else if due != DUE_LATER {
+            self.wakeup.notify_one();
+        }
+    }
+
+    /// Announcements may have been missed: make everyone look again.
+    fn missed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.wakeup.notify_one();
+        self.hooks_wakeup.notify_one();
+    }
+}
+
+fn open_error(url: &str, message: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        url: crate::config::redact_store_url(url),
+        message: message.to_string(),
+    }
+}
+
+impl PgStore {
+    /// Connects to the database named by `url`, applies pending migrations
+    /// (serialised across daemons by an advisory lock) and starts listening
+    /// for other daemons' announcements.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| open_error(url, e))?;
+        // Migrations get a one-connection pool that is closed afterwards,
+        // whatever happened: sqlx leaves its session-level advisory lock held
+        // when a migration fails, and closing the session is what frees it.
+        let migrations = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| open_error(url, e))?;
+        let migrated = MIGRATOR.run(&migrations).await;
+        migrations.close().await;
+        migrated?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            // sqlx already pings every connection as it goes back to the
+            // pool; pinging again on the way out would double the round
+            // trips of every statement. A connection that dies while idle
+            // fails one statement with an I/O error, which callers treat as
+            // transient, and is then replaced.
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        let signals = Signals {
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            wakeup: Arc::new(Notify::new()),
+            hooks_wakeup: Arc::new(Notify::new()),
+            changes: Arc::new(AtomicI64::new(0)),
+        };
+        // Listening before `open` returns: nothing announced after that is missed.
+        let listener = connect_listener(&pool)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        let stop_listener = CancellationToken::new();
+        tokio::spawn(listen(
+            pool.clone(),
+            listener,
+            signals.clone(),
+            stop_listener.clone(),
+        ));
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                instance: signals.instance,
+                wakeup: signals.wakeup,
+                hooks_wakeup: signals.hooks_wakeup,
+                changes: signals.changes,
+                stop_listener,
+            }),
+        })
+    }
+
+    /// The connection pool, for tests that inspect the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn wakeup(&self) -> Arc<Notify> {
+        self.inner.wakeup.clone()
+    }
+
+    pub fn hooks_wakeup(&self) -> Arc<Notify> {
+        self.inner.hooks_wakeup.clone()
+    }
+
+    /// The payload of this handle's announcements of work due at `due`.
+    fn payload(&self, due: &str) -> String {
+        format!("{} {due}", self.inner.instance)
+    }
+
+    /// Queues `pg_notify` on `channels` in `conn`'s transaction: delivered
+    /// when (and only if) it commits.
+    async fn announce(
+        &self,
+        conn: &mut PgConnection,
+        channels: &[&str],
+        due: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify(channel, $2) FROM unnest($1::text[]) AS channel")
+            .bind(channels)
+            .bind(self.payload(due))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn insert(&self, job: &NewJob) -> Result<Job, StoreError> {
+        let params =
+            serde_json::to_string(&job.params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let hooks = job
+            .hooks
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let row = sqlx::query(concat!(
+            "WITH added AS (
+                 INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
+                                   next_run_at, created_at, updated_at, deadline_at, source,
+                                   request_sha256, hooks)
+                 VALUES ($1, $2, $3, $4, $5, $6::json, 'queued', '{}', $7, $7, $7, $8, $9, $10,
+                         $11::json)
+                 ON CONFLICT (name) DO NOTHING
+                 RETURNING ",
+            job_columns!(),
+            "),
+             history AS (
+                 INSERT INTO job_events (job_id, at, kind, message)
+                 SELECT id, $7, 'accepted', $12 FROM added)
+             SELECT added.*, ",
+            announce!(added, "$13", "$14"),
+            " FROM added"
+        ))
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(&job.account)
+        .bind(&job.provider)
+        .bind(&job.operation)
+        .bind(&params)
+        .bind(job.created_at)
+        .bind(job.deadline_at)
+        .bind(&job.source)
+        .bind(&job.request_sha256)
+        .bind(hooks)
+        .bind(format!("accepted from {}", job.source))
+        .bind(self.payload(DUE_NOW))
+        .bind(&[JOBS_CHANNEL][..])
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else {
+            let existing = self
+                .find(&job.name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(job.name.clone()))?;
+            return Err(StoreError::Duplicate {
+                name: job.name.clone(),
+                existing: Box::new(existing),
+            });
+        };
+        self.inner.wakeup.notify_one();
+        job_from_row(&row)
+    }
+
+    pub async fn find(&self, key: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1 OR name = $1 LIMIT 1"
+        ))
+        .bind(key)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let limit = if filter.limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(filter.limit)
+        };
+        // `COLLATE "C"` orders names byte by byte, as SQLite does; the
+        // database's default collation may ignore case and punctuation.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR account = $2)
+             ORDER BY created_at DESC, name COLLATE \"C\"
+             LIMIT $3 OFFSET $4"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.account.as_deref())
+        .bind(limit)
+        .bind(i64::from(filter.offset))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn events(&self, job_id: &str) -> Result<Vec<JobEvent>, StoreError> {
+        let rows =
+            sqlx::query("SELECT at, kind, message FROM job_events WHERE job_id = $1 ORDER BY seq")
+                .bind(job_id)
+                .fetch_all(&self.inner.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn add_event(
+        &self,
+        job_id: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        insert_event(&mut conn, job_id, crate::job::now_ms(), kind, message).await
+    }
+
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        // The CTE is materialised so the locking sub-select runs exactly
+        // once; the outer UPDATE then touches only the rows it locked.
+        let rows = sqlx::query(concat!(
+            "WITH due AS MATERIALIZED (",
+            due_jobs!(),
+            ")
+             UPDATE jobs
+             SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3,
+                 steps = steps + 1
+             WHERE id IN (SELECT id FROM due) AND state IN ('queued', 'waiting')
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| j.next_run_at);
+        Ok(jobs)
+    }
+
+    pub async fn next_due_at(&self) -> Result<Option<Millis>, StoreError> {
+        let row: (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(next_run_at) FROM jobs WHERE state IN ('queued', 'waiting')",
+        )
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(row.0)
+    }
+
+    pub async fn renew_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        until: Millis,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = $3
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until)
+        .execute(&self.inner.pool)
+        .await?;
+        expect_one(done.rows_affected(), id, "lease renewal")
+    }
+
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        owner: &str,
+        cursor: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET cursor = $3::json, attempts = 0, updated_at = $4
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(cursor.to_string())
+        .bind(crate::job::now_ms())
+        .execute(&self.inner.pool)
+        .await?;
+        expect_one(done.rows_affected(), id, "checkpoint")
+    }
+
+    pub async fn finish_step(
+        &self,
+        id: &str,
+        owner: &str,
+        t: &Transition,
+    ) -> Result<Job, StoreError> {
+        let now = crate::job::now_ms();
+        let result = t
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let finished_at = t.state.is_finished().then_some(now);
+        // A waiting job is due again at a time the other daemons have not
+        // seen; pending hooks are due now.
+        let mut channels = Vec::new();
+        if t.state == JobState::Waiting {
+            channels.push(JOBS_CHANNEL);
+        }
+        if t.hooks_pending {
+            channels.push(HOOKS_CHANNEL);
+        }
+        let row = sqlx::query(concat!(
+            "WITH moved AS (
+                 UPDATE jobs
+                 SET state = $3, cursor = $4::json, next_run_at = $5, attempts = $6, polls = $7,
+                     last_error = $8, result = $9::json, finished_at = $10, updated_at = $11,
+                     lease_owner = NULL, lease_until = NULL,
+                     hooks_state = CASE WHEN $12 THEN 'pending' ELSE hooks_state END,
+                     hooks_next_at = CASE WHEN $12 THEN $11 ELSE hooks_next_at END,
+                     hooks_attempts = CASE WHEN $12 THEN 0 ELSE hooks_attempts END
+                 WHERE id = $1 AND state = 'running' AND lease_owner = $2
+                 RETURNING ",
+            job_columns!(),
+            "),
+             history AS (
+                 INSERT INTO job_events (job_id, at, kind, message)
+                 SELECT id, $11, $13, $14 FROM moved)
+             SELECT moved.*, ",
+            announce!(moved, "$15", "$16"),
+            " FROM moved"
+        ))
+        .bind(id)
+        .bind(owner)
+        .bind(t.state.as_str())
+        .bind(t.cursor.to_string())
+        .bind(t.next_run_at)
+        .bind(i64::from(t.attempts))
+        .bind(i64::from(t.polls))
+        .bind(t.last_error.as_deref())
+        .bind(result)
+        .bind(finished_at)
+        .bind(now)
+        .bind(t.hooks_pending)
+        .bind(&t.event.0)
+        .bind(&t.event.1)
+        .bind(self.payload(due_at(t.next_run_at, now)))
+        .bind(&channels)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict {
+                id: id.to_string(),
+                detail: "the job is no longer running under this lease".into(),
+            });
+        };
+        if t.hooks_pending {
+            self.inner.hooks_wakeup.notify_one();
+        }
+        job_from_row(&row)
+    }
+
+    pub async fn postpone(
+        &self,
+        id: &str,
+        owner: &str,
+        next_run_at: Millis,
+    ) -> Result<(), StoreError> {
+        // The claim counted a step that did not run; take it back. Another
+        // daemon may have room for this account once it is due.
+        let (moved, _): (i64, i64) = sqlx::query_as(count_and_announce!(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = $3, steps = GREATEST(steps - 1, 0)
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2
+             RETURNING id",
+            "$4",
+            "$5"
+        ))
+        .bind(id)
+        .bind(owner)
+        .bind(next_run_at)
+        .bind(self.payload(due_at(next_run_at, crate::job::now_ms())))
+        .bind(&[JOBS_CHANNEL][..])
+        .fetch_one(&self.inner.pool)
+        .await?;
+        expect_one(u64::try_from(moved).unwrap_or(0), id, "postpone")
+    }
+
+    pub async fn release_leases(
+        &self,
+        owner: Option<&str>,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let (released, _): (i64, i64) = sqlx::query_as(count_and_announce!(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = $2, updated_at = $2
+             WHERE state = 'running' AND ($1::text IS NULL OR lease_owner = $1)
+             RETURNING id",
+            "$3",
+            "$4"
+        ))
+        .bind(owner)
+        .bind(now)
+        .bind(self.payload(DUE_NOW))
+        .bind(&[JOBS_CHANNEL][..])
+        .fetch_one(&self.inner.pool)
+        .await?;
+        if released > 0 {
+            self.inner.wakeup.notify_one();
+        }
+        Ok(u64::try_from(released).unwrap_or(0))
+    }
+
+    pub async fn reclaim_expired(&self, now: Millis) -> Result<u64, StoreError> {
+        // A lease renewed meanwhile is re-checked under the row lock and kept.
+        let (reclaimed, _): (i64, i64) = sqlx::query_as(count_and_announce!(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = $1, updated_at = $1
+             WHERE state = 'running' AND lease_until < $1
+             RETURNING id",
+            "$2",
+            "$3"
+        ))
+        .bind(now)
+        .bind(self.payload(DUE_NOW))
+        .bind(&[JOBS_CHANNEL][..])
+        .fetch_one(&self.inner.pool)
+        .await?;
+        if reclaimed > 0 {
+            self.inner.wakeup.notify_one();
+        }
+        Ok(u64::try_from(reclaimed).unwrap_or(0))
+    }
+
+    pub async fn cancel(&self, key: &str, now: Millis) -> Result<Job, StoreError> {
+        let row = sqlx::query(concat!(
+            "WITH moved AS (
+                 UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_until = NULL,
+                                 finished_at = $2, updated_at = $2,
+                                 last_error = 'cancelled by a user'
+                 WHERE (id = $1 OR name = $1) AND state IN ('queued', 'waiting', 'running')
+                 RETURNING ",
+            job_columns!(),
+            "),
+             history AS (
+                 INSERT INTO job_events (job_id, at, kind, message)
+                 SELECT id, $2, 'cancelled', 'cancelled by a user' FROM moved)
+             SELECT * FROM moved"
+        ))
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(self
+                .not_in_state(key, "cancel", "queued, waiting or running")
+                .await),
+        }
+    }
+
+    pub async fn retry(
+        &self,
+        key: &str,
+        now: Millis,
+        deadline_at: Millis,
+    ) -> Result<Job, StoreError> {
+        let row = sqlx::query(concat!(
+            "WITH moved AS (
+                 UPDATE jobs SET state = 'queued', cursor = '{}', attempts = 0, next_run_at = $2,
+                                 last_error = NULL, result = NULL, finished_at = NULL,
+                                 updated_at = $2, deadline_at = $3
+                 WHERE (id = $1 OR name = $1) AND state IN ('failed', 'cancelled')
+                 RETURNING ",
+            job_columns!(),
+            "),
+             history AS (
+                 INSERT INTO job_events (job_id, at, kind, message)
+                 SELECT id, $2, 'retried', 'queued again by a user' FROM moved)
+             SELECT moved.*, ",
+            announce!(moved, "$4", "$5"),
+            " FROM moved"
+        ))
+        .bind(key)
+        .bind(now)
+        .bind(deadline_at)
+        .bind(self.payload(DUE_NOW))
+        .bind(&[JOBS_CHANNEL][..])
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        match row {
+            Some(row) => {
+                self.inner.wakeup.notify_one();
+                job_from_row(&row)
+            }
+            None => Err(self.not_in_state(key, "retry", "failed or cancelled").await),
+        }
+    }
+
+    async fn not_in_state(&self, key: &str, action: &str, expected: &str) -> StoreError {
+        match self.find(key).await {
+            Ok(Some(job)) => StoreError::Conflict {
+                id: job.id,
+                detail: format!(
+                    "cannot {action} a job that is {}; expected {expected}",
+                    job.state
+                ),
+            },
+            Ok(None) => StoreError::NotFound(key.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(state, n)| {
+                let state = state.parse().map_err(StoreError::Corrupt)?;
+                Ok((state, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT state, provider, COUNT(*) FROM jobs GROUP BY state, provider")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        let mut by_state = Vec::with_capacity(rows.len());
+        for (state, provider, n) in rows {
+            by_state.push((
+                state.parse().map_err(StoreError::Corrupt)?,
+                provider,
+                u64::try_from(n).unwrap_or(0),
+            ));
+        }
+        // One MIN per state, so each is a single seek in `jobs_state`.
+        let oldest: (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(m) FROM (SELECT MIN(created_at) AS m FROM jobs WHERE state = 'queued'
+                                 UNION ALL
+                                 SELECT MIN(created_at) FROM jobs WHERE state = 'waiting') AS t",
+        )
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(Snapshot {
+            by_state,
+            oldest_waiting_created: oldest.0,
+            next_due: self.next_due_at().await?,
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let applied: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        let expected = i64::try_from(MIGRATOR.iter().count()).unwrap_or(i64::MAX);
+        if applied.0 < expected {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {expected} migrations applied",
+                applied.0
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn claim_hooks(
+        &self,
+        now: Millis,
+        hold_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "WITH due AS MATERIALIZED (
+                 SELECT id FROM jobs
+                 WHERE hooks_state = 'pending' AND hooks_next_at <= $1
+                 ORDER BY hooks_next_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE jobs SET hooks_next_at = $2
+             WHERE id IN (SELECT id FROM due)
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(now)
+        .bind(hold_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn finish_hooks(
+        &self,
+        id: &str,
+        state: &str,
+        attempts: u32,
+        next_at: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET hooks_state = $2, hooks_attempts = $3, hooks_next_at = $4
+             WHERE id = $1 AND hooks_state = 'pending'",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(i64::from(attempts))
+        .bind(next_at)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn next_hooks_at(&self) -> Result<Option<Millis>, StoreError> {
+        let row: (Option<i64>,) =
+            sqlx::query_as("SELECT MIN(hooks_next_at) FROM jobs WHERE hooks_state = 'pending'")
+                .fetch_one(&self.inner.pool)
+                .await?;
+        Ok(row.0)
+    }
+
+    pub async fn prune(
+        &self,
+        done_before: Millis,
+        failed_before: Millis,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        // Jobs whose hooks have not run yet are kept until they have.
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs WHERE state = 'done' AND finished_at < $1
+                     AND (hooks_state IS NULL OR hooks_state <> 'pending')
+                 UNION ALL
+                 SELECT id FROM jobs WHERE state IN ('failed', 'cancelled') AND finished_at < $2
+                     AND (hooks_state IS NULL OR hooks_state <> 'pending')
+                 LIMIT $3)
+             RETURNING name",
+        )
+        .bind(done_before)
+        .bind(failed_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    pub async fn last_fire(&self, schedule: &str) -> Result<Option<Millis>, StoreError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT last_fire_at FROM schedule_runs WHERE schedule = $1")
+                .bind(schedule)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    pub async fn set_last_fire(&self, schedule: &str, at: Millis) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO schedule_runs (schedule, last_fire_at) VALUES ($1, $2)
+             ON CONFLICT (schedule) DO UPDATE
+             SET last_fire_at = GREATEST(schedule_runs.last_fire_at, EXCLUDED.last_fire_at)",
+        )
+        .bind(schedule)
+        .bind(at)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts announcements from other processes; a lost listener
+    /// connection also counts, since announcements may have been missed.
+    pub async fn change_counter(&self) -> Result<i64, StoreError> {
+        Ok(self.inner.changes.load(Ordering::SeqCst))
+    }
+
+    pub async fn export_jobs(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredJob>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            ", hooks_next_at FROM jobs
+             WHERE $1::text IS NULL OR id > $1
+             ORDER BY id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredJob {
+                    job: job_from_row(row)?,
+                    hooks_next_at: row.try_get("hooks_next_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn import_job(
+        &self,
+        stored: &StoredJob,
+        events: &[JobEvent],
+    ) -> Result<bool, StoreError> {
+        let job = &stored.job;
+        let json = |v: &serde_json::Value| v.to_string();
+        let result = job
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let hooks = job
+            .hooks
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.inner.pool.begin().await?;
+        // No conflict target: an existing id or name both mean "already there".
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
+                               attempts, polls, steps, next_run_at, lease_owner, lease_until,
+                               last_error, result, created_at, updated_at, finished_at,
+                               deadline_at, source, request_sha256, hooks, hooks_state,
+                               hooks_attempts, hooks_next_at)
+             VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8::json, $9, $10, $11, $12, $13, $14,
+                     $15, $16::json, $17, $18, $19, $20, $21, $22, $23::json, $24, $25, $26)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(&job.account)
+        .bind(&job.provider)
+        .bind(&job.operation)
+        .bind(json(&job.params))
+        .bind(job.state.as_str())
+        .bind(json(&job.cursor))
+        .bind(i64::from(job.attempts))
+        .bind(i64::from(job.polls))
+        .bind(i64::from(job.steps))
+        .bind(job.next_run_at)
+        .bind(job.lease_owner.as_deref())
+        .bind(job.lease_until)
+        .bind(job.last_error.as_deref())
+        .bind(result)
+        .bind(job.created_at)
+        .bind(job.updated_at)
+        .bind(job.finished_at)
+        .bind(job.deadline_at)
+        .bind(&job.source)
+        .bind(&job.request_sha256)
+        .bind(hooks)
+        .bind(job.hooks_state.as_deref())
+        .bind(i64::from(job.hooks_attempts))
+        .bind(stored.hooks_next_at)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for event in events {
+            insert_event(&mut tx, &job.id, event.at, &event.kind, &event.message).await?;
+        }
+        if matches!(job.state, JobState::Queued | JobState::Waiting) {
+            self.announce(&mut tx, &[JOBS_CHANNEL], DUE_NOW).await?;
+        }
+        if job.hooks_state.as_deref() == Some("pending") {
+            self.announce(&mut tx, &[HOOKS_CHANNEL], DUE_NOW).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn schedule_runs(&self) -> Result<Vec<(String, Millis)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT schedule, last_fire_at FROM schedule_runs ORDER BY schedule")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        Ok(rows)
+    }
+}
+
+async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(JOBS_CHANNEL).await?;
+    listener.listen(HOOKS_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Turns notifications into wake-ups until `stop`. A lost connection is
+/// restored with backoff; announcements sent while it was down are lost,
+/// so every restore counts as a change and wakes everyone once.
+async fn listen(pool: PgPool, mut listener: PgListener, signals: Signals, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            received = listener.try_recv() => received,
+        };
+        match received {
+            Ok(Some(notification)) => {
+                backoff = Duration::from_millis(100);
+                signals.received(&notification);
+            }
+            // The connection dropped; sqlx has already reconnected and
+            // listens again.
+            Ok(None) => {
+                debug!("the store's notification connection was restored");
+                signals.missed();
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "lost the store's notification connection; polling until it is back");
+                // Start from a fresh listener: the failed one may hold a
+                // broken connection.
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+                    match connect_listener(&pool).await {
+                        Ok(fresh) => {
+                            listener = fresh;
+                            signals.missed();
+                            break;
+                        }
+                        Err(sqlx::Error::PoolClosed) => return,
+                        Err(e) => {
+                            warn!(error = %e, retry_in = ?backoff, "cannot listen for store notifications yet")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn insert_event(
+    conn: &mut PgConnection,
+    job_id: &str,
+    at: Millis,
+    kind: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO job_events (job_id, at, kind, message) VALUES ($1, $2, $3, $4)")
+        .bind(job_id)
+        .bind(at)
+        .bind(kind)
+        .bind(message)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn expect_one(rows: u64, id: &str, what: &str) -> Result<(), StoreError> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            id: id.to_string(),
+            detail: format!("{what}: the job is no longer running under this lease"),
+        })
+    }
+}
+
+fn json_column(row: &PgRow, column: &str) -> Result<serde_json::Value, StoreError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("jobs.{column}: {e}")))
+}
+
+fn counter(row: &PgRow, column: &str) -> Result<u32, StoreError> {
+    let n: i64 = row.try_get(column)?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
+    let state: String = row.try_get("state")?;
+    let result: Option<String> = row.try_get("result")?;
+    let result: Option<JobResult> = result
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("jobs.result: {e}")))?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        account: row.try_get("account")?,
+        provider: row.try_get("provider")?,
+        operation: row.try_get("operation")?,
+        params: json_column(row, "params")?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        cursor: json_column(row, "cursor")?,
+        attempts: counter(row, "attempts")?,
+        polls: counter(row, "polls")?,
+        steps: counter(row, "steps")?,
+        next_run_at: row.try_get("next_run_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: row.try_get("lease_until")?,
+        last_error: row.try_get("last_error")?,
+        result,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+        source: row.try_get("source")?,
+        request_sha256: row.try_get("request_sha256")?,
+        hooks: {
+            let text: Option<String> = row.try_get("hooks")?;
+            text.map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("jobs.hooks: {e}")))?
+        },
+        hooks_state: row.try_get("hooks_state")?,
+        hooks_attempts: counter(row, "hooks_attempts")?,
+    })
+}

@@ -1,0 +1,918 @@
+//! The SQLite store: one file in WAL mode with `synchronous=FULL`, so a
+//! commit that acknowledges work to the outside (a request file moved to
+//! `accepted/`, a job marked done) survives a power cut.
+//!
+//! Writes go through a single connection (SQLite has one writer anyway; a
+//! pool of writers only adds lock waits); reads use a small separate pool.
+//! Each state transition is one `UPDATE … WHERE state = ? AND lease_owner = ?
+//! RETURNING *` statement. The CLI opens the same file from another process;
+//! `busy_timeout` absorbs the short write locks they take from each other.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{Mutex, Notify};
+
+use super::{JobFilter, Snapshot, StoreError, StoredJob, Transition};
+use crate::job::{Job, JobEvent, JobResult, JobState, Millis, NewJob};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Due jobs, oldest due first, at most `?4`, as of `?3`. `INDEXED BY` pins
+/// the partial index: without statistics SQLite may prefer another index
+/// and sort every pending row, which costs tens of milliseconds at 100k jobs.
+macro_rules! due_jobs {
+    () => {
+        "SELECT id FROM jobs INDEXED BY jobs_due
+         WHERE state IN ('queued', 'waiting') AND next_run_at <= ?3
+         ORDER BY next_run_at LIMIT ?4"
+    };
+}
+pub const DUE_JOBS: &str = due_jobs!();
+
+/// SQLite-backed job store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    /// A dedicated connection for `PRAGMA data_version`, which only means
+    /// something when asked on the same connection each time.
+    watcher: Arc<Mutex<Option<SqliteConnection>>>,
+    /// Boxed: the options are large and only used to open the watcher.
+    options: Box<SqliteConnectOptions>,
+    path: PathBuf,
+    wakeup: Arc<Notify>,
+    hooks_wakeup: Arc<Notify>,
+}
+
+/// The file path inside a `sqlite://path` or `sqlite:path` URL.
+pub fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::Open {
+            url: url.to_string(),
+            message: "expected sqlite://PATH".into(),
+        })?;
+    let rest = rest.split('?').next().unwrap_or(rest);
+    if rest.is_empty() || rest == ":memory:" {
+        return Err(StoreError::Open {
+            url: url.to_string(),
+            message: "a file path is required (an in-memory store would lose every job)".into(),
+        });
+    }
+    Ok(PathBuf::from(rest))
+}
+
+fn open_error(path: &Path, message: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        url: format!("sqlite://{}", path.display()),
+        message: message.to_string(),
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database file named by `url`, creating it (mode 0600) and its
+    /// folder if missing, and applies pending migrations.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let path = path_from_url(url)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| open_error(&path, e))?;
+        }
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            // The store holds request parameters: readable by its owner only.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| open_error(&path, e))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| open_error(&path, e))?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| open_error(&path, e))?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone().read_only(true))
+            .await
+            .map_err(|e| open_error(&path, e))?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            watcher: Arc::new(Mutex::new(None)),
+            options: Box::new(options),
+            path,
+            wakeup: Arc::new(Notify::new()),
+            hooks_wakeup: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn wakeup(&self) -> Arc<Notify> {
+        self.wakeup.clone()
+    }
+
+    /// The write pool, for tests and the benchmark that inspect the file directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    pub async fn insert(&self, job: &NewJob) -> Result<Job, StoreError> {
+        let params =
+            serde_json::to_string(&job.params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let hooks = job
+            .hooks
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
+                               next_run_at, created_at, updated_at, deadline_at, source, request_sha256, hooks)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', '{}', ?7, ?7, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (name) DO NOTHING
+             RETURNING *",
+        )
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(&job.account)
+        .bind(&job.provider)
+        .bind(&job.operation)
+        .bind(&params)
+        .bind(job.created_at)
+        .bind(job.deadline_at)
+        .bind(&job.source)
+        .bind(&job.request_sha256)
+        .bind(hooks)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            drop(tx);
+            let existing = self
+                .find(&job.name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(job.name.clone()))?;
+            return Err(StoreError::Duplicate {
+                name: job.name.clone(),
+                existing: Box::new(existing),
+            });
+        };
+        insert_event(
+            &mut tx,
+            &job.id,
+            job.created_at,
+            "accepted",
+            &format!("accepted from {}", job.source),
+        )
+        .await?;
+        tx.commit().await?;
+        self.wakeup.notify_one();
+        job_from_row(&row)
+    }
+
+    pub async fn find(&self, key: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1 OR name = ?1 LIMIT 1")
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let limit = if filter.limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(filter.limit)
+        };
+        let rows = sqlx::query(
+            "SELECT * FROM jobs
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR account = ?2)
+             ORDER BY created_at DESC, name
+             LIMIT ?3 OFFSET ?4",
+        )
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.account.as_deref())
+        .bind(limit)
+        .bind(i64::from(filter.offset))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn events(&self, job_id: &str) -> Result<Vec<JobEvent>, StoreError> {
+        let rows =
+            sqlx::query("SELECT at, kind, message FROM job_events WHERE job_id = ?1 ORDER BY seq")
+                .bind(job_id)
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn add_event(
+        &self,
+        job_id: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        insert_event(&mut conn, job_id, crate::job::now_ms(), kind, message).await
+    }
+
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        // The sub-select walks `jobs_due` in order and stops after `limit`
+        // rows; the outer UPDATE touches only those.
+        let rows = sqlx::query(concat!(
+            "UPDATE jobs
+             SET state = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3, steps = steps + 1
+             WHERE id IN (",
+            due_jobs!(),
+            ") RETURNING *"
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        let mut jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| j.next_run_at);
+        Ok(jobs)
+    }
+
+    pub async fn next_due_at(&self) -> Result<Option<Millis>, StoreError> {
+        let row: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT MIN(next_run_at) FROM jobs INDEXED BY jobs_due WHERE state IN ('queued', 'waiting')",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.and_then(|r| r.0))
+    }
+
+    pub async fn renew_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        until: Millis,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until)
+        .execute(&self.writer)
+        .await?;
+        expect_one(done.rows_affected(), id, "lease renewal")
+    }
+
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        owner: &str,
+        cursor: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let cursor = cursor.to_string();
+        let done = sqlx::query(
+            "UPDATE jobs SET cursor = ?3, attempts = 0, updated_at = ?4
+             WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(cursor)
+        .bind(crate::job::now_ms())
+        .execute(&self.writer)
+        .await?;
+        expect_one(done.rows_affected(), id, "checkpoint")
+    }
+
+    pub async fn finish_step(
+        &self,
+        id: &str,
+        owner: &str,
+        t: &Transition,
+    ) -> Result<Job, StoreError> {
+        let now = crate::job::now_ms();
+        let result = t
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let finished_at = t.state.is_finished().then_some(now);
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "UPDATE jobs
+             SET state = ?3, cursor = ?4, next_run_at = ?5, attempts = ?6, polls = ?7,
+                 last_error = ?8, result = ?9, finished_at = ?10, updated_at = ?11,
+                 lease_owner = NULL, lease_until = NULL,
+                 hooks_state = CASE WHEN ?12 THEN 'pending' ELSE hooks_state END,
+                 hooks_next_at = CASE WHEN ?12 THEN ?11 ELSE hooks_next_at END,
+                 hooks_attempts = CASE WHEN ?12 THEN 0 ELSE hooks_attempts END
+             WHERE id = ?1 AND state = 'running' AND lease_owner = ?2
+             RETURNING *",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(t.state.as_str())
+        .bind(t.cursor.to_string())
+        .bind(t.next_run_at)
+        .bind(i64::from(t.attempts))
+        .bind(i64::from(t.polls))
+        .bind(t.last_error.as_deref())
+        .bind(result)
+        .bind(finished_at)
+        .bind(now)
+        .bind(t.hooks_pending)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict {
+                id: id.to_string(),
+                detail: "the job is no longer running under this lease".into(),
+            });
+        };
+        insert_event(&mut tx, id, now, &t.event.0, &t.event.1).await?;
+        tx.commit().await?;
+        if t.hooks_pending {
+            self.hooks_wakeup.notify_one();
+        }
+        job_from_row(&row)
+    }
+
+    pub async fn postpone(
+        &self,
+        id: &str,
+        owner: &str,
+        next_run_at: Millis,
+    ) -> Result<(), StoreError> {
+        // The claim counted a step that did not run; take it back.
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = ?3, steps = MAX(steps - 1, 0)
+             WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(next_run_at)
+        .execute(&self.writer)
+        .await?;
+        expect_one(done.rows_affected(), id, "postpone")
+    }
+
+    pub async fn release_leases(
+        &self,
+        owner: Option<&str>,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = ?2, updated_at = ?2
+             WHERE state = 'running' AND (?1 IS NULL OR lease_owner = ?1)",
+        )
+        .bind(owner)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() > 0 {
+            self.wakeup.notify_one();
+        }
+        Ok(done.rows_affected())
+    }
+
+    pub async fn reclaim_expired(&self, now: Millis) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = ?1, updated_at = ?1
+             WHERE state = 'running' AND lease_until < ?1",
+        )
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() > 0 {
+            self.wakeup.notify_one();
+        }
+        Ok(done.rows_affected())
+    }
+
+    pub async fn cancel(&self, key: &str, now: Millis) -> Result<Job, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_until = NULL,
+                             finished_at = ?2, updated_at = ?2, last_error = 'cancelled by a user'
+             WHERE (id = ?1 OR name = ?1) AND state IN ('queued', 'waiting', 'running')
+             RETURNING *",
+        )
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match row {
+            Some(row) => {
+                let job = job_from_row(&row)?;
+                insert_event(&mut tx, &job.id, now, "cancelled", "cancelled by a user").await?;
+                tx.commit().await?;
+                Ok(job)
+            }
+            None => {
+                drop(tx);
+                Err(self
+                    .not_in_state(key, "cancel", "queued, waiting or running")
+                    .await)
+            }
+        }
+    }
+
+    pub async fn retry(
+        &self,
+        key: &str,
+        now: Millis,
+        deadline_at: Millis,
+    ) -> Result<Job, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'queued', cursor = '{}', attempts = 0, next_run_at = ?2,
+                             last_error = NULL, result = NULL, finished_at = NULL,
+                             updated_at = ?2, deadline_at = ?3
+             WHERE (id = ?1 OR name = ?1) AND state IN ('failed', 'cancelled')
+             RETURNING *",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(deadline_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match row {
+            Some(row) => {
+                let job = job_from_row(&row)?;
+                insert_event(&mut tx, &job.id, now, "retried", "queued again by a user").await?;
+                tx.commit().await?;
+                self.wakeup.notify_one();
+                Ok(job)
+            }
+            None => {
+                drop(tx);
+                Err(self.not_in_state(key, "retry", "failed or cancelled").await)
+            }
+        }
+    }
+
+    async fn not_in_state(&self, key: &str, action: &str, expected: &str) -> StoreError {
+        match self.find(key).await {
+            Ok(Some(job)) => StoreError::Conflict {
+                id: job.id,
+                detail: format!(
+                    "cannot {action} a job that is {}; expected {expected}",
+                    job.state
+                ),
+            },
+            Ok(None) => StoreError::NotFound(key.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter()
+            .map(|(state, n)| {
+                let state = state.parse().map_err(StoreError::Corrupt)?;
+                Ok((state, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT state, provider, COUNT(*) FROM jobs GROUP BY state, provider")
+                .fetch_all(&self.reader)
+                .await?;
+        let mut by_state = Vec::with_capacity(rows.len());
+        for (state, provider, n) in rows {
+            by_state.push((
+                state.parse().map_err(StoreError::Corrupt)?,
+                provider,
+                u64::try_from(n).unwrap_or(0),
+            ));
+        }
+        // One MIN per state, so each is a single seek in `jobs_state`.
+        let oldest: (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(m) FROM (SELECT MIN(created_at) AS m FROM jobs WHERE state = 'queued'
+                                 UNION ALL
+                                 SELECT MIN(created_at) FROM jobs WHERE state = 'waiting')",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Snapshot {
+            by_state,
+            oldest_waiting_created: oldest.0,
+            next_due: self.next_due_at().await?,
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let applied: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.reader)
+            .await?;
+        let expected = MIGRATOR.iter().count() as i64;
+        if applied.0 < expected {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {expected} migrations applied",
+                applied.0
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn hooks_wakeup(&self) -> Arc<Notify> {
+        self.hooks_wakeup.clone()
+    }
+
+    pub async fn claim_hooks(
+        &self,
+        now: Millis,
+        hold_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE jobs SET hooks_next_at = ?2
+             WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_hooks_due
+                          WHERE hooks_state = 'pending' AND hooks_next_at <= ?1
+                          ORDER BY hooks_next_at LIMIT ?3)
+             RETURNING *",
+        )
+        .bind(now)
+        .bind(hold_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn finish_hooks(
+        &self,
+        id: &str,
+        state: &str,
+        attempts: u32,
+        next_at: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET hooks_state = ?2, hooks_attempts = ?3, hooks_next_at = ?4
+             WHERE id = ?1 AND hooks_state = 'pending'",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(i64::from(attempts))
+        .bind(next_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn next_hooks_at(&self) -> Result<Option<Millis>, StoreError> {
+        let row: (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(hooks_next_at) FROM jobs INDEXED BY jobs_hooks_due WHERE hooks_state = 'pending'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(row.0)
+    }
+
+    pub async fn prune(
+        &self,
+        done_before: Millis,
+        failed_before: Millis,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        // Jobs whose hooks have not run yet are kept until they have.
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs WHERE state = 'done' AND finished_at < ?1
+                     AND (hooks_state IS NULL OR hooks_state != 'pending')
+                 UNION ALL
+                 SELECT id FROM jobs WHERE state IN ('failed', 'cancelled') AND finished_at < ?2
+                     AND (hooks_state IS NULL OR hooks_state != 'pending')
+                 LIMIT ?3)
+             RETURNING name",
+        )
+        .bind(done_before)
+        .bind(failed_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    pub async fn last_fire(&self, schedule: &str) -> Result<Option<Millis>, StoreError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT last_fire_at FROM schedule_runs WHERE schedule = ?1")
+                .bind(schedule)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    pub async fn set_last_fire(&self, schedule: &str, at: Millis) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO schedule_runs (schedule, last_fire_at) VALUES (?1, ?2)
+             ON CONFLICT (schedule) DO UPDATE SET last_fire_at = MAX(last_fire_at, excluded.last_fire_at)",
+        )
+        .bind(schedule)
+        .bind(at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn change_counter(&self) -> Result<i64, StoreError> {
+        let mut guard = self.watcher.lock().await;
+        if guard.is_none() {
+            *guard = Some(SqliteConnection::connect_with(&self.options).await?);
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Err(StoreError::Corrupt("watcher connection missing".into()));
+        };
+        let version: (i64,) = match sqlx::query_as("PRAGMA data_version")
+            .fetch_one(&mut *conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                // Reconnect on the next call rather than keep a broken handle.
+                *guard = None;
+                return Err(e.into());
+            }
+        };
+        Ok(version.0)
+    }
+
+    pub async fn export_jobs(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredJob>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM jobs WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2")
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredJob {
+                    job: job_from_row(row)?,
+                    hooks_next_at: row.try_get("hooks_next_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn import_job(
+        &self,
+        stored: &StoredJob,
+        events: &[JobEvent],
+    ) -> Result<bool, StoreError> {
+        let job = &stored.job;
+        let result = job
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let hooks = job
+            .hooks
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
+        // No conflict target: an existing id or name both mean "already there".
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
+                               attempts, polls, steps, next_run_at, lease_owner, lease_until,
+                               last_error, result, created_at, updated_at, finished_at,
+                               deadline_at, source, request_sha256, hooks, hooks_state,
+                               hooks_attempts, hooks_next_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(&job.account)
+        .bind(&job.provider)
+        .bind(&job.operation)
+        .bind(job.params.to_string())
+        .bind(job.state.as_str())
+        .bind(job.cursor.to_string())
+        .bind(i64::from(job.attempts))
+        .bind(i64::from(job.polls))
+        .bind(i64::from(job.steps))
+        .bind(job.next_run_at)
+        .bind(job.lease_owner.as_deref())
+        .bind(job.lease_until)
+        .bind(job.last_error.as_deref())
+        .bind(result)
+        .bind(job.created_at)
+        .bind(job.updated_at)
+        .bind(job.finished_at)
+        .bind(job.deadline_at)
+        .bind(&job.source)
+        .bind(&job.request_sha256)
+        .bind(hooks)
+        .bind(job.hooks_state.as_deref())
+        .bind(i64::from(job.hooks_attempts))
+        .bind(stored.hooks_next_at)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for event in events {
+            insert_event(&mut tx, &job.id, event.at, &event.kind, &event.message).await?;
+        }
+        tx.commit().await?;
+        if matches!(job.state, JobState::Queued | JobState::Waiting) {
+            self.wakeup.notify_one();
+        }
+        if job.hooks_state.as_deref() == Some("pending") {
+            self.hooks_wakeup.notify_one();
+        }
+        Ok(true)
+    }
+
+    pub async fn schedule_runs(&self) -> Result<Vec<(String, Millis)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT schedule, last_fire_at FROM schedule_runs ORDER BY schedule")
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(rows)
+    }
+}
+
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    at: Millis,
+    kind: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO job_events (job_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)")
+        .bind(job_id)
+        .bind(at)
+        .bind(kind)
+        .bind(message)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn expect_one(rows: u64, id: &str, what: &str) -> Result<(), StoreError> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            id: id.to_string(),
+            detail: format!("{what}: the job is no longer running under this lease"),
+        })
+    }
+}
+
+fn json_column(row: &SqliteRow, column: &str) -> Result<serde_json::Value, StoreError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("jobs.{column}: {e}")))
+}
+
+fn counter(row: &SqliteRow, column: &str) -> Result<u32, StoreError> {
+    let n: i64 = row.try_get(column)?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
+    let state: String = row.try_get("state")?;
+    let result: Option<String> = row.try_get("result")?;
+    let result: Option<JobResult> = result
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("jobs.result: {e}")))?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        account: row.try_get("account")?,
+        provider: row.try_get("provider")?,
+        operation: row.try_get("operation")?,
+        params: json_column(row, "params")?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        cursor: json_column(row, "cursor")?,
+        attempts: counter(row, "attempts")?,
+        polls: counter(row, "polls")?,
+        steps: counter(row, "steps")?,
+        next_run_at: row.try_get("next_run_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: row.try_get("lease_until")?,
+        last_error: row.try_get("last_error")?,
+        result,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+        source: row.try_get("source")?,
+        request_sha256: row.try_get("request_sha256")?,
+        hooks: {
+            let text: Option<String> = row.try_get("hooks")?;
+            text.map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("jobs.hooks: {e}")))?
+        },
+        hooks_state: row.try_get("hooks_state")?,
+        hooks_attempts: counter(row, "hooks_attempts")?,
+    })
+}
+
+/// An exclusive lock next to the database file, held by the running daemon,
+/// so two daemons never share one SQLite store (each would take the other's
+/// leases back at start-up). The CLI does not take it.
+pub struct DaemonLock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+}
+
+impl DaemonLock {
+    pub fn acquire(db: &Path) -> Result<DaemonLock, StoreError> {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                open_error(db, format!("cannot open lock file {}: {e}", path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(DaemonLock { _file: file, path }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(open_error(
+                db,
+                format!(
+                    "another docfetch daemon is running on this store (lock {} is held)",
+                    path.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(open_error(
+                db,
+                format!("cannot lock {}: {e}", path.display()),
+            )),
+        }
+    }
+}

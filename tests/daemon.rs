@@ -1,0 +1,298 @@
+//! The real `docfetch` binary: started, fed through the drop directory,
+//! killed with SIGKILL mid-job, restarted, stopped with SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use docfetch::job::JobState;
+use docfetch::store::Store;
+
+use crate::helpers::{TestApp, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_docfetch");
+
+fn start(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("docfetch starts")
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn exit_status(mut child: Child) -> std::process::ExitStatus {
+    wait_until(Duration::from_secs(20), "docfetch to exit", || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await
+}
+
+async fn job_state(store: &Store, name: &str) -> Option<docfetch::job::Job> {
+    store.find(name).await.ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_survives_sigkill_mid_wait_and_finishes_without_a_second_order() {
+    let app = TestApp::spawn().await;
+    let config = app.dir.path().join("docfetch.toml");
+    std::fs::write(&config, app.config_toml()).unwrap();
+    let log = app.dir.path().join("daemon.log");
+    let requests = app.requests();
+    let daemon = start(&config, &log);
+
+    let request = r#"{"account": "fresh-sim", "operation": "sales_book",
+        "params": {"_sim": {"pending": 8, "size": 100000, "filename": "Книга продаж.xlsx"}}}"#;
+    std::fs::write(requests.join("book.json.tmp"), request).unwrap();
+    std::fs::rename(requests.join("book.json.tmp"), requests.join("book.json")).unwrap();
+
+    let store = Store::open(&app.settings.store.url).await.unwrap();
+    wait_until(Duration::from_secs(20), "the job to be polled", || async {
+        job_state(&store, "book").await.filter(|j| j.polls >= 2)
+    })
+    .await;
+    let mut daemon = daemon;
+    daemon.kill().unwrap(); // SIGKILL
+    daemon.wait().unwrap();
+    assert!(!app.output("book").join("job.json").exists());
+
+    let daemon = start(&config, &log);
+    let receipt = app.output("book").join("job.json");
+    wait_until(Duration::from_secs(30), "the receipt", || async {
+        receipt.exists().then_some(())
+    })
+    .await;
+    // The receipt is written just before the store commits the job as done.
+    let job = wait_until(Duration::from_secs(10), "the job to be done", || async {
+        job_state(&store, "book")
+            .await
+            .filter(|j| j.state.is_finished())
+    })
+    .await;
+    assert_eq!(job.state, JobState::Done, "{:?}", job.last_error);
+    assert_eq!(app.sim.fresh.orders(), 1, "restarting never orders twice");
+    assert!(app.output("book").join("Книга продаж.xlsx").is_file());
+    assert!(requests.join("accepted/book.json").is_file());
+
+    signal(&daemon, "TERM");
+    let status = exit_status(daemon).await;
+    assert!(
+        status.success(),
+        "SIGTERM ends docfetch with exit 0: {status:?}"
+    );
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("request accepted"), "{logs}");
+    assert!(
+        !logs.contains(&app.sim.config.fresh.password),
+        "the password reached the log"
+    );
+    assert!(
+        !logs.to_ascii_lowercase().contains("authorization: basic"),
+        "an Authorization header reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_reports_the_outcome_in_its_exit_code() {
+    let app = TestApp::spawn().await;
+    let config = app.dir.path().join("docfetch.toml");
+    std::fs::write(&config, app.config_toml()).unwrap();
+    let daemon = start(&config, &app.dir.path().join("daemon.log"));
+
+    let good = app.dir.path().join("usn-2018q3.json");
+    std::fs::write(
+        &good,
+        r#"{"account": "fresh-sim", "operation": "tax_usn_calculator", "params": {}}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["submit", "--wait"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("usn-2018q3: done: tax_usn_calculator.json"),
+        "{stdout}"
+    );
+
+    let bad = app.dir.path().join("missing.json");
+    std::fs::write(
+        &bad,
+        r#"{"account": "fresh-sim", "operation": "no_such_data"}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["submit", "--wait"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a failed job exits 1");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10404"));
+
+    // The same name again is refused, not run twice.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("submit")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["jobs", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(lines, 2);
+
+    signal(&daemon, "INT");
+    assert!(exit_status(daemon).await.success());
+}
+
+#[tokio::test]
+async fn configuration_errors_exit_with_code_2_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[scheduler]\nworkers = 0\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scheduler.workers"));
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("absent.toml"))
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "no config file at all is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_and_stopping_on_its_notify_socket() {
+    let app = TestApp::spawn().await;
+    let config = app.dir.path().join("docfetch.toml");
+    std::fs::write(&config, app.config_toml()).unwrap();
+    let socket_path = app.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let log = std::fs::File::create(app.dir.path().join("daemon.log")).unwrap();
+    let daemon = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification before the timeout");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "READY=1");
+    // Ready means the store and the drop directory are there.
+    assert!(app.requests().join("accepted").is_dir());
+    signal(&daemon, "TERM");
+    let n = socket.recv(&mut buf).expect("STOPPING before the timeout");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "STOPPING=1");
+    assert!(exit_status(daemon).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_parse_and_carry_the_job_fields() {
+    let app = TestApp::spawn().await;
+    let config = app.dir.path().join("docfetch.toml");
+    std::fs::write(&config, app.config_toml()).unwrap();
+    let log_path = app.dir.path().join("daemon.jsonl");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("DOCFETCH__LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        app.requests().join("logged.json"),
+        r#"{"account": "fresh-sim", "operation": "tax_usn_calculator", "params": {}}"#,
+    )
+    .unwrap();
+    let receipt = app.output("logged").join("job.json");
+    wait_until(Duration::from_secs(30), "the receipt", || async {
+        receipt.exists().then_some(())
+    })
+    .await;
+    signal(&daemon, "TERM");
+    assert!(exit_status(daemon).await.success());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let done = lines
+        .iter()
+        .find(|l| l["message"] == "job done")
+        .unwrap_or_else(|| panic!("no 'job done' line in {text}"));
+    let span = &done["span"];
+    assert_eq!(span["job"], "logged");
+    assert_eq!(span["provider"], "1c-fresh");
+    assert_eq!(span["account"], "fresh-sim");
+    assert!(span["job_id"].as_str().is_some_and(|id| id.len() == 36));
+    assert!(span["attempt"].is_number() || span["attempt"].is_string());
+    assert!(done["level"] == "INFO" && done["timestamp"].is_string());
+}

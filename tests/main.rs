@@ -1,0 +1,25 @@
+//! Integration tests: the real store on a temporary SQLite file, the real
+//! scheduler, inbox and downloads, and the simulator over loopback HTTP.
+//! Tests never sleep to synchronise: they step the scheduler or wait for a
+//! condition with a deadline.
+
+mod helpers;
+mod support;
+
+mod api;
+mod atol;
+mod crash;
+mod daemon;
+mod faults;
+mod fresh;
+mod fuzz;
+mod hostile;
+mod inbox;
+mod kontur_diadoc;
+mod kontur_extern;
+mod multi_instance;
+mod ofd;
+mod schedules;
+mod secrets;
+mod store;
+mod store_contract;
