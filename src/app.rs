@@ -174,6 +174,9 @@ pub async fn run_until_stopped(
     if let Err(e) = housekeeping.shutdown().await {
         warn!(error = %e, "housekeeping did not stop cleanly");
     }
+    if let Err(e) = store.close().await {
+        warn!(error = %e, "the store did not close cleanly");
+    }
     info!("docfetch stopped");
     Ok(())
 }

@@ -206,22 +206,6 @@ async fn three_daemons_share_one_queue_and_one_dying_loses_nothing_and_steals_no
     }
     let submitted = started.elapsed();
 
-    // Housekeeping, as `docfetch run` does it: take back expired leases
-    // every half lease (from a survivor's point of view).
-    let lease = app.settings.scheduler.lease;
-    let housekeeping = {
-        let store = Store::open(&settings_for("daemon-b").store.url)
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(lease / 2);
-            loop {
-                every.tick().await;
-                store.reclaim_expired(now_ms()).await.expect("reclaim");
-            }
-        })
-    };
-
     // Kill the victim midway, while it holds work.
     let done_count = || {
         let store = store.clone();
@@ -271,6 +255,25 @@ async fn three_daemons_share_one_queue_and_one_dying_loses_nothing_and_steals_no
     let held = held_by_victim().await;
     let killed_at = started.elapsed();
     assert!(held > 0, "the victim died holding leases");
+
+    // Housekeeping, as `docfetch run` does it: take back expired leases
+    // every half lease (from a survivor's point of view). It starts only
+    // once the victim's holdings are counted: before the kill no lease can
+    // expire (all daemons renew theirs), and the kill itself may take longer
+    // than a lease on a loaded machine.
+    let lease = app.settings.scheduler.lease;
+    let housekeeping = {
+        let store = Store::open(&settings_for("daemon-b").store.url)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(lease / 2);
+            loop {
+                every.tick().await;
+                store.reclaim_expired(now_ms()).await.expect("reclaim");
+            }
+        })
+    };
 
     wait_until(Duration::from_secs(120), "every job to finish", || async {
         (done_count().await == JOBS).then_some(())

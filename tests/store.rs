@@ -202,3 +202,32 @@ async fn a_second_daemon_on_the_same_store_is_refused() {
     drop(first);
     assert!(docfetch::store::sqlite::DaemonLock::acquire(sqlite.path()).is_ok());
 }
+
+/// A daemon starting while `docfetch submit` runs: both open a new store at
+/// once and both try to migrate it. Without a lock around the migrations
+/// one of them fails on a duplicate column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_opening_a_new_store_together_migrate_it_once() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("docfetch.db").display());
+        let opens = (0..4).map(|_| Store::open(&url));
+        let stores: Vec<Store> = futures_util::future::join_all(opens)
+            .await
+            .into_iter()
+            .map(|opened| opened.unwrap_or_else(|e| panic!("round {round}: {e}")))
+            .collect();
+        for store in &stores {
+            store.ping().await.unwrap();
+        }
+        let Store::Sqlite(sqlite) = &stores[0] else {
+            panic!("an SQLite store")
+        };
+        let applied: Vec<(i64,)> =
+            sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(sqlite.pool())
+                .await
+                .unwrap();
+        assert_eq!(applied, [(1,), (2,)], "round {round}: each migration once");
+    }
+}

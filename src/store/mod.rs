@@ -261,6 +261,10 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self.ping())
     }
+    /// Closes the store's connections (every clone's: they share them).
+    pub async fn close(&self) -> Result<(), StoreError> {
+        dispatch!(self.close())
+    }
     /// Signalled in this process when a finished job has hooks to run.
     pub fn hooks_wakeup(&self) -> Arc<Notify> {
         match self {

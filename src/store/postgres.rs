@@ -769,6 +769,13 @@ impl PgStore {
         })
     }
 
+    /// Stops the listener and closes the pool, waiting for its connections.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.stop_listener.cancel();
+        self.inner.pool.close().await;
+        Ok(())
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let applied: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(&self.inner.pool)

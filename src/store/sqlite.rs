@@ -71,6 +71,58 @@ pub fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
     Ok(PathBuf::from(rest))
 }
 
+/// Whether the store lacks any of this binary's migrations (a new or an
+/// older store). Cheap, and lets the usual open skip the migration lock.
+async fn pending_migrations(pool: &SqlitePool) -> Result<bool, StoreError> {
+    let table: Option<(String,)> = sqlx::query_as(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if table.is_none() {
+        return Ok(true);
+    }
+    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await?;
+    Ok(MIGRATOR
+        .iter()
+        .any(|m| !applied.iter().any(|(v,)| *v == m.version)))
+}
+
+/// An exclusive lock on `STORE.migrate.lock`, held while migrations run.
+struct MigrationLock {
+    _file: std::fs::File,
+}
+
+impl MigrationLock {
+    async fn acquire(db: &Path) -> Result<MigrationLock, StoreError> {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".migrate.lock");
+        let path = PathBuf::from(name);
+        let db = db.to_path_buf();
+        let locked = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            // Blocks only while another process migrates, which takes
+            // milliseconds.
+            file.lock()
+                .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+            Ok::<_, String>(file)
+        })
+        .await
+        .map_err(|e| open_error(&db, e))?
+        .map_err(|e| open_error(&db, e))?;
+        Ok(MigrationLock { _file: locked })
+    }
+}
+
 fn open_error(path: &Path, message: impl std::fmt::Display) -> StoreError {
     StoreError::Open {
         url: format!("sqlite://{}", path.display()),
@@ -115,7 +167,16 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| open_error(&path, e))?;
-        MIGRATOR.run(&writer).await?;
+        if pending_migrations(&writer).await? {
+            // Two processes opening a new store at once (a daemon starting
+            // while `docfetch submit` runs) would both see a migration as
+            // pending and the second would fail on `duplicate column`. A lock
+            // on a file next to the store serialises them; the second then
+            // finds nothing left to do. (Not the database file itself:
+            // closing another descriptor of it would drop SQLite's own locks.)
+            let _lock = MigrationLock::acquire(&path).await?;
+            MIGRATOR.run(&writer).await?;
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(0)
@@ -671,6 +732,17 @@ impl SqliteStore {
         .bind(at)
         .execute(&self.writer)
         .await?;
+        Ok(())
+    }
+
+    /// Closes every connection and waits for it: the last one to close
+    /// checkpoints the WAL, so a clean stop leaves just the database file.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        if let Some(conn) = self.watcher.lock().await.take() {
+            conn.close().await?;
+        }
+        self.reader.close().await;
+        self.writer.close().await;
         Ok(())
     }
 
