@@ -23,9 +23,9 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::Settings;
 use crate::job::{Job, JobResult, JobState, Millis, RetryPolicy, now_ms};
-use crate::providers::{ErrorClass, ProviderError, Providers, Step, StepContext};
+use crate::providers::{Account, ErrorClass, ProviderError, Providers, Step, StepContext};
 use crate::receipt;
-use crate::store::{Store, StoreError, Transition};
+use crate::store::{SlotGrant, Store, StoreError, Transition};
 use crate::units::format_duration;
 
 /// Steps that may follow each other without a wait in one claim; a guard
@@ -133,7 +133,7 @@ impl Scheduler {
         self.run_job_inner(job, stop).instrument(span).await
     }
 
-    async fn run_job_inner(self: Arc<Self>, mut job: Job, stop: CancellationToken) -> Outcome {
+    async fn run_job_inner(self: Arc<Self>, job: Job, stop: CancellationToken) -> Outcome {
         if now_ms() >= job.deadline_at {
             let message = format!(
                 "timed out: not finished within scheduler.deadline ({}) of being accepted",
@@ -164,6 +164,56 @@ impl Scheduler {
                 }
             };
         let _permit = permit;
+        // The same limit and pause across every daemon sharing the store.
+        match self
+            .store
+            .take_account_slot(
+                &job.account,
+                &job.id,
+                &self.owner,
+                account.concurrency,
+                now_ms(),
+            )
+            .await
+        {
+            Ok(SlotGrant::Granted) => {}
+            Ok(SlotGrant::Busy) => {
+                debug!("every slot of the account is taken by other daemons");
+                let delay = ACCOUNT_WAIT.mul_f64(1.0 + fastrand::f64());
+                return self.postpone(&job, delay).await;
+            }
+            Ok(SlotGrant::Cooling(until)) => {
+                let pause = Duration::from_millis(u64::try_from(until - now_ms()).unwrap_or(0));
+                debug!(pause = %format_duration(pause), "another daemon got a 429 for this account; pausing it here too");
+                account.cool_down(pause);
+                return self.postpone(&job, pause).await;
+            }
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "cannot take an account slot; trying the job again shortly");
+                return self.postpone(&job, ACCOUNT_WAIT).await;
+            }
+            Err(e) => return self.abandoned(&job, e).await,
+        }
+        let (account_name, job_id) = (job.account.clone(), job.id.clone());
+        let outcome = self.run_steps(job, &account, stop).await;
+        if let Err(e) = self
+            .store
+            .release_account_slot(&account_name, &job_id, &self.owner)
+            .await
+        {
+            // Harmless: a slot counts only while its job runs under our lease.
+            debug!(error = %e, "cannot release the account slot; it lapses with the step");
+        }
+        outcome
+    }
+
+    /// The steps of one claimed job, under its lease and its account's limit.
+    async fn run_steps(
+        self: &Arc<Self>,
+        mut job: Job,
+        account: &Account,
+        stop: CancellationToken,
+    ) -> Outcome {
         // The lease is renewed in the background while the step runs; losing
         // it (a user cancelled the job) stops the step.
         let lease_lost = stop.child_token();
@@ -322,6 +372,13 @@ impl Scheduler {
         {
             warn!(pause = %format_duration(pause), "the service asked to slow down; pausing the account");
             account.cool_down(pause);
+            if let Err(e) = self
+                .store
+                .cool_down_account(&job.account, now_ms() + millis(pause))
+                .await
+            {
+                warn!(error = %e, "cannot share the pause with other daemons");
+            }
         }
         if e.class == ErrorClass::Permanent {
             return self.fail(job, e.message).await;

@@ -392,3 +392,73 @@ async fn count(store: &Store, state: JobState) -> usize {
         .find(|(s, _)| *s == state)
         .map_or(0, |(_, n)| n as usize)
 }
+
+/// An account's `concurrency` is a limit for the fleet, not per daemon:
+/// two daemons with `concurrency = 2` never have more than two requests in
+/// flight at the provider together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_accounts_concurrency_holds_across_daemons() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    const NARROW_JOBS: usize = 24;
+    let sim = SimConfig {
+        fresh: FreshSimConfig {
+            pending_polls: 0,
+            latency: Duration::from_millis(60),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let extra = format!(
+        "[accounts.fresh-narrow]\nprovider = \"1c-fresh\"\nflow = \"plain\"\nbase_url = \"{{fresh_base}}\"\n\
+         username = \"{}\"\npassword = \"{}\"\nconcurrency = 2\n",
+        FreshSimConfig::default().username,
+        FreshSimConfig::default().password,
+    );
+    let app = TestApp::spawn_with(sim, &extra, &[]).await;
+    let settings_for = |owner: &str| {
+        let mut settings = (*app.settings).clone();
+        settings.store.url = db.plain_url_as(owner);
+        Arc::new(settings)
+    };
+    let test_settings = settings_for("test");
+    let store = Store::open(&test_settings.store.url).await.unwrap();
+    for i in 0..NARROW_JOBS {
+        let request = json!({
+            "account": "fresh-narrow", "operation": "balance_sheet",
+            "name": format!("narrow-{i:02}"),
+        });
+        docfetch::inbox::accept(
+            &store,
+            &test_settings,
+            &serde_json::to_vec(&request).unwrap(),
+            RequestFormat::Json,
+            None,
+            "test",
+        )
+        .await
+        .expect("request accepted");
+    }
+    let daemons = ["narrow-a", "narrow-b"].map(|owner| Daemon::start(owner, settings_for(owner)));
+    wait_until(Duration::from_secs(120), "every job to finish", || async {
+        (count(&store, JobState::Done).await == NARROW_JOBS).then_some(())
+    })
+    .await;
+    for daemon in daemons {
+        daemon.stop().await;
+    }
+    let max = app.sim.fresh.counters.max_in_flight.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&max),
+        "{max} requests were in flight at once for an account limited to 2"
+    );
+    let slots: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM account_slots")
+        .fetch_one(&match &store {
+            Store::Postgres(pg) => pg.pool().clone(),
+            Store::Sqlite(_) => panic!("a PostgreSQL store"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(slots.0, 0, "every slot was given back");
+}

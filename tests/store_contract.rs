@@ -1221,7 +1221,7 @@ async fn pg_daemons_starting_together_on_a_fresh_database_migrate_it_once() {
             .fetch_all(&pg_pool(&stores[0]))
             .await
             .unwrap();
-    assert_eq!(applied, [(1,), (2,)], "each migration applied once");
+    assert_eq!(applied, [(1,), (2,), (3,)], "each migration applied once");
     // Nobody kept the migration lock.
     let locks: (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM pg_locks
@@ -1429,4 +1429,70 @@ async fn pg_serialization_failures_count_as_transient_and_unique_violations_do_n
     let sqlstate = docfetch::store::is_transient_sqlstate;
     assert!(sqlstate("40P01") && sqlstate("57P01") && sqlstate("08006"));
     assert!(!sqlstate("23505") && !sqlstate("42P01") && !sqlstate("53100"));
+}
+
+/// Account-wide limits across daemons: slots are counted for the whole
+/// fleet, a dead daemon's slots lapse with its leases, and a pause one daemon
+/// records holds for all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_account_slots_and_pauses_hold_across_daemons() {
+    use docfetch::store::SlotGrant;
+    let Some((db, a)) = pg_fixture().await else {
+        return;
+    };
+    let b = Store::open(&db.url()).await.unwrap();
+    let now = now_ms();
+    for name in ["s1", "s2", "s3"] {
+        insert(&a, name, now).await;
+    }
+    // Two jobs run on daemon a, one on daemon b; the account allows two.
+    let j1 = claim_one(&a, "a", now, 60_000).await;
+    let j2 = claim_one(&a, "a", now, 1_000).await;
+    let j3 = claim_one(&b, "b", now, 60_000).await;
+    let take = |store: &Store, job: &Job, owner: &'static str, at: Millis| {
+        let (store, id) = (store.clone(), job.id.clone());
+        async move {
+            store
+                .take_account_slot("acct", &id, owner, 2, at)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(take(&a, &j1, "a", now).await, SlotGrant::Granted);
+    assert_eq!(take(&a, &j2, "a", now).await, SlotGrant::Granted);
+    assert_eq!(
+        take(&b, &j3, "b", now).await,
+        SlotGrant::Busy,
+        "two are held"
+    );
+    // Taking again for a job that holds a slot keeps it (a retried call).
+    assert_eq!(take(&a, &j1, "a", now).await, SlotGrant::Granted);
+    // A released slot is free for the other daemon.
+    a.release_account_slot("acct", &j1.id, "a").await.unwrap();
+    assert_eq!(take(&b, &j3, "b", now).await, SlotGrant::Granted);
+    b.release_account_slot("acct", &j3.id, "b").await.unwrap();
+    // j2's lease (1 s) runs out without a release, as when daemon a dies:
+    // its slot stops counting then, and not before.
+    insert(&a, "s4", now).await;
+    let j4 = claim_one(&b, "b", now, 60_000).await;
+    assert_eq!(take(&b, &j4, "b", now).await, SlotGrant::Granted);
+    assert_eq!(take(&b, &j3, "b", now + 500).await, SlotGrant::Busy);
+    assert_eq!(take(&b, &j3, "b", now + 2_000).await, SlotGrant::Granted);
+    // Other accounts are not affected.
+    assert_eq!(
+        b.take_account_slot("other", &j1.id, "b", 1, now)
+            .await
+            .unwrap(),
+        SlotGrant::Granted
+    );
+
+    // A pause recorded by one daemon is seen by the other, a shorter one
+    // does not shorten it, and it ends when it says.
+    a.cool_down_account("acct", now + 30_000).await.unwrap();
+    a.cool_down_account("acct", now + 10_000).await.unwrap();
+    assert_eq!(
+        take(&b, &j4, "b", now + 1_000).await,
+        SlotGrant::Cooling(now + 30_000)
+    );
+    assert_eq!(take(&b, &j4, "b", now + 30_001).await, SlotGrant::Granted);
 }

@@ -402,6 +402,8 @@ pub struct Account {
     pub name: String,
     pub provider: Provider,
     pub limit: Arc<tokio::sync::Semaphore>,
+    /// The limit `limit` enforces, for the store's account-wide slots.
+    pub concurrency: usize,
     cooldown_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
@@ -445,6 +447,7 @@ impl Providers {
                         name: name.clone(),
                         provider: Provider::new(name, &account.config),
                         limit: Arc::new(tokio::sync::Semaphore::new(account.config.concurrency())),
+                        concurrency: account.config.concurrency(),
                         cooldown_until: std::sync::Mutex::new(None),
                     };
                     (name.clone(), Arc::new(runtime))

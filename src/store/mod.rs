@@ -102,6 +102,17 @@ pub struct Snapshot {
     pub next_due: Option<Millis>,
 }
 
+/// The answer to a request for one of an account's concurrent-step slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotGrant {
+    /// The step may run; the slot is released after it.
+    Granted,
+    /// All of the account's slots are held (by any daemon).
+    Busy,
+    /// The account pauses after a 429 until then (Unix ms).
+    Cooling(Millis),
+}
+
 /// Filters for listing jobs.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -260,6 +271,45 @@ impl Store {
     /// A cheap query that proves the store answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self.ping())
+    }
+    /// Takes one of `account`'s `limit` concurrent-step slots for `job_id`.
+    /// Only a shared (PostgreSQL) store keeps slots: a SQLite store has one
+    /// daemon, whose in-memory limits are exact, and always grants.
+    pub async fn take_account_slot(
+        &self,
+        account: &str,
+        job_id: &str,
+        owner: &str,
+        limit: usize,
+        now: Millis,
+    ) -> Result<SlotGrant, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(SlotGrant::Granted),
+            Store::Postgres(s) => {
+                s.take_account_slot(account, job_id, owner, limit, now)
+                    .await
+            }
+        }
+    }
+    /// Gives back a slot taken by [`Store::take_account_slot`].
+    pub async fn release_account_slot(
+        &self,
+        account: &str,
+        job_id: &str,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.release_account_slot(account, job_id, owner).await,
+        }
+    }
+    /// Pauses `account` for every daemon sharing the store until `until`
+    /// (never shortening a longer pause). A no-op for SQLite (one daemon).
+    pub async fn cool_down_account(&self, account: &str, until: Millis) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.cool_down_account(account, until).await,
+        }
     }
     /// Closes the store's connections (every clone's: they share them).
     pub async fn close(&self) -> Result<(), StoreError> {
