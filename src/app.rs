@@ -106,6 +106,20 @@ pub async fn run_until_stopped(
         path: settings.paths.output.clone(),
         source,
     })?;
+    if matches!(store, Store::Sqlite(_)) {
+        // The only daemon on this store: claims left in the drop directory
+        // are a previous run's, interrupted mid-way.
+        match inbox.put_back_all_claims().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                files = n,
+                "put back request files a previous run had claimed"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot look for left-over claims in the requests directory")
+            }
+        }
+    }
     match inbox.scan_once().await {
         Ok(report) if !report.accepted.is_empty() || !report.rejected.is_empty() => {
             info!(

@@ -11,10 +11,18 @@
 //! If the daemon dies between the commit and the move, the next scan sees
 //! the same file again; it recognises it (same name, same source, same
 //! SHA-256) and only finishes the move.
+//!
+//! Several daemons may watch one directory (a PostgreSQL fleet): a file is
+//! claimed by renaming it to `.NAME.claimed-TAG` before it is read, so
+//! exactly one daemon handles it (the others find it gone). A claim lives
+//! for milliseconds; one older than [`CLAIM_STALE`] belongs to a daemon that
+//! died mid-way and is put back under its name for the next scan. A daemon
+//! with a SQLite store (one daemon per store) puts back every claim it finds
+//! when it starts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -27,6 +35,10 @@ use crate::store::{Store, StoreError};
 
 pub const ACCEPTED: &str = "accepted";
 pub const REJECTED: &str = "rejected";
+/// Marks a claimed request file: `.NAME.claimed-TAG`.
+const CLAIMED: &str = ".claimed-";
+/// Age past which a claim is taken to be a dead daemon's.
+pub const CLAIM_STALE: Duration = Duration::from_secs(120);
 
 /// Why a request was not turned into a job.
 #[derive(Debug, thiserror::Error)]
@@ -92,11 +104,18 @@ pub async fn accept(
 pub struct Inbox {
     store: Store,
     settings: Arc<Settings>,
+    /// Tells this scanner's claims from other daemons'.
+    tag: String,
 }
 
 impl Inbox {
     pub fn new(store: Store, settings: Arc<Settings>) -> Self {
-        Inbox { store, settings }
+        let tag = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
+        Inbox {
+            store,
+            settings,
+            tag,
+        }
     }
 
     fn dir(&self) -> &Path {
@@ -117,6 +136,7 @@ impl Inbox {
         while let Some(entry) = entries.next_entry().await? {
             names.push(entry.file_name());
         }
+        self.put_back_claims(&names, CLAIM_STALE).await;
         // Oldest names first is not knowable cheaply; sorted names make scans
         // repeatable and logs readable.
         names.sort();
@@ -140,6 +160,57 @@ impl Inbox {
             self.consider(&name, &mut report).await;
         }
         Ok(report)
+    }
+
+    /// Puts back every claim in the directory, whatever its age: for a
+    /// daemon that knows it is the only one (SQLite), at start-up.
+    pub async fn put_back_all_claims(&self) -> std::io::Result<usize> {
+        let mut entries = tokio::fs::read_dir(self.dir()).await?;
+        let mut names = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            names.push(entry.file_name());
+        }
+        Ok(self.put_back_claims(&names, Duration::ZERO).await)
+    }
+
+    /// Renames claims older than `older_than` back to their request names.
+    async fn put_back_claims(&self, names: &[std::ffi::OsString], older_than: Duration) -> usize {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut put_back = 0;
+        for os_name in names {
+            let Some((name, original)) = os_name.to_str().and_then(|n| Some((n, claimed_name(n)?)))
+            else {
+                continue;
+            };
+            let claimed = self.dir().join(name);
+            let Ok(meta) = tokio::fs::symlink_metadata(&claimed).await else {
+                continue;
+            };
+            // A rename sets the change time, so ctime is when it was claimed.
+            let claimed_at =
+                UNIX_EPOCH + Duration::from_secs(u64::try_from(meta.ctime()).unwrap_or(0));
+            let age = SystemTime::now()
+                .duration_since(claimed_at)
+                .unwrap_or(Duration::ZERO);
+            if age < older_than {
+                continue;
+            }
+            let target = self.dir().join(original);
+            if tokio::fs::symlink_metadata(&target).await.is_ok() {
+                warn!(file = %original, claim = %name, "a left-over claim has the name of a newer request; leaving it for a person to sort out");
+                continue;
+            }
+            match tokio::fs::rename(&claimed, &target).await {
+                Ok(()) => {
+                    warn!(file = %original, "a request claimed by a daemon that stopped mid-way is back for the next scan");
+                    put_back += 1;
+                }
+                // Another daemon put it back first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => error!(file = %original, error = %e, "cannot put back a left-over claim"),
+            }
+        }
+        put_back
     }
 
     async fn consider(&self, name: &str, report: &mut ScanReport) {
@@ -177,9 +248,38 @@ impl Inbox {
             report.deferred += 1;
             return;
         }
+        // Claim the file before reading it: of several daemons watching this
+        // directory, only the one whose rename succeeds goes on.
+        let claimed = format!(".{name}{CLAIMED}{}", self.tag);
+        match tokio::fs::rename(&path, self.dir().join(&claimed)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                warn!(file = %name, error = %e, "cannot claim a request file; will try again");
+                report.deferred += 1;
+                return;
+            }
+        }
+        self.handle_claimed(name, &claimed, &meta, report).await;
+    }
+
+    /// Handles a file claimed as `claimed`; it leaves the claim by moving to
+    /// `accepted/` or `rejected/`, or back to `name` to be tried again.
+    async fn handle_claimed(
+        &self,
+        name: &str,
+        claimed: &str,
+        meta: &std::fs::Metadata,
+        report: &mut ScanReport,
+    ) {
+        let path = self.dir().join(claimed);
         let format = match RequestFormat::from_path(Path::new(name)) {
             Ok(format) => format,
-            Err(e) => return self.reject(name, &e.to_string(), report).await,
+            Err(e) => {
+                return self
+                    .reject_claimed(name, claimed, &e.to_string(), report)
+                    .await;
+            }
         };
         let limit = self.settings.inbox.max_request_size;
         if meta.len() > limit {
@@ -187,12 +287,15 @@ impl Inbox {
                 size: meta.len(),
                 limit,
             };
-            return self.reject(name, &e.to_string(), report).await;
+            return self
+                .reject_claimed(name, claimed, &e.to_string(), report)
+                .await;
         }
         let bytes = match read_limited(&path, limit).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 warn!(file = %name, error = %e, "cannot read a request file; will try again");
+                self.unclaim(name, claimed).await;
                 report.deferred += 1;
                 return;
             }
@@ -212,18 +315,23 @@ impl Inbox {
         .await
         {
             Ok(job) => {
-                if let Err(e) = move_aside(self.dir(), name, ACCEPTED).await {
+                if let Err(e) = move_claimed(self.dir(), claimed, name, ACCEPTED).await {
                     // The job is durable; a later scan recognises the file and retries the move.
                     error!(file = %name, error = %e, "job accepted but the request file could not be moved");
+                    self.unclaim(name, claimed).await;
                     return;
                 }
                 info!(file = %name, job = %job.name, job_id = %job.id, "request accepted");
                 crate::metrics::request("inbox", true);
                 report.accepted.push(job.name);
             }
-            Err(AcceptError::Request(e)) => self.reject(name, &e.to_string(), report).await,
+            Err(AcceptError::Request(e)) => {
+                self.reject_claimed(name, claimed, &e.to_string(), report)
+                    .await;
+            }
             Err(AcceptError::Store(e)) => {
                 error!(file = %name, error = %e, "the store refused a request; it stays for the next scan");
+                self.unclaim(name, claimed).await;
                 report.deferred += 1;
             }
         }
@@ -232,6 +340,26 @@ impl Inbox {
     async fn reject(&self, name: &str, reason: &str, report: &mut ScanReport) {
         self.reject_raw(std::ffi::OsStr::new(name), name, reason, report)
             .await;
+    }
+
+    /// Rejects a claimed file under its request name.
+    async fn reject_claimed(
+        &self,
+        name: &str,
+        claimed: &str,
+        reason: &str,
+        report: &mut ScanReport,
+    ) {
+        self.reject_raw(std::ffi::OsStr::new(claimed), name, reason, report)
+            .await;
+    }
+
+    /// Gives a claimed file its name back, for a later scan.
+    async fn unclaim(&self, name: &str, claimed: &str) {
+        if let Err(e) = tokio::fs::rename(self.dir().join(claimed), self.dir().join(name)).await {
+            // It stays claimed; the stale-claim check puts it back later.
+            error!(file = %name, error = %e, "cannot give a claimed request file its name back");
+        }
     }
 
     async fn reject_raw(
@@ -329,10 +457,19 @@ fn free_name(dir: &Path, name: &str) -> (PathBuf, String) {
     unreachable!("an unbounded range always yields a free name")
 }
 
-/// Moves `dir/name` into `dir/folder/`, never overwriting an earlier file.
-async fn move_aside(dir: &Path, name: &str, folder: &str) -> std::io::Result<()> {
+/// Moves the claimed `dir/claimed` into `dir/folder/` under `name`, never
+/// overwriting an earlier file.
+async fn move_claimed(dir: &Path, claimed: &str, name: &str, folder: &str) -> std::io::Result<()> {
     let (target, _) = free_name(&dir.join(folder), name);
-    tokio::fs::rename(dir.join(name), target).await
+    tokio::fs::rename(dir.join(claimed), target).await
+}
+
+/// The request name inside a claim's name (`.NAME.claimed-TAG`).
+fn claimed_name(file: &str) -> Option<&str> {
+    let inner = file.strip_prefix('.')?;
+    let at = inner.rfind(CLAIMED)?;
+    let name = &inner[..at];
+    (!name.is_empty() && !is_ignored(name)).then_some(name)
 }
 
 #[cfg(test)]

@@ -191,3 +191,68 @@ async fn an_oversized_request_is_rejected_without_parsing() {
     let why = std::fs::read_to_string(app.requests().join("rejected/big.error.txt")).unwrap();
     assert!(why.contains("limited to 1048576 bytes"), "{why}");
 }
+
+/// Two daemons watching one drop directory (a PostgreSQL fleet): each file
+/// is handled by exactly one of them — one job, one move, one note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scanners_sharing_a_directory_take_each_file_exactly_once() {
+    let app = TestApp::spawn().await;
+    let other = docfetch::inbox::Inbox::new(app.store.clone(), app.settings.clone());
+    let requests = app.requests();
+    for i in 0..150 {
+        let body = format!(
+            r#"{{"account": "fresh-sim", "operation": "balance_sheet", "name": "shared-{i:03}"}}"#
+        );
+        std::fs::write(requests.join(format!("shared-{i:03}.json")), body).unwrap();
+    }
+    for i in 0..20 {
+        std::fs::write(requests.join(format!("bad-{i:02}.json")), "{\"account\": ").unwrap();
+    }
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for _ in 0..20 {
+        let (a, b) = tokio::join!(app.inbox.scan_once(), other.scan_once());
+        for report in [a.unwrap(), b.unwrap()] {
+            accepted.extend(report.accepted);
+            rejected.extend(report.rejected.into_iter().map(|(file, _)| file));
+        }
+        if names(&requests)
+            .iter()
+            .all(|n| n == "accepted" || n == "rejected")
+        {
+            break;
+        }
+    }
+    accepted.sort();
+    rejected.sort();
+    let expected: Vec<String> = (0..150).map(|i| format!("shared-{i:03}")).collect();
+    assert_eq!(accepted, expected, "each request accepted once");
+    let expected: Vec<String> = (0..20).map(|i| format!("bad-{i:02}.json")).collect();
+    assert_eq!(rejected, expected, "each bad request rejected once");
+    assert_eq!(
+        names(&requests),
+        ["accepted", "rejected"],
+        "no claim is left"
+    );
+    assert_eq!(names(&requests.join("accepted")).len(), 150);
+    // One file and one note per bad request: no second copy with a stamp.
+    assert_eq!(names(&requests.join("rejected")).len(), 40);
+    assert_eq!(app.store.counts().await.unwrap(), [(JobState::Queued, 150)]);
+}
+
+/// A claim is a daemon's for milliseconds; one found later was left by a
+/// daemon that stopped mid-way. A scan leaves a young one to its owner; a
+/// daemon alone on its store puts every one back when it starts.
+#[tokio::test]
+async fn claims_left_by_a_stopped_daemon_are_put_back() {
+    let app = TestApp::spawn().await;
+    let requests = app.requests();
+    std::fs::write(requests.join(".usn-2018q3.json.claimed-4242-dead"), GOOD).unwrap();
+    let report = app.inbox.scan_once().await.unwrap();
+    assert!(report.accepted.is_empty(), "a young claim is its owner's");
+    assert_eq!(app.inbox.put_back_all_claims().await.unwrap(), 1);
+    assert!(requests.join("usn-2018q3.json").is_file());
+    let report = app.inbox.scan_once().await.unwrap();
+    assert_eq!(report.accepted, ["usn-2018q3"]);
+    assert_eq!(names(&requests), ["accepted", "rejected"]);
+}
