@@ -14,7 +14,11 @@
 //! 2. **builder**: `POST /v1/{accountId}/drafts/builders` → builder id;
 //! 3. **documents**: `POST …/builders/{builderId}/documents` per document, then
 //!    `POST …/documents/{documentId}/files` per file (content id, base64
-//!    signature, meta);
+//!    signature, meta). When an earlier attempt of the same creation may
+//!    have reached Extern (see *Creating things once* below), the builder's
+//!    documents (`GET …/builders/{builderId}/documents`) or the document's
+//!    files (`GET …/documents/{documentId}/files`) are listed first and a
+//!    match is adopted instead of creating a second one;
 //! 4. **build**: `POST …/builders/{builderId}/build?deferred=true` → a task.
 //!    A 409 `urn:error:externapi:concurrentApiTaskActive` means a build of this
 //!    builder is already running — ours, started just before a crash — and
@@ -30,9 +34,32 @@
 //! syntactically when the request is accepted and against the file system
 //! (symbolic links resolved) every time a file is opened.
 //!
+//! # Creating things once
+//!
+//! A creation whose answer is lost — the process dies before the cursor is
+//! committed, or the connection is reset or times out after Extern acted —
+//! would be repeated by the next attempt. For documents and files this is
+//! prevented by looking before creating: a document of the builder with the
+//! same `builder-data` (compared as JSON, `null` members ignored), or a file
+//! of the document with the same `content-id`, that the cursor does not
+//! already record, is taken as the one the interrupted attempt created.
+//!
+//! The look costs one request, so it is skipped when the creation is known
+//! not to have been sent: the provider keeps in memory the creations that
+//! became possible through a step of this process and were not attempted
+//! since (as OFD does with report names). The normal path therefore sends no
+//! list request; a restart, a retried step or a lost answer does.
+//!
+//! Limits. A builder cannot be looked up (Extern lists no builders), so a
+//! crash between creating the builder and committing its id leaves one
+//! orphaned, empty builder behind; the job goes on with a new one. Uploads
+//! are not looked up either: a repeated first part makes a second, unused
+//! content. A request that Extern carries out only after the client gave up
+//! *and* after the retry looked (a very slow server) can still be doubled.
+//!
 //! Where the seed is ambiguous, the reading chosen is noted next to the code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -90,6 +117,13 @@ const MIN_UPLOAD_RATE: u64 = 100 * 1024;
 
 /// The error id of a 409 that means "a build is already running".
 pub const CONCURRENT_TASK_ERROR: &str = "urn:error:externapi:concurrentApiTaskActive";
+
+/// Entries the set of unsent creations may hold before it is emptied. A
+/// forgotten entry only costs a list request, never a duplicate, and one
+/// stays behind only when a job stops half-way or a step's commit fails, so
+/// the bound is rarely reached; it keeps a daemon that runs for months from
+/// growing.
+const UNSENT_LIMIT: usize = 10_000;
 
 /// `[accounts.NAME]` for `provider = "kontur-extern"`.
 #[derive(Debug, Clone)]
@@ -823,6 +857,124 @@ fn read_build_result(result: &Value) -> (Vec<String>, Vec<DocumentError>) {
     (drafts, errors)
 }
 
+/// The items of a list answer. The SDKs read `GET …/documents` and
+/// `GET …/files` as a bare JSON array; an object wrapping the array (under
+/// `key`, `items`, or as its only array member) is accepted too, so a
+/// paged or enveloped answer is not mistaken for an empty list. `None` when
+/// the answer holds no list at all.
+fn list_items<'a>(value: &'a Value, key: &str) -> Option<&'a [Value]> {
+    match value {
+        Value::Array(items) => Some(items),
+        Value::Object(map) => {
+            for name in [key, "items"] {
+                if let Some(Value::Array(items)) = map.get(name) {
+                    return Some(items);
+                }
+            }
+            let mut arrays = map.values().filter_map(Value::as_array);
+            match (arrays.next(), arrays.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `value` with every `null` object member removed, recursively: a service
+/// that echoes an optional field as `null` (the SDK models do) still
+/// describes the same request as one that leaves it out.
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Ids are UUIDs; their case may differ between answers.
+fn same_id(a: &str, b: &str) -> bool {
+    a.trim().eq_ignore_ascii_case(b.trim())
+}
+
+/// Among the builder's documents, one with the requested `builder-data`
+/// that the cursor does not already hold (`recorded`): the document an
+/// interrupted attempt created. Documents are created one at a time and the
+/// next only after the previous one's id is committed, so an unrecorded
+/// match is a document of ours that no file was attached to yet; if two
+/// requested documents have the same `builder-data`, either is as good.
+fn find_document(
+    items: &[Value],
+    builder_id: &str,
+    builder_data: &Value,
+    recorded: &[&str],
+) -> Option<String> {
+    let wanted = without_nulls(builder_data);
+    items.iter().find_map(|item| {
+        let id = id_at(item, "/id")?;
+        if recorded.iter().any(|r| same_id(r, &id)) {
+            return None;
+        }
+        if let Some(owner) = id_at(item, "/drafts-builder-id")
+            && !same_id(&owner, builder_id)
+        {
+            return None;
+        }
+        // `meta.builder-data` in the SDK's model; a flat `builder-data` is
+        // read too.
+        let data = item
+            .pointer("/meta/builder-data")
+            .or_else(|| item.get("builder-data"))?;
+        (without_nulls(data) == wanted).then_some(id)
+    })
+}
+
+/// Among the document's files, one of `content_id` that the cursor does not
+/// already hold: the file an interrupted attempt attached. A content id
+/// names one upload, so it cannot match another requested file.
+fn find_file(
+    items: &[Value],
+    document_id: &str,
+    content_id: &str,
+    recorded: &[&str],
+) -> Option<String> {
+    items.iter().find_map(|item| {
+        let id = id_at(item, "/id")?;
+        if recorded.iter().any(|r| same_id(r, &id)) {
+            return None;
+        }
+        if let Some(owner) = id_at(item, "/drafts-builder-document-id")
+            && !same_id(&owner, document_id)
+        {
+            return None;
+        }
+        // `content-id` in the Java SDK's model; the C# model shows only
+        // `content-link`, so a link naming the content counts as well.
+        let by_id = id_at(item, "/content-id").is_some_and(|c| same_id(&c, content_id));
+        let by_link = item
+            .pointer("/content-link/href")
+            .and_then(Value::as_str)
+            .is_some_and(|href| href.split(['/', '?']).any(|s| same_id(s, content_id)));
+        (by_id || by_link).then_some(id)
+    })
+}
+
+/// The key under which the creation of document `d` of a builder is
+/// remembered as not sent yet.
+fn document_key(builder_id: &str, d: usize) -> String {
+    format!("{builder_id}/doc/{d}")
+}
+
+/// The key for attaching file `f` to a document.
+fn file_key(document_id: &str, f: usize) -> String {
+    format!("{document_id}/file/{f}")
+}
+
 // ---------------------------------------------------------------------------
 // Attachments on disk
 // ---------------------------------------------------------------------------
@@ -905,6 +1057,17 @@ pub struct KonturExtern {
     account: KonturExternAccount,
     oidc: Oidc,
     client_limit: Arc<Semaphore>,
+    /// Creations known not to have been sent ([`document_key`],
+    /// [`file_key`]): for these the list is not read first. A key goes in
+    /// when a step of this process makes the creation possible (the builder
+    /// for its first document, a document for its first file and for the
+    /// next document, a file for the next file) and comes out just before
+    /// the creation is sent, so a send that fails halfway, a retry and a
+    /// restart all look in the list. Nothing is created under a builder or
+    /// document, and no next document or file, before a committed cursor
+    /// names it: so a key stays true if that step's commit fails, and holds
+    /// after an adoption too.
+    unsent: Mutex<HashSet<String>>,
 }
 
 impl KonturExtern {
@@ -914,7 +1077,27 @@ impl KonturExtern {
             oidc: Oidc::new(name, account.oidc.clone()),
             client_limit: client_limit(&key),
             account,
+            unsent: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn unsent(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.unsent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers that the creation under `key` has not been sent.
+    fn mark_unsent(&self, key: String) {
+        let mut unsent = self.unsent();
+        if unsent.len() >= UNSENT_LIMIT {
+            unsent.clear();
+        }
+        unsent.insert(key);
+    }
+
+    /// Whether the creation under `key` is known not to have been sent; it
+    /// no longer is once this returns, whatever happens to the send.
+    fn take_unsent(&self, key: &str) -> bool {
+        self.unsent().remove(key)
     }
 
     /// Logins performed so far (for tests).
@@ -949,6 +1132,7 @@ impl KonturExtern {
             None => {
                 let id = self.create_builder(ctx, &plan).await?;
                 let note = format!("files uploaded; drafts builder {id} created");
+                self.mark_unsent(document_key(&id, 0));
                 cursor.builder_id = Some(id);
                 return Ok(progress(cursor, note));
             }
@@ -961,8 +1145,20 @@ impl KonturExtern {
             let document_id = match state.document_id.clone() {
                 Some(id) => id,
                 None => {
-                    let id = self.create_document(ctx, &builder_id, document, d).await?;
-                    let note = format!("document {d} created as {id}");
+                    let (id, found) = self
+                        .document(ctx, &builder_id, &cursor, document, d)
+                        .await?;
+                    let note = if found {
+                        format!(
+                            "document {d} found again as {id}; an interrupted attempt had created it"
+                        )
+                    } else {
+                        format!("document {d} created as {id}")
+                    };
+                    if d + 1 < plan.documents.len() {
+                        self.mark_unsent(document_key(&builder_id, d + 1));
+                    }
+                    self.mark_unsent(file_key(&id, 0));
                     if let Some(state) = cursor.documents.get_mut(d) {
                         state.document_id = Some(id);
                     }
@@ -981,10 +1177,34 @@ impl KonturExtern {
                         "the job's saved progress lost a content id",
                     ));
                 };
-                let id = self
-                    .attach_file(ctx, &builder_id, &document_id, &content_id, file, d, f)
+                let recorded: Vec<&str> = state
+                    .files
+                    .iter()
+                    .filter_map(|s| s.file_id.as_deref())
+                    .collect();
+                let (id, found) = self
+                    .file(
+                        ctx,
+                        &builder_id,
+                        &document_id,
+                        &content_id,
+                        &recorded,
+                        file,
+                        d,
+                        f,
+                    )
                     .await?;
-                let note = format!("{:?} attached to document {d} as file {id}", file.path);
+                let note = if found {
+                    format!(
+                        "{:?} found attached to document {d} as file {id}; an interrupted attempt had attached it",
+                        file.path
+                    )
+                } else {
+                    format!("{:?} attached to document {d} as file {id}", file.path)
+                };
+                if f + 1 < document.files.len() {
+                    self.mark_unsent(file_key(&document_id, f + 1));
+                }
                 if let Some(file_state) =
                     cursor.documents.get_mut(d).and_then(|s| s.files.get_mut(f))
                 {
@@ -1087,7 +1307,7 @@ impl KonturExtern {
         }
     }
 
-    /// Sends a JSON request and returns the JSON answer of a 2xx.
+    /// Sends a JSON request and returns the JSON object a 2xx answers.
     async fn call_json(
         &self,
         ctx: &StepContext<'_>,
@@ -1096,6 +1316,43 @@ impl KonturExtern {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Value, ProviderError> {
+        let answer = self.call_ok(ctx, what, method, url, body).await?;
+        json_of(&answer, what)
+    }
+
+    /// `GET`s a list (`key` names the array should the answer wrap it).
+    async fn list(
+        &self,
+        ctx: &StepContext<'_>,
+        what: &str,
+        url: Url,
+        key: &str,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let answer = self.call_ok(ctx, what, Method::GET, url, None).await?;
+        serde_json::from_slice::<Value>(&answer)
+            .ok()
+            .as_ref()
+            .and_then(|value| list_items(value, key))
+            .map(<[Value]>::to_vec)
+            .ok_or_else(|| {
+                // Garbage is worth a retry; never read as "nothing there",
+                // which would create a duplicate.
+                ProviderError::transient(format!(
+                    "{what}: the answer is not a list: {}",
+                    excerpt(&answer)
+                ))
+            })
+    }
+
+    /// Sends a JSON request and returns the body of a 2xx answer.
+    async fn call_ok(
+        &self,
+        ctx: &StepContext<'_>,
+        what: &str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Vec<u8>, ProviderError> {
         let body = match body {
             Some(b) => Some(serde_json::to_vec(b).map_err(|e| {
                 ProviderError::permanent(format!("{what}: the request cannot be encoded: {e}"))
@@ -1129,7 +1386,7 @@ impl KonturExtern {
                 &answer.body,
             ));
         }
-        json_of(&answer.body, what)
+        Ok(answer.body)
     }
 
     /// Phase 1: sends the next part of file `d`/`f`.
@@ -1265,6 +1522,35 @@ impl KonturExtern {
         required_id(&value, what)
     }
 
+    /// Phase 3a: document `d` of the builder, found again when an earlier
+    /// attempt may have created it, else created. Returns its id and
+    /// whether it was found.
+    async fn document(
+        &self,
+        ctx: &StepContext<'_>,
+        builder_id: &str,
+        cursor: &Cursor,
+        document: &DocumentPlan,
+        d: usize,
+    ) -> Result<(String, bool), ProviderError> {
+        if !self.take_unsent(&document_key(builder_id, d)) {
+            let what = format!("looking for document {d} in drafts builder {builder_id}");
+            let url = self.endpoint(&["drafts", "builders", builder_id, "documents"]);
+            let items = self.list(ctx, &what, url, "documents").await?;
+            let recorded: Vec<&str> = cursor
+                .documents
+                .iter()
+                .filter_map(|s| s.document_id.as_deref())
+                .collect();
+            if let Some(id) = find_document(&items, builder_id, &document.builder_data, &recorded) {
+                tracing::info!(builder = builder_id, document = %id, "document {d} was created by an interrupted attempt; using it instead of creating it again");
+                return Ok((id, true));
+            }
+        }
+        let id = self.create_document(ctx, builder_id, document, d).await?;
+        Ok((id, false))
+    }
+
     /// Phase 3a: creates document `d` in the builder.
     async fn create_document(
         &self,
@@ -1280,6 +1566,44 @@ impl KonturExtern {
             .call_json(ctx, &what, Method::POST, url, Some(&body))
             .await?;
         required_id(&value, &what)
+    }
+
+    /// Phase 3b: file `f` of document `d`, found again when an earlier
+    /// attempt may have attached it, else attached. `recorded` are the
+    /// document's file ids the cursor holds. Returns the file id and
+    /// whether it was found.
+    #[allow(clippy::too_many_arguments)]
+    async fn file(
+        &self,
+        ctx: &StepContext<'_>,
+        builder_id: &str,
+        document_id: &str,
+        content_id: &str,
+        recorded: &[&str],
+        file: &FilePlan,
+        d: usize,
+        f: usize,
+    ) -> Result<(String, bool), ProviderError> {
+        if !self.take_unsent(&file_key(document_id, f)) {
+            let what = format!("looking for {:?} in document {document_id}", file.path);
+            let url = self.endpoint(&[
+                "drafts",
+                "builders",
+                builder_id,
+                "documents",
+                document_id,
+                "files",
+            ]);
+            let items = self.list(ctx, &what, url, "files").await?;
+            if let Some(id) = find_file(&items, document_id, content_id, recorded) {
+                tracing::info!(document = document_id, file = %id, "{:?} was attached by an interrupted attempt; using it instead of attaching it again", file.path);
+                return Ok((id, true));
+            }
+        }
+        let id = self
+            .attach_file(ctx, builder_id, document_id, content_id, file, d, f)
+            .await?;
+        Ok((id, false))
     }
 
     /// Phase 3b: attaches an uploaded content, with its signature, to its document.
@@ -1783,6 +2107,130 @@ mod tests {
         assert!(drafts.is_empty());
         assert_eq!(errors[0].document_id, "doc2");
         assert_eq!(read_build_result(&Value::Null), (vec![], vec![]));
+    }
+
+    #[test]
+    fn document_and_file_lists_are_read_bare_or_wrapped() {
+        let documents = json!([
+            {"id": " 6F9619FF-8B86-D011-B42D-00CF4FC964FF ", "drafts-builder-id": "b1",
+             "meta": {"builder-type": "urn:drafts-builder-type:fns534-inventory",
+                      "builder-data": {"type": "scanned", "claim-item-number": "1.01", "label-for-grouping": null}}},
+            {"id": "d2", "drafts-builder-id": "b1",
+             "meta": {"builder-data": {"type": "scanned", "claim-item-number": "1.01"}}},
+            {"id": "d3", "drafts-builder-id": "B1", "builder-data": {"type": "formalized"}},
+            {"id": "d4", "drafts-builder-id": "other", "meta": {"builder-data": {"type": "warrant"}}},
+            {"meta": {"builder-data": {"type": "warrant"}}}
+        ]);
+        let wrapped = json!({"documents": documents.clone(), "total-count": 5});
+        let enveloped = json!({"data": documents.clone(), "skip": 0});
+        for (shape, answer) in [
+            ("bare", &documents),
+            ("wrapped", &wrapped),
+            ("enveloped", &enveloped),
+        ] {
+            let items = list_items(answer, "documents").unwrap_or_else(|| panic!("{shape}"));
+            assert_eq!(items.len(), 5, "{shape}");
+            let scanned = json!({"claim-item-number": "1.01", "type": "scanned"});
+            assert_eq!(
+                find_document(items, "b1", &scanned, &[]).as_deref(),
+                Some("6F9619FF-8B86-D011-B42D-00CF4FC964FF"),
+                "{shape}: ids are trimmed, nulls are the same as absent"
+            );
+            assert_eq!(
+                find_document(
+                    items,
+                    "b1",
+                    &scanned,
+                    &["6f9619ff-8b86-d011-b42d-00cf4fc964ff"]
+                )
+                .as_deref(),
+                Some("d2"),
+                "{shape}: a document the cursor holds is never taken again"
+            );
+            assert_eq!(
+                find_document(
+                    items,
+                    "b1",
+                    &scanned,
+                    &["6F9619FF-8B86-D011-B42D-00CF4FC964FF", "d2"]
+                ),
+                None
+            );
+            assert_eq!(
+                find_document(items, "b1", &json!({"type": "formalized"}), &[]).as_deref(),
+                Some("d3"),
+                "{shape}: a flat builder-data, builder ids in another case"
+            );
+            assert_eq!(
+                find_document(items, "b1", &json!({"type": "warrant"}), &[]),
+                None,
+                "{shape}: another builder's document or one without an id is not ours"
+            );
+            assert_eq!(
+                find_document(items, "b1", &json!({"type": "scanned"}), &[]),
+                None,
+                "{shape}: builder-data must be the same, not just overlap"
+            );
+        }
+
+        let files = json!([
+            {"id": "f1", "drafts-builder-id": "b1", "drafts-builder-document-id": "D1",
+             "content-id": "C1", "meta": {"file-name": "a.pdf"}},
+            {"id": "f2", "drafts-builder-document-id": "d1",
+             "content-link": {"href": "https://extern/v1/acc/contents/c2", "rel": "content"}},
+            {"id": "f3", "drafts-builder-document-id": "d9", "content-id": "c3"}
+        ]);
+        let wrapped = json!({"files": files.clone()});
+        for (shape, answer) in [("bare", &files), ("wrapped", &wrapped)] {
+            let items = list_items(answer, "files").unwrap_or_else(|| panic!("{shape}"));
+            assert_eq!(
+                find_file(items, "d1", "c1", &[]).as_deref(),
+                Some("f1"),
+                "{shape}"
+            );
+            assert_eq!(find_file(items, "d1", "c1", &["F1"]), None, "{shape}");
+            assert_eq!(
+                find_file(items, "d1", "c2", &[]).as_deref(),
+                Some("f2"),
+                "{shape}: a content link that names the content"
+            );
+            assert_eq!(
+                find_file(items, "d1", "c3", &[]),
+                None,
+                "{shape}: another document's file"
+            );
+        }
+
+        assert_eq!(list_items(&json!([]), "files").map(<[Value]>::len), Some(0));
+        for garbage in [
+            json!({}),
+            json!({"a": [], "b": []}),
+            json!("[]"),
+            Value::Null,
+        ] {
+            assert!(list_items(&garbage, "files").is_none(), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn the_set_of_unsent_creations_is_consumed_once_and_stays_bounded() {
+        let account = keys(
+            "client_id = \"c\"\napi_key = \"k\"\naccount_id = \"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"\n",
+        )
+        .unwrap();
+        let p = KonturExtern::new("ke", account);
+        p.mark_unsent(document_key("b1", 0));
+        assert!(p.take_unsent("b1/doc/0"));
+        assert!(!p.take_unsent("b1/doc/0"), "a second send must look first");
+        assert!(!p.take_unsent(&file_key("d1", 0)), "never marked");
+        for n in 0..UNSENT_LIMIT {
+            p.mark_unsent(file_key("d", n));
+        }
+        assert_eq!(p.unsent().len(), UNSENT_LIMIT);
+        p.mark_unsent(file_key("d", UNSENT_LIMIT));
+        assert_eq!(p.unsent().len(), 1, "emptied past the limit");
+        assert!(!p.take_unsent(&file_key("d", 0)), "forgotten: costs a look");
+        assert!(p.take_unsent(&file_key("d", UNSENT_LIMIT)));
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! - `POST …/drafts/builders`, `POST …/builders/{id}/documents`,
 //!   `POST …/documents/{id}/files` (the content must be complete, the
 //!   signature valid base64);
+//! - `GET …/builders/{id}/documents` and `GET …/documents/{id}/files`: bare
+//!   JSON arrays, as the SDKs read them (`DraftsBuilderDocument[]`: `id`,
+//!   `drafts-builder-id`, `meta` with `builder-type` and `builder-data`;
+//!   `DraftsBuilderDocumentFile[]`: `id`, `drafts-builder-id`,
+//!   `drafts-builder-document-id`, `content-id`, `content-link`,
+//!   `signature-content-link`, `meta`), in creation order;
 //! - `POST …/builders/{id}/build?deferred=true` → 202 and a running task;
 //!   `deferred` other than `true` → 400 (the seed's quirk); a build while one
 //!   runs → 409 `urn:error:externapi:concurrentApiTaskActive` naming the
@@ -158,6 +164,9 @@ pub struct KonturExternCounters {
     pub builders: AtomicU64,
     pub documents: AtomicU64,
     pub files: AtomicU64,
+    /// `GET …/documents` and `GET …/files` requests answered.
+    pub document_lists: AtomicU64,
+    pub file_lists: AtomicU64,
     /// Requests being answered right now, and the most seen at once.
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
@@ -166,9 +175,13 @@ pub struct KonturExternCounters {
 /// A file attached to a document, as a test sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimFile {
+    pub id: String,
     pub builder_id: String,
     pub document_id: String,
+    pub content_id: String,
     pub file_name: String,
+    /// `meta` as sent.
+    pub meta: Value,
     /// SHA-256 (hex) of the attached content.
     pub content_sha256: String,
     /// The decoded signature, if one was sent.
@@ -192,6 +205,7 @@ enum BuilderState {
 
 #[derive(Debug)]
 struct Builder {
+    builder_type: String,
     knobs: BuilderKnobs,
     state: BuilderState,
     documents: Vec<String>,
@@ -314,6 +328,21 @@ impl KonturExternSim {
         self.lock().files.clone()
     }
 
+    /// Every builder created, in no particular order.
+    pub fn builder_ids(&self) -> Vec<String> {
+        self.lock().builders.keys().cloned().collect()
+    }
+
+    /// The documents created in a builder, in order (empty for an unknown
+    /// builder). With [`Self::files`], tests count what each builder got.
+    pub fn documents_of(&self, builder_id: &str) -> Vec<String> {
+        self.lock()
+            .builders
+            .get(builder_id)
+            .map(|b| b.documents.clone())
+            .unwrap_or_default()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -352,11 +381,11 @@ impl KonturExternSim {
             )
             .route(
                 &format!("{v1}/drafts/builders/{{builder}}/documents"),
-                post(create_document),
+                post(create_document).get(list_documents),
             )
             .route(
                 &format!("{v1}/drafts/builders/{{builder}}/documents/{{document}}/files"),
-                post(create_file),
+                post(create_file).get(list_files),
             )
             .route(
                 &format!("{v1}/drafts/builders/{{builder}}/build"),
@@ -678,10 +707,16 @@ async fn create_builder(State(sim): State<Arc<KonturExternSim>>, body: Bytes) ->
             return bad_request(&format!("{key} is required"));
         }
     }
+    let builder_type = request
+        .get("builder-type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let id = sim.next_id();
     sim.lock().builders.insert(
         id.clone(),
         Builder {
+            builder_type,
             knobs,
             state: BuilderState::New,
             documents: Vec::new(),
@@ -766,6 +801,7 @@ async fn create_document(
         return refusal;
     }
     builder.documents.push(id.clone());
+    let builder_type = builder.builder_type.clone();
     inner.documents.insert(
         id.clone(),
         Document {
@@ -777,13 +813,91 @@ async fn create_document(
     sim.counters.documents.fetch_add(1, Ordering::SeqCst);
     json_answer(
         StatusCode::CREATED,
-        json!({ "id": id, "drafts-builder-id": builder_id, "meta": { "builder-data": builder_data } }),
+        document_item(&id, &builder_id, &builder_type, &builder_data),
     )
+}
+
+/// A document as `DraftsBuilderDocument` shows it.
+fn document_item(id: &str, builder_id: &str, builder_type: &str, builder_data: &Value) -> Value {
+    json!({
+        "id": id,
+        "drafts-builder-id": builder_id,
+        "meta": { "builder-type": builder_type, "builder-data": builder_data },
+    })
+}
+
+/// A file as `DraftsBuilderDocumentFile` shows it. The links point at the
+/// (deprecated) content and signature of the file itself.
+fn file_item(base: &str, account: &str, file: &SimFile) -> Value {
+    let href = format!(
+        "{base}/v1/{account}/drafts/builders/{}/documents/{}/files/{}",
+        file.builder_id, file.document_id, file.id
+    );
+    json!({
+        "id": file.id,
+        "drafts-builder-id": file.builder_id,
+        "drafts-builder-document-id": file.document_id,
+        "content-id": file.content_id,
+        "content-link": { "href": format!("{href}/content"), "rel": "content" },
+        "signature-content-link": file.signature.as_ref().map(|_| json!({ "href": format!("{href}/signature"), "rel": "signature" })),
+        "meta": file.meta,
+    })
+}
+
+async fn list_documents(
+    State(sim): State<Arc<KonturExternSim>>,
+    Path((_, builder_id)): Path<(String, String)>,
+) -> Response {
+    sim.counters.document_lists.fetch_add(1, Ordering::SeqCst);
+    let inner = sim.lock();
+    let Some(builder) = inner.builders.get(&builder_id) else {
+        return not_found("drafts builder");
+    };
+    let items: Vec<Value> = builder
+        .documents
+        .iter()
+        .filter_map(|id| {
+            let document = inner.documents.get(id)?;
+            Some(document_item(
+                id,
+                &builder_id,
+                &builder.builder_type,
+                &document.builder_data,
+            ))
+        })
+        .collect();
+    json_answer(StatusCode::OK, Value::Array(items))
+}
+
+async fn list_files(
+    State(sim): State<Arc<KonturExternSim>>,
+    Path((account, builder_id, document_id)): Path<(String, String, String)>,
+) -> Response {
+    sim.counters.file_lists.fetch_add(1, Ordering::SeqCst);
+    let base = sim.base_url();
+    let inner = sim.lock();
+    if !inner.builders.contains_key(&builder_id) {
+        return not_found("drafts builder");
+    }
+    if inner
+        .documents
+        .get(&document_id)
+        .is_none_or(|d| d.builder_id != builder_id)
+    {
+        return not_found("document");
+    }
+    let items: Vec<Value> = inner
+        .files
+        .iter()
+        .filter(|f| f.document_id == document_id)
+        .map(|f| file_item(&base, &account, f))
+        .collect();
+    json_answer(StatusCode::OK, Value::Array(items))
 }
 
 async fn create_file(
     State(sim): State<Arc<KonturExternSim>>,
-    Path((_, builder_id, document_id)): Path<(String, String, String)>,
+    Path((account, builder_id, document_id)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
     let request = match parse_body(&body) {
@@ -809,6 +923,7 @@ async fn create_file(
         Some(_) => return bad_request("base64-signature-content must be a string"),
     };
     let id = sim.next_id();
+    let base = sim.base_url();
     let mut inner = sim.lock();
     match inner.builders.get(&builder_id) {
         None => return not_found("drafts builder"),
@@ -831,18 +946,20 @@ async fn create_file(
     let Some(sha256) = sha256 else {
         return bad_request(&format!("content {content_id} is not completely uploaded"));
     };
-    inner.files.push(SimFile {
-        builder_id: builder_id.clone(),
-        document_id: document_id.clone(),
+    let file = SimFile {
+        id,
+        builder_id,
+        document_id,
+        content_id: content_id.to_string(),
         file_name: file_name.to_string(),
+        meta: request.get("meta").cloned().unwrap_or(Value::Null),
         content_sha256: sha256,
         signature,
-    });
+    };
+    let answer = file_item(&base, &account, &file);
+    inner.files.push(file);
     sim.counters.files.fetch_add(1, Ordering::SeqCst);
-    json_answer(
-        StatusCode::CREATED,
-        json!({ "id": id, "meta": request.get("meta").cloned().unwrap_or(Value::Null) }),
-    )
+    json_answer(StatusCode::CREATED, answer)
 }
 
 async fn build(
