@@ -85,6 +85,12 @@ pub fn store_op(op: &'static str, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
+/// One group commit of the SQLite store: how many writes it carried.
+pub fn store_commit(writes: usize) {
+    metrics::counter!("docfetch_store_commits_total").increment(1);
+    metrics::counter!("docfetch_store_writes_total").increment(writes as u64);
+}
+
 /// A login to a service (a new token).
 pub fn token_refresh(provider: &str, account: &str) {
     metrics::counter!(

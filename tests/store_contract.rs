@@ -683,7 +683,7 @@ async fn cancel_and_retry_follow_the_state_machine(f: Fixture) {
     ));
 
     // Running, the same job is cancelled too; its worker's next write is refused.
-    let running = claim_one(&f.store, "w", now_ms(), 60_000).await;
+    let running = claim_one(&f.store, "w", now_ms().max(t + 5), 60_000).await;
     assert_eq!(running.id, q.id);
     let cancelled = f.store.cancel(&running.id, now_ms()).await.unwrap();
     assert_eq!((cancelled.lease_owner, cancelled.lease_until), (None, None));

@@ -36,12 +36,16 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("job store migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A transient failure shared by every write of one group commit.
+    #[error("job store busy: {0}")]
+    Busy(String),
 }
 
 impl StoreError {
     /// Errors worth retrying (a busy or briefly unavailable database).
     pub fn is_transient(&self) -> bool {
         match self {
+            StoreError::Busy(_) => true,
             StoreError::Database(sqlx::Error::Database(db)) => {
                 if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                     return is_transient_sqlstate(pg.code());

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use super::{JobFilter, Snapshot, StoreError, StoredJob, Transition};
 use crate::job::{Job, JobEvent, JobResult, JobState, Millis, NewJob};
@@ -42,6 +42,8 @@ pub const DUE_JOBS: &str = due_jobs!();
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The group-commit queue of the hot writes (see [`write_loop`]).
+    writes: mpsc::Sender<PendingWrite>,
     /// A dedicated connection for `PRAGMA data_version`, which only means
     /// something when asked on the same connection each time.
     watcher: Arc<Mutex<Option<SqliteConnection>>>,
@@ -72,7 +74,7 @@ pub fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
 }
 
 /// Whether the store lacks any of this binary's migrations (a new or an
-/// older store). Cheap, and lets the usual open skip the migration lock.
+/// older store).
 async fn pending_migrations(pool: &SqlitePool) -> Result<bool, StoreError> {
     let table: Option<(String,)> = sqlx::query_as(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
@@ -90,15 +92,16 @@ async fn pending_migrations(pool: &SqlitePool) -> Result<bool, StoreError> {
         .any(|m| !applied.iter().any(|(v,)| *v == m.version)))
 }
 
-/// An exclusive lock on `STORE.migrate.lock`, held while migrations run.
-struct MigrationLock {
+/// An exclusive lock on `STORE.open.lock`, held while a process opens the
+/// store and applies migrations.
+struct OpenLock {
     _file: std::fs::File,
 }
 
-impl MigrationLock {
-    async fn acquire(db: &Path) -> Result<MigrationLock, StoreError> {
+impl OpenLock {
+    async fn acquire(db: &Path) -> Result<OpenLock, StoreError> {
         let mut name = db.as_os_str().to_owned();
-        name.push(".migrate.lock");
+        name.push(".open.lock");
         let path = PathBuf::from(name);
         let db = db.to_path_buf();
         let locked = tokio::task::spawn_blocking(move || {
@@ -110,8 +113,8 @@ impl MigrationLock {
                 .mode(0o600)
                 .open(&path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            // Blocks only while another process migrates, which takes
-            // milliseconds.
+            // Blocks only while another process opens the store, which
+            // takes milliseconds.
             file.lock()
                 .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
             Ok::<_, String>(file)
@@ -119,7 +122,7 @@ impl MigrationLock {
         .await
         .map_err(|e| open_error(&db, e))?
         .map_err(|e| open_error(&db, e))?;
-        Ok(MigrationLock { _file: locked })
+        Ok(OpenLock { _file: locked })
     }
 }
 
@@ -138,6 +141,15 @@ impl SqliteStore {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| open_error(&path, e))?;
         }
+        // Two processes opening a new store at once (a daemon starting while
+        // `docfetch submit` runs) would race: both switching the new file to
+        // WAL (one gets SQLITE_BUSY without waiting), both seeing a migration
+        // as pending (the second fails on `duplicate column`). A lock on a
+        // file next to the store, held for the milliseconds of opening,
+        // serialises them; the second finds everything done. (Not the
+        // database file itself: closing another descriptor of it would drop
+        // SQLite's own locks.)
+        let opening = OpenLock::acquire(&path).await?;
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
             // The store holds request parameters: readable by its owner only.
@@ -168,15 +180,9 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(&path, e))?;
         if pending_migrations(&writer).await? {
-            // Two processes opening a new store at once (a daemon starting
-            // while `docfetch submit` runs) would both see a migration as
-            // pending and the second would fail on `duplicate column`. A lock
-            // on a file next to the store serialises them; the second then
-            // finds nothing left to do. (Not the database file itself:
-            // closing another descriptor of it would drop SQLite's own locks.)
-            let _lock = MigrationLock::acquire(&path).await?;
             MIGRATOR.run(&writer).await?;
         }
+        drop(opening);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(0)
@@ -184,7 +190,10 @@ impl SqliteStore {
             .connect_with(options.clone().read_only(true))
             .await
             .map_err(|e| open_error(&path, e))?;
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_loop(writer.clone(), queue));
         Ok(SqliteStore {
+            writes,
             writer,
             reader,
             watcher: Arc::new(Mutex::new(None)),
@@ -218,49 +227,40 @@ impl SqliteStore {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
-                               next_run_at, created_at, updated_at, deadline_at, source, request_sha256, hooks)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', '{}', ?7, ?7, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (name) DO NOTHING
-             RETURNING *",
-        )
-        .bind(&job.id)
-        .bind(&job.name)
-        .bind(&job.account)
-        .bind(&job.provider)
-        .bind(&job.operation)
-        .bind(&params)
-        .bind(job.created_at)
-        .bind(job.deadline_at)
-        .bind(&job.source)
-        .bind(&job.request_sha256)
-        .bind(hooks)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            drop(tx);
-            let existing = self
-                .find(&job.name)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(job.name.clone()))?;
-            return Err(StoreError::Duplicate {
-                name: job.name.clone(),
-                existing: Box::new(existing),
-            });
+        let op = WriteOp::Insert {
+            job: Box::new(job.clone()),
+            params,
+            hooks,
         };
-        insert_event(
-            &mut tx,
-            &job.id,
-            job.created_at,
-            "accepted",
-            &format!("accepted from {}", job.source),
-        )
-        .await?;
-        tx.commit().await?;
-        self.wakeup.notify_one();
-        job_from_row(&row)
+        match self.write(op).await? {
+            Written::Job(job) => {
+                self.wakeup.notify_one();
+                Ok(*job)
+            }
+            Written::Nothing | Written::Row => {
+                let existing = self
+                    .find(&job.name)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(job.name.clone()))?;
+                Err(StoreError::Duplicate {
+                    name: job.name.clone(),
+                    existing: Box::new(existing),
+                })
+            }
+        }
+    }
+
+    /// Queues a write for the next group commit and waits until it is
+    /// durable (or failed).
+    async fn write(&self, op: WriteOp) -> Result<Written, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(PendingWrite { op, reply })
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
     }
 
     pub async fn find(&self, key: &str) -> Result<Option<Job>, StoreError> {
@@ -381,18 +381,15 @@ impl SqliteStore {
         owner: &str,
         cursor: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        let cursor = cursor.to_string();
-        let done = sqlx::query(
-            "UPDATE jobs SET cursor = ?3, attempts = 0, updated_at = ?4
-             WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(cursor)
-        .bind(crate::job::now_ms())
-        .execute(&self.writer)
-        .await?;
-        expect_one(done.rows_affected(), id, "checkpoint")
+        let op = WriteOp::Checkpoint {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            cursor: cursor.to_string(),
+        };
+        match self.write(op).await? {
+            Written::Nothing => expect_one(0, id, "checkpoint"),
+            Written::Job(_) | Written::Row => Ok(()),
+        }
     }
 
     pub async fn finish_step(
@@ -401,52 +398,30 @@ impl SqliteStore {
         owner: &str,
         t: &Transition,
     ) -> Result<Job, StoreError> {
-        let now = crate::job::now_ms();
         let result = t
             .result
             .as_ref()
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let finished_at = t.state.is_finished().then_some(now);
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query(
-            "UPDATE jobs
-             SET state = ?3, cursor = ?4, next_run_at = ?5, attempts = ?6, polls = ?7,
-                 last_error = ?8, result = ?9, finished_at = ?10, updated_at = ?11,
-                 lease_owner = NULL, lease_until = NULL,
-                 hooks_state = CASE WHEN ?12 THEN 'pending' ELSE hooks_state END,
-                 hooks_next_at = CASE WHEN ?12 THEN ?11 ELSE hooks_next_at END,
-                 hooks_attempts = CASE WHEN ?12 THEN 0 ELSE hooks_attempts END
-             WHERE id = ?1 AND state = 'running' AND lease_owner = ?2
-             RETURNING *",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(t.state.as_str())
-        .bind(t.cursor.to_string())
-        .bind(t.next_run_at)
-        .bind(i64::from(t.attempts))
-        .bind(i64::from(t.polls))
-        .bind(t.last_error.as_deref())
-        .bind(result)
-        .bind(finished_at)
-        .bind(now)
-        .bind(t.hooks_pending)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Err(StoreError::Conflict {
+        let op = WriteOp::Finish {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            transition: Box::new(t.clone()),
+            result,
+        };
+        match self.write(op).await? {
+            Written::Job(job) => {
+                if t.hooks_pending {
+                    self.hooks_wakeup.notify_one();
+                }
+                Ok(*job)
+            }
+            Written::Nothing | Written::Row => Err(StoreError::Conflict {
                 id: id.to_string(),
                 detail: "the job is no longer running under this lease".into(),
-            });
-        };
-        insert_event(&mut tx, id, now, &t.event.0, &t.event.1).await?;
-        tx.commit().await?;
-        if t.hooks_pending {
-            self.hooks_wakeup.notify_one();
+            }),
         }
-        job_from_row(&row)
     }
 
     pub async fn postpone(
@@ -869,6 +844,207 @@ impl SqliteStore {
                 .fetch_all(&self.reader)
                 .await?;
         Ok(rows)
+    }
+}
+
+/// Writes queued at most (callers wait beyond that: back-pressure).
+const WRITE_QUEUE: usize = 1024;
+/// Writes per group commit at most.
+const MAX_BATCH: usize = 256;
+
+/// A hot write, with what it needs already serialised.
+enum WriteOp {
+    Insert {
+        job: Box<NewJob>,
+        params: String,
+        hooks: Option<String>,
+    },
+    Checkpoint {
+        id: String,
+        owner: String,
+        cursor: String,
+    },
+    Finish {
+        id: String,
+        owner: String,
+        transition: Box<Transition>,
+        result: Option<String>,
+    },
+}
+
+/// What a write did: the row it wrote, or nothing (the name was taken, or
+/// the compare-and-set found the job moved).
+enum Written {
+    Job(Box<Job>),
+    /// Written; the caller needs no row back.
+    Row,
+    Nothing,
+}
+
+struct PendingWrite {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Written, StoreError>>,
+}
+
+/// Group commit. The hot writes (new jobs, checkpoints, step outcomes) of
+/// every task go through this one loop: it takes whatever is queued, applies
+/// it in one transaction and commits once, so a burst of N transitions costs
+/// one WAL fsync instead of N. No write is answered before its commit is
+/// durable (`synchronous=FULL`), so the promises hold exactly as with one
+/// transaction each. Nothing waits on purpose: the batch is what queued up
+/// while the previous commit was being synced.
+async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        crate::metrics::store_commit(batch.len());
+        match apply_batch(&pool, &batch).await {
+            Ok(results) => {
+                for (pending, result) in batch.drain(..).zip(results) {
+                    let _ = pending.reply.send(Ok(result));
+                }
+            }
+            // The database is busy (another process holds the write lock
+            // past the busy timeout): every write fails alike, and each
+            // caller retries as it would after a busy error of its own.
+            Err(e) if e.is_transient() => {
+                let message = e.to_string();
+                for pending in batch.drain(..) {
+                    let _ = pending.reply.send(Err(StoreError::Busy(message.clone())));
+                }
+            }
+            // The whole batch was rolled back: apply each write alone, so
+            // that only the write at fault fails, with its own error.
+            Err(_) => {
+                for pending in batch.drain(..) {
+                    let result = apply_alone(&pool, &pending.op).await;
+                    let _ = pending.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+async fn apply_batch(
+    pool: &SqlitePool,
+    batch: &[PendingWrite],
+) -> Result<Vec<Written>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for pending in batch {
+        results.push(apply(&mut tx, &pending.op).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn apply_alone(pool: &SqlitePool, op: &WriteOp) -> Result<Written, StoreError> {
+    let mut tx = pool.begin().await?;
+    let written = apply(&mut tx, op).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// One write inside the batch's transaction.
+async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Written, StoreError> {
+    match op {
+        WriteOp::Insert { job, params, hooks } => {
+            let row = sqlx::query(
+                "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
+                                   next_run_at, created_at, updated_at, deadline_at, source, request_sha256, hooks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', '{}', ?7, ?7, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (name) DO NOTHING
+                 RETURNING *",
+            )
+            .bind(&job.id)
+            .bind(&job.name)
+            .bind(&job.account)
+            .bind(&job.provider)
+            .bind(&job.operation)
+            .bind(params)
+            .bind(job.created_at)
+            .bind(job.deadline_at)
+            .bind(&job.source)
+            .bind(&job.request_sha256)
+            .bind(hooks.as_deref())
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else {
+                return Ok(Written::Nothing);
+            };
+            insert_event(
+                conn,
+                &job.id,
+                job.created_at,
+                "accepted",
+                &format!("accepted from {}", job.source),
+            )
+            .await?;
+            Ok(Written::Job(Box::new(job_from_row(&row)?)))
+        }
+        WriteOp::Checkpoint { id, owner, cursor } => {
+            let done = sqlx::query(
+                "UPDATE jobs SET cursor = ?3, attempts = 0, updated_at = ?4
+                 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(cursor)
+            .bind(crate::job::now_ms())
+            .execute(&mut *conn)
+            .await?;
+            // The caller needs no row back, only whether the lease held.
+            Ok(if done.rows_affected() == 1 {
+                Written::Row
+            } else {
+                Written::Nothing
+            })
+        }
+        WriteOp::Finish {
+            id,
+            owner,
+            transition: t,
+            result,
+        } => {
+            let now = crate::job::now_ms();
+            let finished_at = t.state.is_finished().then_some(now);
+            let row = sqlx::query(
+                "UPDATE jobs
+                 SET state = ?3, cursor = ?4, next_run_at = ?5, attempts = ?6, polls = ?7,
+                     last_error = ?8, result = ?9, finished_at = ?10, updated_at = ?11,
+                     lease_owner = NULL, lease_until = NULL,
+                     hooks_state = CASE WHEN ?12 THEN 'pending' ELSE hooks_state END,
+                     hooks_next_at = CASE WHEN ?12 THEN ?11 ELSE hooks_next_at END,
+                     hooks_attempts = CASE WHEN ?12 THEN 0 ELSE hooks_attempts END
+                 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2
+                 RETURNING *",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(t.state.as_str())
+            .bind(t.cursor.to_string())
+            .bind(t.next_run_at)
+            .bind(i64::from(t.attempts))
+            .bind(i64::from(t.polls))
+            .bind(t.last_error.as_deref())
+            .bind(result.as_deref())
+            .bind(finished_at)
+            .bind(now)
+            .bind(t.hooks_pending)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else {
+                return Ok(Written::Nothing);
+            };
+            insert_event(conn, id, now, &t.event.0, &t.event.1).await?;
+            Ok(Written::Job(Box::new(job_from_row(&row)?)))
+        }
     }
 }
 
