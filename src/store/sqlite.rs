@@ -556,10 +556,12 @@ impl SqliteStore {
     }
 
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-                .fetch_all(&self.reader)
-                .await?;
+        // Kept by triggers (migration 0003): a few rows, whatever the size.
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, SUM(n) FROM job_counts GROUP BY state HAVING SUM(n) > 0",
+        )
+        .fetch_all(&self.reader)
+        .await?;
         rows.into_iter()
             .map(|(state, n)| {
                 let state = state.parse().map_err(StoreError::Corrupt)?;
@@ -569,10 +571,11 @@ impl SqliteStore {
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT state, provider, COUNT(*) FROM jobs GROUP BY state, provider")
-                .fetch_all(&self.reader)
-                .await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT state, provider, n FROM job_counts WHERE n > 0 ORDER BY state, provider",
+        )
+        .fetch_all(&self.reader)
+        .await?;
         let mut by_state = Vec::with_capacity(rows.len());
         for (state, provider, n) in rows {
             by_state.push((
