@@ -43,6 +43,21 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// [`ensure_dir`] for a folder that will hold durable files: when it is new,
+/// its parent is `fsync`ed too, so the folder's own entry survives a power
+/// cut (on a file system without a journal, an `fsync` of a file does not
+/// make the folder that holds it durable).
+pub async fn ensure_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    ensure_dir(dir)?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent).await,
+        None => Ok(()),
+    }
+}
+
 /// `fsync`s a folder so a rename inside it survives a power cut.
 pub async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_path_buf();
@@ -50,6 +65,9 @@ pub async fn sync_dir(dir: &Path) -> std::io::Result<()> {
         .await
         .map_err(std::io::Error::other)?
 }
+
+/// Chunks received but not yet written, at most.
+const WRITE_AHEAD: usize = 16;
 
 /// The temporary name a file has while it is being written.
 pub fn part_path(dir: &Path, name: &str) -> PathBuf {
@@ -75,20 +93,37 @@ pub async fn save_response(
         let path = path.to_path_buf();
         move |source| DownloadError::Disk { path, source }
     };
-    ensure_dir(dir).map_err(disk(dir))?;
+    ensure_dir_durable(dir).await.map_err(disk(dir))?;
     let part = part_path(dir, name);
     let target = dir.join(name);
-    let result = async {
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .open(&part)
-            .await
-            .map_err(disk(&part))?;
-        let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-        let mut hasher = Sha256::new();
+    // Receiving and writing overlap: this task reads the network while a
+    // blocking thread hashes, writes and finally `fsync`s, joined by a
+    // bounded channel (at most WRITE_AHEAD chunks in flight, so memory stays
+    // flat whatever the size of the file).
+    let (chunks, mut pending) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_AHEAD);
+    let writer = {
+        let part = part.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o640)
+                .open(&part)?;
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+            let mut hasher = Sha256::new();
+            while let Some(chunk) = pending.blocking_recv() {
+                hasher.update(&chunk);
+                out.write_all(&chunk)?;
+            }
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(hex(&hasher.finalize()))
+        })
+    };
+    let received = async {
         let mut total: u64 = 0;
         loop {
             let chunk = match tokio::time::timeout(idle, response.chunk()).await {
@@ -101,8 +136,10 @@ pub async fn save_response(
             if total > max_size {
                 return Err(DownloadError::TooLarge { limit: max_size });
             }
-            hasher.update(&chunk);
-            writer.write_all(&chunk).await.map_err(disk(&part))?;
+            if chunks.send(chunk).await.is_err() {
+                // The writer stopped on a disk error; it is reported below.
+                break;
+            }
         }
         if let Some(expected) = expected
             && total != expected
@@ -112,21 +149,37 @@ pub async fn save_response(
                 expected,
             });
         }
-        writer.flush().await.map_err(disk(&part))?;
-        let file = writer.into_inner();
-        file.sync_all().await.map_err(disk(&part))?;
-        drop(file);
-        tokio::fs::rename(&part, &target)
-            .await
-            .map_err(disk(&target))?;
-        sync_dir(dir).await.map_err(disk(dir))?;
-        Ok(SavedFile {
-            name: name.to_string(),
-            size: total,
-            sha256: hex(&hasher.finalize()),
-        })
+        Ok(total)
     }
     .await;
+    // The end of the stream tells the writer to finish (and fsync).
+    drop(chunks);
+    let written = writer
+        .await
+        .map_err(|e| DownloadError::Disk {
+            path: part.clone(),
+            source: std::io::Error::other(e),
+        })
+        .and_then(|w| w.map_err(disk(&part)));
+    let result = match (received, written) {
+        // A disk error explains a short stream better than the count does.
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(total), Ok(sha256)) => {
+            async {
+                tokio::fs::rename(&part, &target)
+                    .await
+                    .map_err(disk(&target))?;
+                sync_dir(dir).await.map_err(disk(dir))?;
+                Ok(SavedFile {
+                    name: name.to_string(),
+                    size: total,
+                    sha256,
+                })
+            }
+            .await
+        }
+    };
     if result.is_err() {
         // Never leave a half-written file behind; a missing one is fine.
         let _ = tokio::fs::remove_file(&part).await;
@@ -137,7 +190,7 @@ pub async fn save_response(
 /// Writes small contents durably and atomically (`.part`, fsync, rename,
 /// fsync folder): receipts and error notes.
 pub async fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
-    ensure_dir(dir)?;
+    ensure_dir_durable(dir).await?;
     let part = part_path(dir, name);
     let target = dir.join(name);
     let write = async {

@@ -69,7 +69,7 @@ pub fn job_dir(output_root: &Path, job: &Job) -> PathBuf {
 /// sweeps leftovers of interrupted downloads from its folder.
 pub async fn write(output_root: &Path, job: &Job) -> std::io::Result<PathBuf> {
     let dir = job_dir(output_root, job);
-    download::ensure_dir(&dir)?;
+    download::ensure_dir_durable(&dir).await?;
     download::remove_stale_parts(&dir);
     let mut text = serde_json::to_vec_pretty(&Receipt::of(job)).map_err(std::io::Error::other)?;
     text.push(b'\n');
