@@ -1,6 +1,6 @@
 //! The benchmark of issue 8 (`docfetch-bench`): the real daemon code paths —
 //! store, scheduler, HTTP, downloads with fsync — against the built-in
-//! simulator over loopback, measured in six phases and printed as one table
+//! simulator over loopback, measured in seven phases and printed as one table
 //! (or JSON).
 //!
 //! | phase | what runs | what is measured |
@@ -11,6 +11,7 @@
 //! | `idle` | `docfetch run` as a child, 100k jobs due in an hour | CPU time, store queries, wake-ups |
 //! | `scale` | `docfetch run` as a child on a 1M-job store (and a small one) | start-up to `READY=1`, RSS |
 //! | `large` | `docfetch run` as a child, a streamed 1 GiB file | throughput against `curl -o`, peak RSS |
+//! | `pg` | 1, 2 and 3 [`Scheduler`]s in this process sharing one PostgreSQL database, the `throughput` workload | jobs/s from submit to done, claims per job, latency |
 //!
 //! Every phase runs `runs` times; the table shows the median with the
 //! minimum and maximum, and ratios are computed within one run against the
@@ -50,7 +51,7 @@ use crate::sim::ofd::OfdSimConfig;
 use crate::sim::{Sim, SimConfig};
 use crate::store::{JobFilter, Store, Transition};
 
-/// The six phases, in the order they run.
+/// The seven phases, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Phase {
     Store,
@@ -59,16 +60,18 @@ pub enum Phase {
     Idle,
     Scale,
     Large,
+    Pg,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Store,
         Phase::Throughput,
         Phase::Polling,
         Phase::Idle,
         Phase::Scale,
         Phase::Large,
+        Phase::Pg,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +82,7 @@ impl Phase {
             Phase::Idle => "idle",
             Phase::Scale => "scale",
             Phase::Large => "large",
+            Phase::Pg => "pg",
         }
     }
 
@@ -133,6 +137,11 @@ pub struct Options {
     pub large_size: u64,
     /// Store: operations of each kind.
     pub store_ops: usize,
+    /// PostgreSQL: the server the `pg` phase creates its databases on (a
+    /// role that may `CREATE DATABASE`); `None` skips the phase.
+    pub postgres: Option<String>,
+    /// PostgreSQL: jobs submitted for each number of instances.
+    pub pg_jobs: usize,
 }
 
 /// One measured quantity, one value per run.
@@ -258,6 +267,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
             Phase::Idle => idle_phase(opts, &mut rows, &mut notes).await,
             Phase::Scale => scale_phase(opts, &mut rows, &mut notes).await,
             Phase::Large => large_phase(opts, &mut rows, &mut notes).await,
+            Phase::Pg => pg_phase(opts, &mut rows, &mut notes, prometheus.as_ref()).await,
         }
         .with_context(|| format!("phase {}", phase.name()))?;
     }
@@ -333,6 +343,24 @@ fn settings_of(opts: &Options) -> Vec<(String, String)> {
     }
     if has(Phase::Large) {
         out.push(("large file".into(), format!("{} bytes", opts.large_size)));
+    }
+    if has(Phase::Pg) {
+        let pg = match &opts.postgres {
+            None => "skipped, no PostgreSQL server given".into(),
+            Some(url) => format!(
+                "{} jobs for each of 1 to {PG_MAX_INSTANCES} instances, the throughput workload (1C plain flow, {} pending answers each, {} B files, {} submitters), a fresh database each time on {}; scheduler.workers={} per instance, poll_initial={}, poll_max={}; account concurrency={} for the whole fleet (kept in the store; {PG_MAX_INSTANCES} × the larger of --concurrency and --workers, so that the account's limit never holds {PG_MAX_INSTANCES} instances back and the figures show the queue)",
+                opts.pg_jobs,
+                opts.pending,
+                opts.file_size,
+                opts.submitters,
+                crate::config::redact_store_url(url),
+                opts.workers,
+                crate::units::format_duration(opts.poll_initial),
+                crate::units::format_duration(opts.poll_max),
+                pg_account_concurrency(opts),
+            ),
+        };
+        out.push(("pg".into(), pg));
     }
     out
 }
@@ -618,83 +646,21 @@ async fn throughput_phase(
     let n = opts.jobs;
     for run in 1..=opts.runs {
         let dir = temp_dir(opts, "throughput")?;
-        let sim = Sim::start_local(SimConfig::default()).await?;
-        let fresh = &sim.config.fresh;
-        let accounts = format!(
-            "[accounts.bench-fresh]\nprovider = \"1c-fresh\"\nflow = \"plain\"\nbase_url = {}\nusername = {}\npassword = {}\nconcurrency = {}\n",
-            toml_str(&sim.fresh.base_url()),
-            toml_str(&fresh.username),
-            toml_str(&fresh.password),
-            opts.concurrency
-        );
-        let scheduler = format!(
-            "workers = {}\npoll_initial = {}\npoll_max = {}\nretry_initial = \"50ms\"",
-            opts.workers,
-            toml_str(&crate::units::format_duration(opts.poll_initial)),
-            toml_str(&crate::units::format_duration(opts.poll_max)),
-        );
-        let settings = Arc::new(Settings::from_toml(
-            &daemon_toml(dir.path(), &scheduler, "", &accounts, ""),
-            &Environment::default(),
-        )?);
+        let (sim, settings) = fresh_workload(opts, dir.path(), opts.concurrency).await?;
         let store = Store::open(&settings.store.url).await?;
-        let http = crate::http::client(&settings.http)
-            .map_err(|e| anyhow!("HTTP client: {}", crate::http::describe(&e)))?;
-        let scheduler = Arc::new(Scheduler::new(
-            store.clone(),
-            Providers::from_settings(&settings),
-            http,
-            settings.clone(),
-            crate::app::instance_id(),
-        ));
+        let scheduler = bench_scheduler(&store, &settings, crate::app::instance_id())?;
         let before = prometheus.map(|h| parse_prometheus(&h.render()));
         let cpu_before = cpu_seconds("self")?;
         let shutdown = CancellationToken::new();
         let driver = tokio::spawn(scheduler.clone().run(shutdown.clone(), None));
 
-        // Submit through the same path as the API and the drop directory,
-        // from a few tasks at once, while the driver works.
         let started = Instant::now();
-        let next = Arc::new(AtomicUsize::new(0));
-        let mut submitters = tokio::task::JoinSet::new();
-        for _ in 0..opts.submitters.max(1) {
-            let (store, settings, next) = (store.clone(), settings.clone(), next.clone());
-            let (pending, size) = (opts.pending, opts.file_size);
-            submitters.spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        return Ok::<(), anyhow::Error>(());
-                    }
-                    let request = serde_json::json!({
-                        "account": "bench-fresh",
-                        "operation": "balance_sheet",
-                        "name": format!("tp-{i:06}"),
-                        "params": {
-                            "organization": {"inn": "783900281039", "kpp": ""},
-                            "_sim": {"pending": pending, "size": size}
-                        }
-                    });
-                    let bytes = serde_json::to_vec(&request)?;
-                    crate::inbox::accept(
-                        &store,
-                        &settings,
-                        &bytes,
-                        RequestFormat::Json,
-                        None,
-                        "api",
-                    )
-                    .await?;
-                }
-            });
-        }
-        while let Some(joined) = submitters.join_next().await {
-            joined??;
-        }
+        let submitted = submit_fresh_jobs(opts, &store, &settings, n).await;
         let submit_s = started.elapsed().as_secs_f64();
-        let limit = Duration::from_secs(60)
-            + Duration::from_millis(20) * u32::try_from(n).unwrap_or(u32::MAX);
-        let finished = wait_finished(&store, n, limit).await;
+        let finished = match submitted {
+            Ok(()) => wait_finished(&store, n, fresh_workload_limit(n)).await,
+            Err(e) => Err(e),
+        };
         let wall_s = started.elapsed().as_secs_f64();
         shutdown.cancel();
         let _ = driver.await;
@@ -702,55 +668,31 @@ async fn throughput_phase(
         let after = prometheus.map(|h| parse_prometheus(&h.render()));
         finished?;
 
-        let jobs = store
-            .list(&JobFilter {
-                limit: 0,
-                ..JobFilter::default()
-            })
-            .await?;
+        let done = all_done(&store, n).await;
         close_store(&store).await;
         sim.stop().await;
-        let done: Vec<_> = jobs.iter().filter(|j| j.state == JobState::Done).collect();
-        ensure!(
-            done.len() == n,
-            "{} of {n} jobs ended done; the others: {:?}",
-            done.len(),
-            jobs.iter()
-                .filter(|j| j.state != JobState::Done)
-                .take(3)
-                .map(|j| (&j.name, j.state, &j.last_error))
-                .collect::<Vec<_>>()
-        );
-        let first = done.iter().map(|j| j.created_at).min().unwrap_or(0);
-        let last = done.iter().filter_map(|j| j.finished_at).max().unwrap_or(0);
-        let span_s = ((last - first) as f64 / 1000.0).max(1e-3);
-        let mut latencies: Vec<f64> = done
-            .iter()
-            .filter_map(|j| j.finished_at.map(|f| (f - j.created_at) as f64))
-            .collect();
-        latencies.sort_by(f64::total_cmp);
-        let polls = done.iter().map(|j| f64::from(j.polls)).sum::<f64>() / n as f64;
+        let done = done?;
         let nf = n as f64;
         rows.add(
             p,
             "end to end (first submit → last job done)",
             "jobs/s",
             Some(TARGET_THROUGHPUT),
-            nf / span_s,
+            done.jobs_per_s(),
         );
         rows.add(
             p,
             "submit → done latency p50",
             "ms",
             None,
-            percentile(&latencies, 50.0),
+            percentile(&done.latencies_ms, 50.0),
         );
         rows.add(
             p,
             "submit → done latency p99",
             "ms",
             None,
-            percentile(&latencies, 99.0),
+            percentile(&done.latencies_ms, 99.0),
         );
         rows.add(
             p,
@@ -759,7 +701,13 @@ async fn throughput_phase(
             None,
             nf / submit_s,
         );
-        rows.add(p, "\"not ready\" answers per job", "polls", None, polls);
+        rows.add(
+            p,
+            "\"not ready\" answers per job",
+            "polls",
+            None,
+            done.polls_per_job,
+        );
         rows.add(
             p,
             "CPU of this process (daemon + simulator) per job",
@@ -769,16 +717,9 @@ async fn throughput_phase(
         );
         rows.add(p, "CPU use during the run", "cores", None, cpu_s / wall_s);
         if let (Some(before), Some(after)) = (before, after) {
-            let delta = |name: &str, label: &str| -> (f64, f64) {
-                let sum = prometheus_value(&after, name, "_sum", label)
-                    - prometheus_value(&before, name, "_sum", label);
-                let count = prometheus_value(&after, name, "_count", label)
-                    - prometheus_value(&before, name, "_count", label);
-                (sum, count)
-            };
-            let store_op = "docfetch_store_operation_duration_seconds";
-            let (claim_sum, claims) = delta(store_op, "op=\"claim\"");
-            let (finish_sum, finishes) = delta(store_op, "op=\"finish\"");
+            let delta = |name: &str, label: &str| histogram_delta(&before, &after, name, label);
+            let (claim_sum, claims) = delta(STORE_OP_HISTOGRAM, CLAIM_LABEL);
+            let (finish_sum, finishes) = delta(STORE_OP_HISTOGRAM, "op=\"finish\"");
             let (step_sum, steps) = delta(
                 "docfetch_provider_step_duration_seconds",
                 "provider=\"1c-fresh\"",
@@ -820,14 +761,161 @@ async fn throughput_phase(
             );
         }
         eprintln!(
-            "   run {run}: {n} jobs in {span_s:.2} s = {:.0} jobs/s; p50 {:.0} ms, p99 {:.0} ms; submit {:.0}/s; CPU {cpu_s:.1} s",
-            nf / span_s,
-            percentile(&latencies, 50.0),
-            percentile(&latencies, 99.0),
+            "   run {run}: {n} jobs in {:.2} s = {:.0} jobs/s; p50 {:.0} ms, p99 {:.0} ms; submit {:.0}/s; CPU {cpu_s:.1} s",
+            done.span_s,
+            done.jobs_per_s(),
+            percentile(&done.latencies_ms, 50.0),
+            percentile(&done.latencies_ms, 99.0),
             nf / submit_s
         );
     }
     Ok(())
+}
+
+/// The histogram of store operations, and the label of its claims.
+const STORE_OP_HISTOGRAM: &str = "docfetch_store_operation_duration_seconds";
+const CLAIM_LABEL: &str = "op=\"claim\"";
+
+/// The workload of the `throughput` and `pg` phases: a simulator, and a
+/// daemon config rooted in `dir` with one 1C account (plain flow) of
+/// `concurrency` against it.
+async fn fresh_workload(
+    opts: &Options,
+    dir: &Path,
+    concurrency: usize,
+) -> Result<(Sim, Arc<Settings>)> {
+    let sim = Sim::start_local(SimConfig::default()).await?;
+    let fresh = &sim.config.fresh;
+    let accounts = format!(
+        "[accounts.bench-fresh]\nprovider = \"1c-fresh\"\nflow = \"plain\"\nbase_url = {}\nusername = {}\npassword = {}\nconcurrency = {}\n",
+        toml_str(&sim.fresh.base_url()),
+        toml_str(&fresh.username),
+        toml_str(&fresh.password),
+        concurrency
+    );
+    let scheduler = format!(
+        "workers = {}\npoll_initial = {}\npoll_max = {}\nretry_initial = \"50ms\"",
+        opts.workers,
+        toml_str(&crate::units::format_duration(opts.poll_initial)),
+        toml_str(&crate::units::format_duration(opts.poll_max)),
+    );
+    let settings = Settings::from_toml(
+        &daemon_toml(dir, &scheduler, "", &accounts, ""),
+        &Environment::default(),
+    )?;
+    Ok((sim, Arc::new(settings)))
+}
+
+/// How long `n` jobs of [`fresh_workload`] may take before the run counts as stuck.
+fn fresh_workload_limit(n: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(20) * u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Submits `n` jobs of [`fresh_workload`] through the same path as the API
+/// and the drop directory, from `opts.submitters` tasks at once.
+async fn submit_fresh_jobs(
+    opts: &Options,
+    store: &Store,
+    settings: &Arc<Settings>,
+    n: usize,
+) -> Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut submitters = tokio::task::JoinSet::new();
+    for _ in 0..opts.submitters.max(1) {
+        let (store, settings, next) = (store.clone(), settings.clone(), next.clone());
+        let (pending, size) = (opts.pending, opts.file_size);
+        submitters.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let request = serde_json::json!({
+                    "account": "bench-fresh",
+                    "operation": "balance_sheet",
+                    "name": format!("tp-{i:06}"),
+                    "params": {
+                        "organization": {"inn": "783900281039", "kpp": ""},
+                        "_sim": {"pending": pending, "size": size}
+                    }
+                });
+                let bytes = serde_json::to_vec(&request)?;
+                crate::inbox::accept(&store, &settings, &bytes, RequestFormat::Json, None, "api")
+                    .await?;
+            }
+        });
+    }
+    while let Some(joined) = submitters.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
+/// A scheduler on `store` as the daemon builds one, leasing as `owner`.
+fn bench_scheduler(
+    store: &Store,
+    settings: &Arc<Settings>,
+    owner: String,
+) -> Result<Arc<Scheduler>> {
+    let http = crate::http::client(&settings.http)
+        .map_err(|e| anyhow!("HTTP client: {}", crate::http::describe(&e)))?;
+    Ok(Arc::new(Scheduler::new(
+        store.clone(),
+        Providers::from_settings(settings),
+        http,
+        settings.clone(),
+        owner,
+    )))
+}
+
+/// What the jobs of a finished run show.
+struct DoneJobs {
+    jobs: usize,
+    /// From the first job's submission to the last one's end.
+    span_s: f64,
+    /// Submit → done of each job, sorted.
+    latencies_ms: Vec<f64>,
+    polls_per_job: f64,
+}
+
+impl DoneJobs {
+    fn jobs_per_s(&self) -> f64 {
+        self.jobs as f64 / self.span_s
+    }
+}
+
+/// Reads back the `n` jobs of a run, all of which must have ended done.
+async fn all_done(store: &Store, n: usize) -> Result<DoneJobs> {
+    let jobs = store
+        .list(&JobFilter {
+            limit: 0,
+            ..JobFilter::default()
+        })
+        .await?;
+    let done: Vec<_> = jobs.iter().filter(|j| j.state == JobState::Done).collect();
+    ensure!(
+        done.len() == n,
+        "{} of {n} jobs ended done; the others: {:?}",
+        done.len(),
+        jobs.iter()
+            .filter(|j| j.state != JobState::Done)
+            .take(3)
+            .map(|j| (&j.name, j.state, &j.last_error))
+            .collect::<Vec<_>>()
+    );
+    let first = done.iter().map(|j| j.created_at).min().unwrap_or(0);
+    let last = done.iter().filter_map(|j| j.finished_at).max().unwrap_or(0);
+    let mut latencies_ms: Vec<f64> = done
+        .iter()
+        .filter_map(|j| j.finished_at.map(|f| (f - j.created_at) as f64))
+        .collect();
+    latencies_ms.sort_by(f64::total_cmp);
+    Ok(DoneJobs {
+        jobs: n,
+        span_s: ((last - first) as f64 / 1000.0).max(1e-3),
+        latencies_ms,
+        polls_per_job: done.iter().map(|j| f64::from(j.polls)).sum::<f64>() / n.max(1) as f64,
+    })
 }
 
 /// Waits until `n` jobs are finished (done, failed or cancelled).
@@ -884,15 +972,7 @@ async fn polling_phase(opts: &Options, rows: &mut Rows, notes: &mut Vec<String>)
             &Environment::default(),
         )?);
         let store = Store::open(&settings.store.url).await?;
-        let http = crate::http::client(&settings.http)
-            .map_err(|e| anyhow!("HTTP client: {}", crate::http::describe(&e)))?;
-        let scheduler = Arc::new(Scheduler::new(
-            store.clone(),
-            Providers::from_settings(&settings),
-            http,
-            settings.clone(),
-            crate::app::instance_id(),
-        ));
+        let scheduler = bench_scheduler(&store, &settings, crate::app::instance_id())?;
         let shutdown = CancellationToken::new();
         let driver = tokio::spawn(scheduler.clone().run(shutdown.clone(), None));
         for i in 0..opts.poll_jobs {
@@ -1975,6 +2055,394 @@ async fn large_file(State(state): State<Arc<LargeState>>) -> Response {
 }
 
 // ---------------------------------------------------------------------------
+// Phase 7: 1, 2 and 3 daemons sharing one PostgreSQL database.
+
+/// The `pg` phase measures 1 up to this many instances.
+const PG_MAX_INSTANCES: usize = 3;
+
+/// The `pg` phase's databases are named `{PG_DB_PREFIX}{unix seconds}_{random}`.
+const PG_DB_PREFIX: &str = "docfetch_bench_";
+
+/// A bench database older than this was left by a run that was killed
+/// before it could drop it; the next run drops it.
+const PG_STALE_AFTER_SECS: u64 = 6 * 3600;
+
+async fn pg_phase(
+    opts: &Options,
+    rows: &mut Rows,
+    notes: &mut Vec<String>,
+    prometheus: Option<&metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<()> {
+    let p = Phase::Pg;
+    let Some(server) = opts.postgres.as_deref() else {
+        let why = "pg: skipped, no PostgreSQL server given (--postgres URL, or DOCFETCH_BENCH_POSTGRES_URL or DOCFETCH_TEST_POSTGRES_URL in the environment)";
+        eprintln!("   {why}");
+        notes.push(why.into());
+        return Ok(());
+    };
+    let nf = opts.pg_jobs as f64;
+    for run in 1..=opts.runs {
+        let mut rates = Vec::with_capacity(PG_MAX_INSTANCES);
+        for instances in 1..=PG_MAX_INSTANCES {
+            let started = Instant::now();
+            let fleet = pg_fleet_run(opts, server, instances, prometheus)
+                .await
+                .with_context(|| format!("{instances} instance(s)"))?;
+            let label = format!(
+                "PostgreSQL, {instances} instance{}",
+                if instances == 1 { "" } else { "s" }
+            );
+            let rate = fleet.done.jobs_per_s();
+            let p50 = percentile(&fleet.done.latencies_ms, 50.0);
+            rows.add(p, &format!("{label}: end to end"), "jobs/s", None, rate);
+            if let Some(claims) = fleet.claims {
+                rows.add(
+                    p,
+                    &format!("{label}: claims per job"),
+                    "claims",
+                    None,
+                    claims / nf,
+                );
+            }
+            rows.add(
+                p,
+                &format!("{label}: submit → done latency p50"),
+                "ms",
+                None,
+                p50,
+            );
+            eprintln!(
+                "   run {run}, {instances} instance(s): {} jobs in {:.2} s = {rate:.0} jobs/s; p50 {p50:.0} ms; {} claims per job; {:.1} s with the database's set-up",
+                opts.pg_jobs,
+                fleet.done.span_s,
+                fleet
+                    .claims
+                    .map_or_else(|| "?".into(), |c| format!("{:.2}", c / nf)),
+                started.elapsed().as_secs_f64()
+            );
+            rates.push(rate);
+        }
+        if let (Some(one), Some(most)) = (rates.first(), rates.last()) {
+            rows.add(
+                p,
+                &format!("ratio {PG_MAX_INSTANCES} / 1 instances"),
+                "×",
+                None,
+                most / one,
+            );
+        }
+    }
+    notes.push(format!(
+        "pg: the instances, the simulator, the submitters and PostgreSQL itself all share this machine's CPUs, so the {PG_MAX_INSTANCES} / 1 ratio shows what more instances give here, not what more machines would"
+    ));
+    Ok(())
+}
+
+/// The account's concurrency in the `pg` phase. It is one limit for the
+/// whole fleet, kept in the store; a step that finds every slot taken by
+/// other instances is handed back for 2 to 4 s, so a limit below what the
+/// largest fleet runs at once (`workers` each) would measure that wait
+/// instead of the queue.
+fn pg_account_concurrency(opts: &Options) -> usize {
+    PG_MAX_INSTANCES * opts.concurrency.max(opts.workers)
+}
+
+/// What one fleet did with its jobs.
+struct FleetRun {
+    done: DoneJobs,
+    /// `claim_due` calls of all instances together (`None` without metrics).
+    claims: Option<f64>,
+}
+
+/// One measurement on a database of its own, which is dropped afterwards
+/// whatever happened.
+async fn pg_fleet_run(
+    opts: &Options,
+    server: &str,
+    instances: usize,
+    prometheus: Option<&metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<FleetRun> {
+    let db = BenchDb::create(server).await?;
+    let measured = pg_fleet_measure(opts, &db, instances, prometheus).await;
+    let dropped = db.drop_database().await;
+    if let (Err(_), Err(e)) = (&measured, &dropped) {
+        // The measurement's error is the one returned; this one is still worth seeing.
+        eprintln!("   {e:#}");
+    }
+    let measured = measured?;
+    dropped?;
+    Ok(measured)
+}
+
+/// `instances` daemons on `db` work off `opts.pg_jobs` jobs of the
+/// throughput workload while they are submitted.
+async fn pg_fleet_measure(
+    opts: &Options,
+    db: &BenchDb,
+    instances: usize,
+    prometheus: Option<&metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<FleetRun> {
+    let n = opts.pg_jobs;
+    let dir = temp_dir(opts, "pg")?;
+    let (sim, settings) = fresh_workload(opts, dir.path(), pg_account_concurrency(opts)).await?;
+    // The submitters' own handle. Opening it applies the migrations, before
+    // any instance starts.
+    let store = Store::open(&db.url_as("docfetch-bench"))
+        .await
+        .with_context(|| format!("cannot open the store in database {}", db.name))?;
+    let mut fleet = Vec::with_capacity(instances);
+    for index in 0..instances {
+        let owner = crate::app::instance_id();
+        let mut instance_settings = (*settings).clone();
+        // Each instance connects as its owner id, which shows in pg_stat_activity.
+        instance_settings.store.url = db.url_as(&owner);
+        fleet.push(Instance::start(index, owner, Arc::new(instance_settings)).await?);
+    }
+
+    let before = prometheus.map(|h| parse_prometheus(&h.render()));
+    let submitted = submit_fresh_jobs(opts, &store, &settings, n).await;
+    let finished = match submitted {
+        Ok(()) => wait_finished(&store, n, fresh_workload_limit(n)).await,
+        Err(e) => Err(e),
+    };
+    // Every instance is stopped, whatever happened, before the database goes.
+    let mut stopped = Ok(());
+    for instance in fleet {
+        let result = instance.stop().await;
+        if stopped.is_ok() {
+            stopped = result;
+        }
+    }
+    let after = prometheus.map(|h| parse_prometheus(&h.render()));
+    finished?;
+    stopped?;
+
+    let done = all_done(&store, n).await;
+    let closed = store.close().await;
+    sim.stop().await;
+    let done = done?;
+    closed.context("cannot close the submitters' store")?;
+    let claims = before
+        .zip(after)
+        .map(|(before, after)| histogram_delta(&before, &after, STORE_OP_HISTOGRAM, CLAIM_LABEL).1);
+    Ok(FleetRun { done, claims })
+}
+
+/// One daemon of the `pg` phase: a [`Scheduler`] with its own store handle
+/// and owner id, running [`Scheduler::run`] on a tokio runtime of its own.
+///
+/// A runtime each is closer to separate processes than tasks on one shared
+/// runtime: each instance has its own worker threads (as many as a daemon
+/// gets, one per CPU), timers and I/O driver, so one instance's threads
+/// never run another's steps, and its store's pool and listener live and
+/// die with it. What the instances still share is this process: the
+/// allocator, and the metrics recorder (which is how claims are counted
+/// across the fleet).
+struct Instance {
+    /// `None` once stopped. An instance dropped without [`Instance::stop`]
+    /// (on an error path) has its runtime shut down in the background:
+    /// a runtime cannot be dropped, blocking, from async code.
+    runtime: Option<tokio::runtime::Runtime>,
+    store: Store,
+    shutdown: CancellationToken,
+    driver: tokio::task::JoinHandle<()>,
+    owner: String,
+}
+
+impl Instance {
+    async fn start(index: usize, owner: String, settings: Arc<Settings>) -> Result<Instance> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(format!("pg-instance-{index}"))
+            .enable_all()
+            .build()
+            .context("cannot start an instance's async runtime")?;
+        let shutdown = CancellationToken::new();
+        // The store is opened and the driver started on the instance's own
+        // runtime, where the pool's connections and the listener task live.
+        let launch = {
+            let (owner, shutdown) = (owner.clone(), shutdown.clone());
+            async move {
+                let store = Store::open(&settings.store.url)
+                    .await
+                    .context("cannot open the instance's store")?;
+                let scheduler = bench_scheduler(&store, &settings, owner)?;
+                let driver = tokio::spawn(scheduler.run(shutdown, None));
+                Ok::<_, anyhow::Error>((store, driver))
+            }
+        };
+        let launched = match runtime.spawn(launch).await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow!("starting the instance failed: {e}")),
+        };
+        match launched {
+            Ok((store, driver)) => Ok(Instance {
+                runtime: Some(runtime),
+                store,
+                shutdown,
+                driver,
+                owner,
+            }),
+            Err(e) => {
+                runtime.shutdown_background();
+                Err(e.context(format!("instance {index} ({owner})")))
+            }
+        }
+    }
+
+    /// A clean stop, as on SIGTERM: no new claims, running steps finish,
+    /// the store closes; then the runtime goes.
+    async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        let limit = Duration::from_secs(30);
+        let ended = tokio::time::timeout(limit, &mut self.driver).await;
+        let closed = match &self.runtime {
+            Some(runtime) => {
+                let store = self.store.clone();
+                runtime.spawn(async move { store.close().await }).await
+            }
+            None => Ok(Ok(())),
+        };
+        if let Some(runtime) = self.runtime.take() {
+            tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(5)))
+                .await
+                .context("cannot shut an instance's runtime down")?;
+        }
+        let owner = &self.owner;
+        ended
+            .with_context(|| format!("instance {owner} did not stop within {limit:?}"))?
+            .with_context(|| format!("instance {owner} failed"))?;
+        closed
+            .with_context(|| format!("closing the store of instance {owner} failed"))?
+            .with_context(|| format!("cannot close the store of instance {owner}"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A database of the `pg` phase's own, created on the server named by
+/// `--postgres` and dropped by [`BenchDb::drop_database`]. The name carries
+/// its creation time, so that one left by a killed run is dropped by a
+/// later one.
+struct BenchDb {
+    server: String,
+    name: String,
+    /// This database on the server, without TLS unless the server's URL
+    /// asks for an `sslmode` itself: on loopback, TLS costs CPU that the
+    /// instances would otherwise have.
+    url: url::Url,
+}
+
+impl BenchDb {
+    async fn create(server: &str) -> Result<BenchDb> {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_secs();
+        let name = format!(
+            "{PG_DB_PREFIX}{created}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let mut url =
+            url::Url::parse(server).context("the PostgreSQL server's URL is not a URL")?;
+        url.set_path(&format!("/{name}"));
+        if !url.query_pairs().any(|(key, _)| key == "sslmode") {
+            url.query_pairs_mut().append_pair("sslmode", "disable");
+        }
+        let mut admin = pg_admin(server).await?;
+        drop_stale_bench_databases(&mut admin, created).await;
+        let made = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot create database {name} on {}",
+                    crate::config::redact_store_url(server)
+                )
+            });
+        let _ = admin.close().await;
+        made?;
+        Ok(BenchDb {
+            server: server.to_string(),
+            name,
+            url,
+        })
+    }
+
+    /// The database's URL, connecting as `application` (shown in `pg_stat_activity`).
+    fn url_as(&self, application: &str) -> String {
+        let mut url = self.url.clone();
+        url.query_pairs_mut()
+            .append_pair("application_name", application);
+        url.to_string()
+    }
+
+    /// Drops the database, and with it any connection still open to it.
+    async fn drop_database(self) -> Result<()> {
+        let mut admin = pg_admin(&self.server).await?;
+        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await;
+        let _ = admin.close().await;
+        dropped.with_context(|| {
+            format!(
+                "cannot drop database {}; a run in {} hours or more drops it",
+                self.name,
+                PG_STALE_AFTER_SECS / 3600
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// A connection to the server named by `--postgres`, for creating and dropping databases.
+async fn pg_admin(server: &str) -> Result<sqlx::PgConnection> {
+    sqlx::PgConnection::connect(server).await.with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL at {}",
+            crate::config::redact_store_url(server)
+        )
+    })
+}
+
+/// Drops the bench databases that killed runs left behind. Best effort:
+/// another run may be dropping them too.
+async fn drop_stale_bench_databases(admin: &mut sqlx::PgConnection, now_secs: u64) {
+    let pattern = format!("{}%", PG_DB_PREFIX.replace('_', "\\_"));
+    let Ok(names) =
+        sqlx::query_scalar::<_, String>("SELECT datname FROM pg_database WHERE datname LIKE $1")
+            .bind(pattern)
+            .fetch_all(&mut *admin)
+            .await
+    else {
+        return;
+    };
+    for name in names {
+        let created = name
+            .strip_prefix(PG_DB_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        let stale = created.is_some_and(|c| now_secs.saturating_sub(c) > PG_STALE_AFTER_SECS);
+        if stale && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut *admin)
+            .await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The daemon as a child process.
 
 /// `docfetch run` started on a config, ready once it sent `READY=1` to the
@@ -2219,6 +2687,20 @@ fn prometheus_value(samples: &HashMap<String, f64>, name: &str, suffix: &str, la
         })
         .map(|(_, v)| v)
         .sum()
+}
+
+/// The growth of histogram `name` (samples matching `label`) from `before`
+/// to `after`: `(sum, count)`.
+fn histogram_delta(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    name: &str,
+    label: &str,
+) -> (f64, f64) {
+    let grown = |suffix: &str| {
+        prometheus_value(after, name, suffix, label) - prometheus_value(before, name, suffix, label)
+    };
+    (grown("_sum"), grown("_count"))
 }
 
 /// Nearest-rank percentile of sorted values.

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use docfetch::bench::{Options, Phase};
+use docfetch::config::Environment;
 
 /// Measures docfetch end to end on this machine: store, throughput,
-/// polling efficiency, idle cost, scale and a large download.
+/// polling efficiency, idle cost, scale, a large download and several
+/// daemons sharing PostgreSQL.
 #[derive(Debug, Parser)]
 #[command(name = "docfetch-bench", version)]
 struct Cli {
@@ -99,7 +101,20 @@ struct Cli {
     /// Store: operations of each kind (default 5000; smoke 200).
     #[arg(long)]
     store_ops: Option<usize>,
+
+    /// PostgreSQL: a server URL whose role may CREATE DATABASE (default:
+    /// $DOCFETCH_BENCH_POSTGRES_URL, then $DOCFETCH_TEST_POSTGRES_URL; none:
+    /// the phase is skipped).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// PostgreSQL: jobs for each number of instances (default 3000; smoke 100).
+    #[arg(long)]
+    pg_jobs: Option<usize>,
 }
+
+/// Where `--postgres` comes from when it is not given, in this order.
+const POSTGRES_URL_VARIABLES: [&str; 2] =
+    ["DOCFETCH_BENCH_POSTGRES_URL", "DOCFETCH_TEST_POSTGRES_URL"];
 
 fn duration(text: &str) -> Result<Duration, String> {
     docfetch::units::parse_duration(text)
@@ -110,7 +125,7 @@ fn size(text: &str) -> Result<u64, String> {
 }
 
 impl Cli {
-    fn options(self) -> Result<Options, String> {
+    fn options(self, env: &Environment) -> Result<Options, String> {
         let smoke = self.smoke;
         let pick = |full: u64, small: u64| if smoke { small } else { full };
         let daemon = match self.daemon {
@@ -170,6 +185,19 @@ impl Cli {
                 .store_ops
                 .unwrap_or(if smoke { 200 } else { 5_000 })
                 .max(1),
+            postgres: self
+                .postgres
+                .or_else(|| {
+                    POSTGRES_URL_VARIABLES
+                        .iter()
+                        .find_map(|name| env.get(name).filter(|v| !v.trim().is_empty()))
+                        .map(str::to_string)
+                })
+                .filter(|url| !url.trim().is_empty()),
+            pg_jobs: self
+                .pg_jobs
+                .unwrap_or(if smoke { 100 } else { 3_000 })
+                .max(1),
         })
     }
 }
@@ -178,7 +206,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     let json_out = cli.json_out.clone();
-    let options = match cli.options() {
+    let env = Environment::from_process();
+    let options = match cli.options(&env) {
         Ok(options) => options,
         Err(e) => {
             eprintln!("docfetch-bench: {e}");
@@ -186,7 +215,6 @@ fn main() -> ExitCode {
         }
     };
     // Daemon warnings and errors show only when asked for.
-    let env = docfetch::config::Environment::from_process();
     if env.get("RUST_LOG").is_some() {
         let log = docfetch::config::LogSettings {
             level: "warn".into(),
