@@ -36,6 +36,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
@@ -406,6 +407,37 @@ async fn store_phase(opts: &Options, rows: &mut Rows) -> Result<()> {
             store.finish_step(&job.id, owner, &done).await?;
         }
         let complete_s = started.elapsed().as_secs_f64();
+
+        // The same work as the daemon does it: `workers` tasks at once,
+        // whose writes the store commits in groups.
+        let workers = opts.workers.max(1);
+        let started = Instant::now();
+        futures_util::stream::iter((n..2 * n).map(|i| {
+            let store = store.clone();
+            async move { store.insert(&bench_new_job(i, now)).await }
+        }))
+        .buffer_unordered(workers)
+        .try_collect::<Vec<_>>()
+        .await?;
+        let insert_par_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut cycled = 0usize;
+        loop {
+            let t = now_ms();
+            let jobs = store.claim_due(owner, t, t + 600_000, batch).await?;
+            if jobs.is_empty() {
+                break;
+            }
+            cycled += jobs.len();
+            futures_util::future::try_join_all(jobs.iter().map(|job| {
+                let store = store.clone();
+                let done = done.clone();
+                async move { store.finish_step(&job.id, owner, &done).await }
+            }))
+            .await?;
+        }
+        let cycle_par_s = started.elapsed().as_secs_f64();
+        ensure!(cycled == n, "cycled {cycled} of {n} jobs");
         close_store(&store).await;
 
         let base = baseline_sqlite(&dir.path().join("baseline.db"), n).await?;
@@ -418,7 +450,7 @@ async fn store_phase(opts: &Options, rows: &mut Rows) -> Result<()> {
         let cycle_rate = nf / (claim_s + complete_s);
         rows.add(
             p,
-            "insert (one job, one commit)",
+            "insert, one at a time (each waits for its commit)",
             "jobs/s",
             None,
             insert_rate,
@@ -430,13 +462,33 @@ async fn store_phase(opts: &Options, rows: &mut Rows) -> Result<()> {
             None,
             claim_rate,
         );
-        rows.add(p, "finish_step → done", "jobs/s", None, complete_rate);
         rows.add(
             p,
-            "claim + complete",
+            "finish_step → done, one at a time",
+            "jobs/s",
+            None,
+            complete_rate,
+        );
+        rows.add(
+            p,
+            "claim + complete, one at a time",
+            "jobs/s",
+            None,
+            cycle_rate,
+        );
+        rows.add(
+            p,
+            &format!("insert, {workers} at once (group commit)"),
+            "jobs/s",
+            None,
+            nf / insert_par_s,
+        );
+        rows.add(
+            p,
+            &format!("claim {batch} + complete them at once (as the driver does)"),
             "jobs/s",
             Some(TARGET_STORE),
-            cycle_rate,
+            nf / cycle_par_s,
         );
         rows.add(
             p,
