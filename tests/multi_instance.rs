@@ -155,7 +155,15 @@ async fn three_daemons_share_one_queue_and_one_dying_loses_nothing_and_steals_no
         },
         ..Default::default()
     };
-    let app = TestApp::spawn_with(sim, "", &[]).await;
+    // An account whose fleet-wide `concurrency` leaves every daemon's 16
+    // workers busy: the victim must be holding leases when it dies.
+    let wide = format!(
+        "[accounts.fresh-wide]\nprovider = \"1c-fresh\"\nflow = \"plain\"\nbase_url = \"{{fresh_base}}\"\n\
+         username = \"{}\"\npassword = \"{}\"\nconcurrency = 64\n",
+        FreshSimConfig::default().username,
+        FreshSimConfig::default().password,
+    );
+    let app = TestApp::spawn_with(sim, &wide, &[]).await;
     let settings_for = |owner: &str| {
         let mut settings = (*app.settings).clone();
         settings.store.url = db.plain_url_as(owner);
@@ -183,7 +191,7 @@ async fn three_daemons_share_one_queue_and_one_dying_loses_nothing_and_steals_no
         submitters.spawn(async move {
             for i in (part..JOBS).step_by(8) {
                 let request = json!({
-                    "account": "fresh-sim-plain", "operation": "balance_sheet",
+                    "account": "fresh-wide", "operation": "balance_sheet",
                     "name": format!("mi-{i:04}"),
                     "params": {"_sim": {"filename": format!("mi-{i:04}.json")}},
                 });

@@ -228,6 +228,10 @@ async fn processes_opening_a_new_store_together_migrate_it_once() {
                 .fetch_all(sqlite.pool())
                 .await
                 .unwrap();
-        assert_eq!(applied, [(1,), (2,), (3,)], "round {round}: each migration once");
+        assert_eq!(
+            applied,
+            [(1,), (2,), (3,)],
+            "round {round}: each migration once"
+        );
     }
 }

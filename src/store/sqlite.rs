@@ -237,7 +237,7 @@ impl SqliteStore {
                 self.wakeup.notify_one();
                 Ok(*job)
             }
-            Written::Nothing | Written::Row => {
+            Written::Nothing | Written::Row | Written::Jobs(_) => {
                 let existing = self
                     .find(&job.name)
                     .await?
@@ -326,25 +326,18 @@ impl SqliteStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<Job>, StoreError> {
-        // The sub-select walks `jobs_due` in order and stops after `limit`
-        // rows; the outer UPDATE touches only those.
-        let rows = sqlx::query(concat!(
-            "UPDATE jobs
-             SET state = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3, steps = steps + 1
-             WHERE id IN (",
-            due_jobs!(),
-            ") RETURNING *"
-        ))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        let mut jobs = rows
-            .iter()
-            .map(job_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        // Through the group commit too: a claim shares its fsync with the
+        // step outcomes that freed the workers.
+        let op = WriteOp::Claim {
+            owner: owner.to_string(),
+            now,
+            lease_until,
+            limit,
+        };
+        let mut jobs = match self.write(op).await? {
+            Written::Jobs(jobs) => jobs,
+            Written::Job(_) | Written::Row | Written::Nothing => Vec::new(),
+        };
         jobs.sort_by_key(|j| j.next_run_at);
         Ok(jobs)
     }
@@ -388,7 +381,7 @@ impl SqliteStore {
         };
         match self.write(op).await? {
             Written::Nothing => expect_one(0, id, "checkpoint"),
-            Written::Job(_) | Written::Row => Ok(()),
+            Written::Job(_) | Written::Row | Written::Jobs(_) => Ok(()),
         }
     }
 
@@ -417,7 +410,7 @@ impl SqliteStore {
                 }
                 Ok(*job)
             }
-            Written::Nothing | Written::Row => Err(StoreError::Conflict {
+            Written::Nothing | Written::Row | Written::Jobs(_) => Err(StoreError::Conflict {
                 id: id.to_string(),
                 detail: "the job is no longer running under this lease".into(),
             }),
@@ -557,11 +550,10 @@ impl SqliteStore {
 
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         // Kept by triggers (migration 0003): a few rows, whatever the size.
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, SUM(n) FROM job_counts GROUP BY state HAVING SUM(n) > 0",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, SUM(n) FROM job_counts GROUP BY state HAVING SUM(n) > 0")
+                .fetch_all(&self.reader)
+                .await?;
         rows.into_iter()
             .map(|(state, n)| {
                 let state = state.parse().map_err(StoreError::Corrupt)?;
@@ -873,12 +865,20 @@ enum WriteOp {
         transition: Box<Transition>,
         result: Option<String>,
     },
+    Claim {
+        owner: String,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    },
 }
 
 /// What a write did: the row it wrote, or nothing (the name was taken, or
 /// the compare-and-set found the job moved).
 enum Written {
     Job(Box<Job>),
+    /// The jobs a claim took.
+    Jobs(Vec<Job>),
     /// Written; the caller needs no row back.
     Row,
     Nothing,
@@ -957,6 +957,33 @@ async fn apply_alone(pool: &SqlitePool, op: &WriteOp) -> Result<Written, StoreEr
 /// One write inside the batch's transaction.
 async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Written, StoreError> {
     match op {
+        WriteOp::Claim {
+            owner,
+            now,
+            lease_until,
+            limit,
+        } => {
+            // The sub-select walks `jobs_due` in order and stops after
+            // `limit` rows; the outer UPDATE touches only those.
+            let rows = sqlx::query(concat!(
+                "UPDATE jobs
+                 SET state = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3, steps = steps + 1
+                 WHERE id IN (",
+                due_jobs!(),
+                ") RETURNING *"
+            ))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(i64::from(*limit))
+            .fetch_all(&mut *conn)
+            .await?;
+            let jobs = rows
+                .iter()
+                .map(job_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Written::Jobs(jobs))
+        }
         WriteOp::Insert { job, params, hooks } => {
             let row = sqlx::query(
                 "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
