@@ -895,16 +895,22 @@ struct Parsed {
 }
 
 /// One page of the list.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-struct Page {
+pub struct Page {
     /// Each register's `data`.
-    items: Vec<Value>,
-    total: Option<u64>,
+    pub items: Vec<Value>,
+    pub total: Option<u64>,
     /// `_links.next.href`, absent on the last page.
-    next: Option<String>,
+    pub next: Option<String>,
 }
 
-fn read_page(value: &Value) -> Result<Page, String> {
+/// Its errors quote the service only through [`excerpt`]: they become the
+/// job's error, which must stay one short line.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn read_page(value: &Value) -> Result<Page, String> {
     if !value.is_object() {
         return Err("the answer is not a JSON object".into());
     }
@@ -914,7 +920,12 @@ fn read_page(value: &Value) -> Result<Page, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let total = match value.get("total") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(count(v).ok_or_else(|| format!("`total` is not a count: {v}"))?),
+        Some(v) => Some(count(v).ok_or_else(|| {
+            format!(
+                "`total` is not a count: {}",
+                excerpt(v.to_string().as_bytes())
+            )
+        })?),
     };
     let next = match value.pointer("/_links/next") {
         None | Some(Value::Null) => None,
@@ -952,7 +963,8 @@ fn embedded(value: &Value) -> Result<Vec<&Value>, String> {
             }
         }
         Some(other) => Err(format!(
-            "`_embedded` is neither an array nor an object: {other}"
+            "`_embedded` is neither an array nor an object: {}",
+            excerpt(other.to_string().as_bytes())
         )),
     }
 }
@@ -963,7 +975,8 @@ fn item_data(item: &Value) -> Result<Value, String> {
     match item.get("data") {
         Some(data @ Value::Object(_)) => Ok(data.clone()),
         Some(other) => Err(format!(
-            "a cash register's `data` is not an object: {other}"
+            "a cash register's `data` is not an object: {}",
+            excerpt(other.to_string().as_bytes())
         )),
         None if item.get("serialNumber").is_some() => {
             let mut data = item.clone();
@@ -1058,7 +1071,9 @@ fn token_lifetime(issued: Option<&str>, expires_in: Option<f64>, now: DateTime<U
 }
 
 /// The token and its lifetime from a `gettoken` answer.
-fn read_token(value: &Value, now: DateTime<Utc>) -> Result<(Secret, Duration), String> {
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn read_token(value: &Value, now: DateTime<Utc>) -> Result<(Secret, Duration), String> {
     let token = value
         .get("token")
         .and_then(Value::as_str)
@@ -1074,18 +1089,22 @@ fn read_token(value: &Value, now: DateTime<Utc>) -> Result<(Secret, Duration), S
 }
 
 /// An RFC 7807 error body (table 5).
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Problem {
-    title: Option<String>,
-    detail: Option<String>,
-    error_code: Option<String>,
-    trace_id: Option<String>,
+pub struct Problem {
+    pub title: Option<String>,
+    pub detail: Option<String>,
+    pub error_code: Option<String>,
+    pub trace_id: Option<String>,
     /// `errors`: field (or JSON path) → messages.
-    errors: Vec<(String, Vec<String>)>,
+    pub errors: Vec<(String, Vec<String>)>,
 }
 
 impl Problem {
-    fn parse(body: &[u8]) -> Option<Problem> {
+    // Public (hidden) for the property tests in tests/fuzz.rs.
+    #[doc(hidden)]
+    pub fn parse(body: &[u8]) -> Option<Problem> {
         let (value, _) = parse_json(body).ok()?;
         Problem::from_value(&value)
     }
@@ -1133,7 +1152,9 @@ impl Problem {
 
     /// `title: detail; field: message, message [errorCode X] (traceId T)`,
     /// each piece clipped so a verbose service cannot flood the error text.
-    fn describe(&self) -> String {
+    // Public (hidden) for the property tests in tests/fuzz.rs.
+    #[doc(hidden)]
+    pub fn describe(&self) -> String {
         let mut text = self.title.as_deref().map(clip).unwrap_or_default();
         if let Some(detail) = &self.detail
             && Some(detail) != self.title.as_ref()
@@ -1160,7 +1181,9 @@ impl Problem {
             if !text.is_empty() {
                 text.push_str("; ");
             }
-            text.push_str(&fields.join("; "));
+            // Clipped as a whole too: a field may list any number of
+            // messages, each clipped on its own.
+            text.push_str(&clip_to(&fields.join("; "), FIELDS_LIMIT));
         }
         if let Some(code) = &self.error_code {
             text.push_str(&format!(" [errorCode {}]", clip(code)));
@@ -1182,21 +1205,29 @@ fn scalar_text(value: &Value) -> Option<String> {
 }
 
 fn clip(text: &str) -> String {
-    const LIMIT: usize = 300;
+    clip_to(text, 300)
+}
+
+/// Characters of a problem's `errors` in its description.
+const FIELDS_LIMIT: usize = 600;
+
+fn clip_to(text: &str, limit: usize) -> String {
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match flat.char_indices().nth(LIMIT) {
+    match flat.char_indices().nth(limit) {
         Some((cut, _)) => format!("{}…", &flat[..cut]),
         None => flat,
     }
 }
 
 /// A key that appeared more than once in one JSON object.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-struct Dup {
+pub struct Dup {
     /// `data.serialNumber`, `_embedded[3].data.serialNumber`.
-    path: String,
-    kept: String,
-    dropped: String,
+    pub path: String,
+    pub kept: String,
+    pub dropped: String,
 }
 
 impl Dup {
@@ -1212,7 +1243,9 @@ impl Dup {
 /// alone keeps the last) and reporting every repetition. The seed's
 /// single-register sample repeats `serialNumber`; its first value matches
 /// the URL and `_links.self`, the second is copied from another sample.
-fn parse_json(bytes: &[u8]) -> Result<(Value, Vec<Dup>), serde_json::Error> {
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn parse_json(bytes: &[u8]) -> Result<(Value, Vec<Dup>), serde_json::Error> {
     let duplicates = RefCell::new(Vec::new());
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = FirstWins {

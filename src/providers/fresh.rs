@@ -23,7 +23,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{ProviderError, Step, StepContext, excerpt, read_body_limited};
+use super::{ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
 use crate::config::{AccountKeys, ConfigError, Secret};
 use crate::job::JobResult;
 use crate::job::request::RequestError;
@@ -118,8 +118,10 @@ struct Cursor {
 }
 
 /// The `general` envelope every answer carries.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-enum Answer {
+pub enum Answer {
     /// `10200`/`10240` with `result.id` (and the `10240` warning).
     Ready { id: String, warning: Option<String> },
     /// `10202`: still being prepared.
@@ -137,7 +139,9 @@ fn has_return_code(body: &[u8]) -> bool {
 /// Interprets a `general.response` answer. The return codes come from the
 /// seed's table: 10200 done, 10240 done with warnings, 10202 (in the text)
 /// still preparing, 10400 data error, 10404 not found, 10500 internal error.
-fn interpret(body: &[u8], what: &str) -> Result<Answer, ProviderError> {
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn interpret(body: &[u8], what: &str) -> Result<Answer, ProviderError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
         ProviderError::transient(format!(
             "{what}: the answer is not the expected JSON: {}",
@@ -165,7 +169,10 @@ fn interpret(body: &[u8], what: &str) -> Result<Answer, ProviderError> {
         if message.is_empty() {
             format!("{what}: {text} ({code})")
         } else {
-            format!("{what}: {text} ({code}): {message}")
+            // The service's words go into the job's one-line error: a
+            // multi-line or huge message must not break it or flood the
+            // store and the logs.
+            format!("{what}: {text} ({code}): {}", one_line(&message, 300))
         }
     };
     match code {

@@ -76,7 +76,9 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use super::oidc::{Oidc, OidcConfig};
-use super::{ProviderError, Step, StepContext, excerpt, is_transient_status, read_body_limited};
+use super::{
+    ProviderError, Step, StepContext, excerpt, is_transient_status, one_line, read_body_limited,
+};
 use crate::config::{AccountKeys, ConfigError, Secret};
 use crate::job::request::{RequestError, hex};
 use crate::job::{JobResult, SavedFile};
@@ -656,8 +658,10 @@ fn progress(mut cursor: Cursor, note: String) -> Step {
 
 /// An Extern error document: `{"id": "urn:error:…", "status-code": …,
 /// "message": …, "trace-id": …, "context": {…}}`.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, Default, PartialEq)]
-struct ApiError {
+pub struct ApiError {
     id: String,
     message: String,
     trace_id: String,
@@ -666,7 +670,9 @@ struct ApiError {
 
 impl ApiError {
     /// Reads an error document; `None` when the body is not one.
-    fn parse(body: &[u8]) -> Option<ApiError> {
+    // Public (hidden) for the property tests in tests/fuzz.rs.
+    #[doc(hidden)]
+    pub fn parse(body: &[u8]) -> Option<ApiError> {
         let value: Value = serde_json::from_slice(body).ok()?;
         ApiError::from_value(&value)
     }
@@ -692,15 +698,21 @@ impl ApiError {
         (!error.id.is_empty() || !error.message.is_empty()).then_some(error)
     }
 
-    /// `urn:error:…: message (trace-id …)`.
-    fn describe(&self) -> String {
-        let mut text = match (self.id.is_empty(), self.message.is_empty()) {
-            (false, false) => format!("{}: {}", self.id, self.message),
-            (false, true) => self.id.clone(),
-            _ => self.message.clone(),
+    /// `urn:error:…: message (trace-id …)`, one line: each piece is
+    /// flattened and cut, since it goes into the job's error as it is and
+    /// a service may send a multi-line or huge message.
+    // Public (hidden) for the property tests in tests/fuzz.rs.
+    #[doc(hidden)]
+    pub fn describe(&self) -> String {
+        let id = one_line(&self.id, 300);
+        let message = one_line(&self.message, 300);
+        let mut text = match (id.is_empty(), message.is_empty()) {
+            (false, false) => format!("{id}: {message}"),
+            (false, true) => id,
+            _ => message,
         };
         if !self.trace_id.is_empty() {
-            text.push_str(&format!(" (trace-id {})", self.trace_id));
+            text.push_str(&format!(" (trace-id {})", one_line(&self.trace_id, 300)));
         }
         text
     }
@@ -788,16 +800,20 @@ fn required_id(value: &Value, what: &str) -> Result<String, ProviderError> {
 }
 
 /// An API task (`ApiTaskResult`): `id`, `task-state`, `task-result`, `error`.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-struct Task {
-    id: Option<String>,
-    state: String,
-    result: Value,
-    error: Option<ApiError>,
+pub struct Task {
+    pub id: Option<String>,
+    pub state: String,
+    pub result: Value,
+    pub error: Option<ApiError>,
 }
 
 impl Task {
-    fn parse(value: &Value) -> Task {
+    // Public (hidden) for the property tests in tests/fuzz.rs.
+    #[doc(hidden)]
+    pub fn parse(value: &Value) -> Task {
         Task {
             id: id_at(value, "/id"),
             state: value
@@ -813,16 +829,20 @@ impl Task {
 }
 
 /// One document Extern could not build, as in `error-drafts-builder-documents`.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-struct DocumentError {
-    document_id: String,
-    message: String,
+pub struct DocumentError {
+    pub document_id: String,
+    pub message: String,
 }
 
 /// Reads `draft-ids` and `error-drafts-builder-documents`. The latter is an
 /// array of `{document-id, error-message}` in the current API; the older
 /// SDK read it as a map of document id to message, so both are accepted.
-fn read_build_result(result: &Value) -> (Vec<String>, Vec<DocumentError>) {
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn read_build_result(result: &Value) -> (Vec<String>, Vec<DocumentError>) {
     let drafts = result
         .get("draft-ids")
         .and_then(Value::as_array)
@@ -862,7 +882,9 @@ fn read_build_result(result: &Value) -> (Vec<String>, Vec<DocumentError>) {
 /// `key`, `items`, or as its only array member) is accepted too, so a
 /// paged or enveloped answer is not mistaken for an empty list. `None` when
 /// the answer holds no list at all.
-fn list_items<'a>(value: &'a Value, key: &str) -> Option<&'a [Value]> {
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn list_items<'a>(value: &'a Value, key: &str) -> Option<&'a [Value]> {
     match value {
         Value::Array(items) => Some(items),
         Value::Object(map) => {
@@ -908,7 +930,9 @@ fn same_id(a: &str, b: &str) -> bool {
 /// next only after the previous one's id is committed, so an unrecorded
 /// match is a document of ours that no file was attached to yet; if two
 /// requested documents have the same `builder-data`, either is as good.
-fn find_document(
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn find_document(
     items: &[Value],
     builder_id: &str,
     builder_data: &Value,
@@ -937,7 +961,9 @@ fn find_document(
 /// Among the document's files, one of `content_id` that the cursor does not
 /// already hold: the file an interrupted attempt attached. A content id
 /// names one upload, so it cannot match another requested file.
-fn find_file(
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn find_file(
     items: &[Value],
     document_id: &str,
     content_id: &str,

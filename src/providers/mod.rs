@@ -242,6 +242,17 @@ pub fn excerpt(body: &[u8]) -> String {
     }
 }
 
+/// A text from a service, for a one-line error message: whitespace runs
+/// (line breaks included) become one space, and more than `max_chars`
+/// characters are cut, ending in `…`.
+pub fn one_line(text: &str, max_chars: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
+}
+
 /// One configured account, by provider.
 #[derive(Debug, Clone)]
 pub enum AccountConfig {
@@ -514,5 +525,7 @@ mod tests {
             "<html> <b>oops</b> </html>"
         );
         assert!(excerpt("я".repeat(500).as_bytes()).chars().count() <= 201);
+        assert_eq!(one_line(" a\n\r\tb  c ", 10), "a b c");
+        assert_eq!(one_line(&"я".repeat(500), 300).chars().count(), 301);
     }
 }

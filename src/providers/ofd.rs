@@ -300,14 +300,18 @@ fn required_date(params: &Value, key: &str) -> Result<When, RequestError> {
 
 /// A date of a request: with an offset (the seed's order example) or
 /// without (its answers).
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum When {
+pub enum When {
     Zoned(DateTime<FixedOffset>),
     Local(NaiveDateTime),
 }
 
 impl When {
-    fn parse(text: &str) -> Option<When> {
+    // Public (hidden) for the property tests in tests/fuzz.rs.
+    #[doc(hidden)]
+    pub fn parse(text: &str) -> Option<When> {
         let text = text.trim();
         if let Ok(t) = DateTime::parse_from_rfc3339(text) {
             return Some(When::Zoned(t));
@@ -392,7 +396,9 @@ fn format_utc(t: NaiveDateTime) -> String {
 /// Parses JSON, forgiving bare words as values: the seed's list example
 /// prints `"AccountEmail": ofdtester1@ofd.ru`, and a service that follows
 /// its own document may well send that.
-fn parse_lenient(body: &[u8]) -> Option<Value> {
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn parse_lenient(body: &[u8]) -> Option<Value> {
     if let Ok(value) = serde_json::from_slice(body) {
         return Some(value);
     }
@@ -476,9 +482,11 @@ fn is_json_scalar(token: &str) -> bool {
 }
 
 /// A report as the order answer or the list describes it.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-struct Report {
-    id: String,
+pub struct Report {
+    pub id: String,
     name: Option<String>,
     status: Option<String>,
     report_type: Option<String>,
@@ -518,15 +526,19 @@ impl Report {
 }
 
 /// A report list, in either shape the seed prints.
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Default)]
-struct ReportList {
-    agreement_id: Option<String>,
-    reports: Vec<Report>,
+pub struct ReportList {
+    pub agreement_id: Option<String>,
+    pub reports: Vec<Report>,
 }
 
 /// Reads a list answer: wrapped (`{"Status":"Success","Data":{"List":…}}`,
 /// sections 1.2 and 2) or bare (`{"OfdAgreementLimit":…,"List":…}`, 3.2).
-fn parse_list(body: &[u8]) -> Result<ReportList, String> {
+// Public (hidden) for the property tests in tests/fuzz.rs.
+#[doc(hidden)]
+pub fn parse_list(body: &[u8]) -> Result<ReportList, String> {
     let value =
         parse_lenient(body).ok_or_else(|| format!("the answer is not JSON: {}", excerpt(body)))?;
     let data = field(&value, "Data")
