@@ -17,7 +17,7 @@
 //! crash::long -- --ignored --nocapture`) runs the long one. The seed is
 //! printed; `DOCFETCH_CRASH_SEED=N` replays a run's choices.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -117,8 +117,10 @@ struct Snapshot {
     extern_creating_document: u32,
     extern_attaching: u32,
     extern_building: u32,
-    /// Names of the jobs that were running (their claim never finished).
-    running: Vec<String>,
+    /// The jobs that were running (their claim never finished), with the
+    /// claim's lease (owner, end): a daemon killed before it took back the
+    /// previous one's leases finds the same claim still there.
+    running: Vec<(String, Option<String>, Option<i64>)>,
     /// (window, what showed it): a state a kill found that may outlive the
     /// kill (a file left in place) is counted once, at the kill that made it.
     marks: Vec<(&'static str, String)>,
@@ -380,7 +382,8 @@ async fn snapshot(store: &Store, config: &DaemonConfig, life: u32) -> Snapshot {
         if job.state != JobState::Running {
             continue;
         }
-        s.running.push(name.clone());
+        s.running
+            .push((name.clone(), job.lease_owner.clone(), job.lease_until));
         let c = &job.cursor;
         let claim = format!("{life}:{name}");
         match job.provider.as_str() {
@@ -500,6 +503,7 @@ async fn run(plan: Plan) -> Figures {
     let mut windows = WindowHits::default();
     // Per job: kills that found it running (claims that never finished).
     let mut interrupted: HashMap<String, u32> = HashMap::new();
+    let mut cut_claims: HashSet<(String, Option<String>, Option<i64>)> = HashSet::new();
     let mut batches = 0u32;
     for life in 0..plan.kills {
         let mut daemon = Daemon::start(&config_path, &log, "docfetch=info");
@@ -520,8 +524,11 @@ async fn run(plan: Plan) -> Figures {
         }
         daemon.kill();
         let s = snapshot(&store, &config, life).await;
-        for name in &s.running {
-            *interrupted.entry(name.clone()).or_default() += 1;
+        for claim in &s.running {
+            // Each cut claim counts once, however many kills find it.
+            if cut_claims.insert(claim.clone()) {
+                *interrupted.entry(claim.0.clone()).or_default() += 1;
+            }
         }
         windows.count(&s);
         totals.add(&s);
