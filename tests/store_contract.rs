@@ -1060,7 +1060,11 @@ async fn concurrent_claimers_on_separate_handles_never_share_a_job(f: Fixture) {
     for _ in 0..4 {
         handles.push(f.another_handle().await);
     }
-    // All claimers start together, so their claims really overlap.
+    // The claimers claim in rounds, all starting each round together, so
+    // their claims really overlap (left to run freely, one SQLite handle can
+    // take every job before the others get the write lock).
+    const BATCH: usize = 7;
+    let rounds = JOBS.div_ceil(BATCH * handles.len()) + 1;
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(handles.len()));
     let mut tasks = tokio::task::JoinSet::new();
     for (worker, store) in handles.into_iter().enumerate() {
@@ -1068,17 +1072,15 @@ async fn concurrent_claimers_on_separate_handles_never_share_a_job(f: Fixture) {
         tasks.spawn(async move {
             let owner = format!("w{worker}");
             let mut mine = Vec::new();
-            start.wait().await;
-            loop {
+            for _ in 0..rounds {
+                start.wait().await;
                 let claimed = store
-                    .claim_due(&owner, now_ms(), now_ms() + 60_000, 7)
+                    .claim_due(&owner, now_ms(), now_ms() + 60_000, BATCH as u32)
                     .await
                     .expect("claim");
-                if claimed.is_empty() {
-                    return (owner, mine);
-                }
                 mine.extend(claimed.into_iter().map(|j| j.id));
             }
+            (owner, mine)
         });
     }
     let mut seen = HashSet::new();
