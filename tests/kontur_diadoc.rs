@@ -583,7 +583,8 @@ async fn the_deadline_ends_a_protocol_that_never_comes() {
             );
         }),
         "",
-        &[("DOCFETCH__SCHEDULER__DEADLINE", "1s")],
+        // Long enough for three polls on a loaded machine (1 s was not).
+        &[("DOCFETCH__SCHEDULER__DEADLINE", "3s")],
     )
     .await;
     app.submit(request(CLASSIC, "document-protocol", "never", "never"))

@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
-use super::{JobFilter, Snapshot, StoreError, StoredJob, Transition};
-use crate::job::{Job, JobEvent, JobResult, JobState, Millis, NewJob};
+use super::{JobFilter, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row};
+use crate::job::{Job, JobEvent, JobState, Millis, NewJob};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -1093,68 +1093,6 @@ async fn insert_event(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-fn expect_one(rows: u64, id: &str, what: &str) -> Result<(), StoreError> {
-    if rows == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict {
-            id: id.to_string(),
-            detail: format!("{what}: the job is no longer running under this lease"),
-        })
-    }
-}
-
-fn json_column(row: &SqliteRow, column: &str) -> Result<serde_json::Value, StoreError> {
-    let text: String = row.try_get(column)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("jobs.{column}: {e}")))
-}
-
-fn counter(row: &SqliteRow, column: &str) -> Result<u32, StoreError> {
-    let n: i64 = row.try_get(column)?;
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let state: String = row.try_get("state")?;
-    let result: Option<String> = row.try_get("result")?;
-    let result: Option<JobResult> = result
-        .map(|text| serde_json::from_str(&text))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("jobs.result: {e}")))?;
-    Ok(Job {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        account: row.try_get("account")?,
-        provider: row.try_get("provider")?,
-        operation: row.try_get("operation")?,
-        params: json_column(row, "params")?,
-        state: state.parse().map_err(StoreError::Corrupt)?,
-        cursor: json_column(row, "cursor")?,
-        attempts: counter(row, "attempts")?,
-        polls: counter(row, "polls")?,
-        steps: counter(row, "steps")?,
-        next_run_at: row.try_get("next_run_at")?,
-        lease_owner: row.try_get("lease_owner")?,
-        lease_until: row.try_get("lease_until")?,
-        last_error: row.try_get("last_error")?,
-        result,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        finished_at: row.try_get("finished_at")?,
-        deadline_at: row.try_get("deadline_at")?,
-        source: row.try_get("source")?,
-        request_sha256: row.try_get("request_sha256")?,
-        hooks: {
-            let text: Option<String> = row.try_get("hooks")?;
-            text.map(|t| serde_json::from_str(&t))
-                .transpose()
-                .map_err(|e| StoreError::Corrupt(format!("jobs.hooks: {e}")))?
-        },
-        hooks_state: row.try_get("hooks_state")?,
-        hooks_attempts: counter(row, "hooks_attempts")?,
-    })
 }
 
 /// An exclusive lock next to the database file, held by the running daemon,
