@@ -1071,7 +1071,7 @@ async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 
 /// Turns notifications into wake-ups until `stop`. A lost connection is
 /// restored with backoff; announcements sent while it was down are lost,
-/// so every restore counts as a change and wakes everyone once.
+/// so both the loss and the restore count as a change and wake everyone.
 async fn listen(pool: PgPool, mut listener: PgListener, signals: Signals, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -1093,6 +1093,10 @@ async fn listen(pool: PgPool, mut listener: PgListener, signals: Signals, stop: 
             Err(sqlx::Error::PoolClosed) => return,
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "lost the store's notification connection; polling until it is back");
+                // Count the loss now, not only on restore: whoever watches
+                // the counter learns of the gap as soon as it opens, and
+                // the wake-up makes the scheduler poll the store meanwhile.
+                signals.missed();
                 // Start from a fresh listener: the failed one may hold a
                 // broken connection.
                 loop {
