@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::job::SavedFile;
 use crate::job::request::hex;
@@ -46,22 +45,30 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 /// [`ensure_dir`] for a folder that will hold durable files: when it is new,
 /// its parent is `fsync`ed too, so the folder's own entry survives a power
 /// cut (on a file system without a journal, an `fsync` of a file does not
-/// make the folder that holds it durable).
-pub async fn ensure_dir_durable(dir: &Path) -> std::io::Result<()> {
-    if tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir()) {
+/// make the folder that holds it durable). Blocking: call it from a blocking
+/// thread.
+pub fn ensure_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
     ensure_dir(dir)?;
     match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => sync_dir(parent).await,
+        Some(parent) => sync_dir(parent),
         None => Ok(()),
     }
 }
 
-/// `fsync`s a folder so a rename inside it survives a power cut.
-pub async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+/// `fsync`s a folder so a rename inside it survives a power cut. Blocking.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Runs blocking file work on tokio's blocking pool: one hand-off per
+/// durable write, however many system calls it takes.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(std::io::Error::other)?
 }
@@ -89,39 +96,17 @@ pub async fn save_response(
     {
         return Err(DownloadError::TooLarge { limit: max_size });
     }
-    let disk = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DownloadError::Disk { path, source }
-    };
-    ensure_dir_durable(dir).await.map_err(disk(dir))?;
     let part = part_path(dir, name);
-    let target = dir.join(name);
-    // Receiving and writing overlap: this task reads the network while a
-    // blocking thread hashes, writes and finally `fsync`s, joined by a
-    // bounded channel (at most WRITE_AHEAD chunks in flight, so memory stays
-    // flat whatever the size of the file).
-    let (chunks, mut pending) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_AHEAD);
+    // Receiving and writing overlap: this task reads the network while one
+    // blocking thread makes the folder, hashes, writes and, once told the
+    // stream was whole, `fsync`s, renames and `fsync`s the folder, joined by
+    // a bounded channel (at most WRITE_AHEAD chunks in flight, so memory
+    // stays flat whatever the size of the file). One hand-off to the
+    // blocking pool per file, not one per system call.
+    let (pieces, pending) = tokio::sync::mpsc::channel::<Piece>(WRITE_AHEAD);
     let writer = {
-        let part = part.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o640)
-                .open(&part)?;
-            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
-            let mut hasher = Sha256::new();
-            while let Some(chunk) = pending.blocking_recv() {
-                hasher.update(&chunk);
-                out.write_all(&chunk)?;
-            }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            Ok(hex(&hasher.finalize()))
-        })
+        let (dir, name) = (dir.to_path_buf(), name.to_string());
+        tokio::task::spawn_blocking(move || write_pieces(&dir, &name, pending))
     };
     let received = async {
         let mut total: u64 = 0;
@@ -136,7 +121,7 @@ pub async fn save_response(
             if total > max_size {
                 return Err(DownloadError::TooLarge { limit: max_size });
             }
-            if chunks.send(chunk).await.is_err() {
+            if pieces.send(Piece::Data(chunk)).await.is_err() {
                 // The writer stopped on a disk error; it is reported below.
                 break;
             }
@@ -152,33 +137,30 @@ pub async fn save_response(
         Ok(total)
     }
     .await;
-    // The end of the stream tells the writer to finish (and fsync).
-    drop(chunks);
-    let written = writer
-        .await
-        .map_err(|e| DownloadError::Disk {
+    // Only a whole stream is committed; anything else leaves no file.
+    if received.is_ok() {
+        let _ = pieces.send(Piece::Commit).await;
+    }
+    drop(pieces);
+    let written = writer.await.unwrap_or_else(|e| {
+        Err(DownloadError::Disk {
             path: part.clone(),
             source: std::io::Error::other(e),
         })
-        .and_then(|w| w.map_err(disk(&part)));
+    });
     let result = match (received, written) {
         // A disk error explains a short stream better than the count does.
         (_, Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),
-        (Ok(total), Ok(sha256)) => {
-            async {
-                tokio::fs::rename(&part, &target)
-                    .await
-                    .map_err(disk(&target))?;
-                sync_dir(dir).await.map_err(disk(dir))?;
-                Ok(SavedFile {
-                    name: name.to_string(),
-                    size: total,
-                    sha256,
-                })
-            }
-            .await
-        }
+        (Ok(total), Ok(Some(sha256))) => Ok(SavedFile {
+            name: name.to_string(),
+            size: total,
+            sha256,
+        }),
+        (Ok(_), Ok(None)) => Err(DownloadError::Disk {
+            path: part.clone(),
+            source: std::io::Error::other("the file writer stopped before the end"),
+        }),
     };
     if result.is_err() {
         // Never leave a half-written file behind; a missing one is fine.
@@ -187,29 +169,94 @@ pub async fn save_response(
     result
 }
 
+/// What the network side hands the file writer.
+enum Piece {
+    Data(bytes::Bytes),
+    /// The stream was whole: make the file durable under its final name.
+    Commit,
+}
+
+/// The blocking half of [`save_response`]: returns the SHA-256 of a file
+/// committed under `dir/name`, or `None` when the stream ended without
+/// [`Piece::Commit`] (the part file is then removed).
+fn write_pieces(
+    dir: &Path,
+    name: &str,
+    mut pending: tokio::sync::mpsc::Receiver<Piece>,
+) -> Result<Option<String>, DownloadError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let disk = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DownloadError::Disk { path, source }
+    };
+    let part = part_path(dir, name);
+    let target = dir.join(name);
+    ensure_dir_durable(dir).map_err(disk(dir))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(&part)
+        .map_err(disk(&part))?;
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut hasher = Sha256::new();
+    let mut commit = false;
+    while let Some(piece) = pending.blocking_recv() {
+        match piece {
+            Piece::Data(chunk) => {
+                hasher.update(&chunk);
+                out.write_all(&chunk).map_err(disk(&part))?;
+            }
+            Piece::Commit => {
+                commit = true;
+                break;
+            }
+        }
+    }
+    if !commit {
+        drop(out);
+        let _ = std::fs::remove_file(&part);
+        return Ok(None);
+    }
+    let file = out.into_inner().map_err(|e| disk(&part)(e.into_error()))?;
+    file.sync_all().map_err(disk(&part))?;
+    drop(file);
+    std::fs::rename(&part, &target).map_err(disk(&target))?;
+    sync_dir(dir).map_err(disk(dir))?;
+    Ok(Some(hex(&hasher.finalize())))
+}
+
 /// Writes small contents durably and atomically (`.part`, fsync, rename,
 /// fsync folder): receipts and error notes.
 pub async fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
-    ensure_dir_durable(dir).await?;
+    let (dir, name, contents) = (dir.to_path_buf(), name.to_string(), contents.to_vec());
+    blocking(move || write_atomic_blocking(&dir, &name, &contents)).await
+}
+
+/// [`write_atomic`] on the calling thread, for work already on a blocking
+/// thread.
+pub fn write_atomic_blocking(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    ensure_dir_durable(dir)?;
     let part = part_path(dir, name);
-    let target = dir.join(name);
-    let write = async {
-        let mut file = tokio::fs::OpenOptions::new()
+    let write = (|| {
+        let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o640)
-            .open(&part)
-            .await?;
-        file.write_all(contents).await?;
-        file.sync_all().await?;
+            .open(&part)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
         drop(file);
-        tokio::fs::rename(&part, &target).await?;
-        sync_dir(dir).await
-    }
-    .await;
+        std::fs::rename(&part, dir.join(name))?;
+        sync_dir(dir)
+    })();
     if write.is_err() {
-        let _ = tokio::fs::remove_file(&part).await;
+        let _ = std::fs::remove_file(&part);
     }
     write
 }

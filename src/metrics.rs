@@ -85,10 +85,12 @@ pub fn store_op(op: &'static str, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
-/// One group commit of the SQLite store: how many writes it carried.
-pub fn store_commit(writes: usize) {
+/// One group commit of the SQLite store: how many writes it carried and how
+/// long it took (statements and the WAL `fsync`).
+pub fn store_commit(writes: usize, elapsed: Duration) {
     metrics::counter!("docfetch_store_commits_total").increment(1);
     metrics::counter!("docfetch_store_writes_total").increment(writes as u64);
+    metrics::histogram!("docfetch_store_commit_duration_seconds").record(elapsed.as_secs_f64());
 }
 
 /// A login to a service (a new token).

@@ -69,12 +69,16 @@ pub fn job_dir(output_root: &Path, job: &Job) -> PathBuf {
 /// sweeps leftovers of interrupted downloads from its folder.
 pub async fn write(output_root: &Path, job: &Job) -> std::io::Result<PathBuf> {
     let dir = job_dir(output_root, job);
-    download::ensure_dir_durable(&dir).await?;
-    download::remove_stale_parts(&dir);
     let mut text = serde_json::to_vec_pretty(&Receipt::of(job)).map_err(std::io::Error::other)?;
     text.push(b'\n');
-    download::write_atomic(&dir, RECEIPT_NAME, &text).await?;
-    Ok(dir.join(RECEIPT_NAME))
+    // One hand-off to a blocking thread for the whole receipt.
+    download::blocking(move || {
+        download::ensure_dir_durable(&dir)?;
+        download::remove_stale_parts(&dir);
+        download::write_atomic_blocking(&dir, RECEIPT_NAME, &text)?;
+        Ok(dir.join(RECEIPT_NAME))
+    })
+    .await
 }
 
 /// Removes a receipt when a job is queued again (its appearance would

@@ -108,6 +108,36 @@ async fn a_failed_job_can_be_retried_from_the_start() {
     ));
 }
 
+/// A batch's checkpoints and step outcomes are one `UPDATE … FROM
+/// json_each(?)`: each element must find its job by primary key, never by
+/// scanning the jobs (which would make every commit cost the whole store).
+#[tokio::test]
+async fn grouped_updates_find_each_job_by_its_key() {
+    let app = TestApp::spawn().await;
+    let Store::Sqlite(sqlite) = &app.store else {
+        panic!("these tests run on the SQLite store")
+    };
+    for statement in [
+        docfetch::store::sqlite::CHECKPOINT_JOBS,
+        docfetch::store::sqlite::FINISH_JOBS,
+    ] {
+        let explain = format!("EXPLAIN QUERY PLAN {statement}");
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
+            .bind("[]")
+            .bind(0_i64)
+            .fetch_all(sqlite.pool())
+            .await
+            .unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|r| r.3).collect();
+        assert!(
+            plan.iter()
+                .any(|p| p.starts_with("SEARCH jobs USING INDEX") && p.contains("(id=?)")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.starts_with("SCAN jobs")), "{plan:?}");
+    }
+}
+
 #[tokio::test]
 async fn due_jobs_are_claimed_in_due_order_through_the_index_without_sorting() {
     let app = TestApp::spawn().await;

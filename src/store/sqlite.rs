@@ -8,6 +8,7 @@
 //! RETURNING *` statement. The CLI opens the same file from another process;
 //! `busy_timeout` absorbs the short write locks they take from each other.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,6 +37,30 @@ macro_rules! due_jobs {
     };
 }
 pub const DUE_JOBS: &str = due_jobs!();
+
+/// The checkpoints of a batch, `?1` a JSON array of `[id, owner, cursor]`:
+/// a primary-key lookup per element (a test checks the plan). The unary `+`
+/// keeps the planner off `jobs_state`, which it prefers on a young store
+/// and which would scan every running job for each element.
+pub const CHECKPOINT_JOBS: &str = "UPDATE jobs SET cursor = j.value ->> 2, attempts = 0, updated_at = ?2
+             FROM json_each(?1) AS j
+             WHERE jobs.id = j.value ->> 0 AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 1
+             RETURNING id";
+
+/// The step outcomes of a batch, `?1` a JSON array of objects: a
+/// primary-key lookup per element, as [`CHECKPOINT_JOBS`].
+pub const FINISH_JOBS: &str = "UPDATE jobs
+             SET state = j.value ->> 'state', cursor = j.value ->> 'cursor',
+                 next_run_at = j.value ->> 'next_run_at', attempts = j.value ->> 'attempts',
+                 polls = j.value ->> 'polls', last_error = j.value ->> 'last_error',
+                 result = j.value ->> 'result', finished_at = j.value ->> 'finished_at',
+                 updated_at = ?2, lease_owner = NULL, lease_until = NULL,
+                 hooks_state = CASE WHEN j.value ->> 'hooks' THEN 'pending' ELSE hooks_state END,
+                 hooks_next_at = CASE WHEN j.value ->> 'hooks' THEN ?2 ELSE hooks_next_at END,
+                 hooks_attempts = CASE WHEN j.value ->> 'hooks' THEN 0 ELSE hooks_attempts END
+             FROM json_each(?1) AS j
+             WHERE jobs.id = j.value ->> 'id' AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 'owner'
+             RETURNING *";
 
 /// SQLite-backed job store.
 #[derive(Clone)]
@@ -170,9 +195,13 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory");
+        // No ping before each use (sqlx's default): an embedded database's
+        // connection does not go stale, and the ping is one more round trip
+        // to SQLite's thread in front of every group commit.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
             .idle_timeout(None)
             .max_lifetime(None)
@@ -186,6 +215,7 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(0)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(options.clone().read_only(true))
             .await
@@ -906,8 +936,10 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
                 Err(_) => break,
             }
         }
-        crate::metrics::store_commit(batch.len());
-        match apply_batch(&pool, &batch).await {
+        let started = std::time::Instant::now();
+        let applied = apply_batch(&pool, &batch).await;
+        crate::metrics::store_commit(batch.len(), started.elapsed());
+        match applied {
             Ok(results) => {
                 for (pending, result) in batch.drain(..).zip(results) {
                     let _ = pending.reply.send(Ok(result));
@@ -938,144 +970,248 @@ async fn apply_batch(
     pool: &SqlitePool,
     batch: &[PendingWrite],
 ) -> Result<Vec<Written>, StoreError> {
+    let ops: Vec<&WriteOp> = batch.iter().map(|pending| &pending.op).collect();
     let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for pending in batch {
-        results.push(apply(&mut tx, &pending.op).await?);
-    }
+    let results = apply(&mut tx, &ops).await?;
     tx.commit().await?;
     Ok(results)
 }
 
 async fn apply_alone(pool: &SqlitePool, op: &WriteOp) -> Result<Written, StoreError> {
     let mut tx = pool.begin().await?;
-    let written = apply(&mut tx, op).await?;
+    let mut written = apply(&mut tx, &[op]).await?;
     tx.commit().await?;
-    Ok(written)
+    written
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("a write gave no answer".into()))
 }
 
-/// One write inside the batch's transaction.
-async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<Written, StoreError> {
-    match op {
-        WriteOp::Claim {
-            owner,
-            now,
-            lease_until,
-            limit,
-        } => {
-            // The sub-select walks `jobs_due` in order and stops after
-            // `limit` rows; the outer UPDATE touches only those.
-            let rows = sqlx::query(concat!(
-                "UPDATE jobs
-                 SET state = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3, steps = steps + 1
-                 WHERE id IN (",
-                due_jobs!(),
-                ") RETURNING *"
-            ))
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
-            .bind(i64::from(*limit))
-            .fetch_all(&mut *conn)
-            .await?;
-            let jobs = rows
-                .iter()
-                .map(job_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Written::Jobs(jobs))
+/// The writes of one batch inside its transaction, in a handful of
+/// statements whatever the batch's size: every statement is a round trip
+/// to SQLite's worker thread, so the new jobs of a batch go in as one
+/// `INSERT … SELECT FROM json_each(?)`, its checkpoints and step outcomes as
+/// one `UPDATE … FROM json_each(?)` each (a primary-key lookup per row; see
+/// the plan test), and all their events as one more insert. The
+/// compare-and-set per job is the same as one statement each: a row whose
+/// state or lease moved is simply not updated, and its caller gets
+/// [`Written::Nothing`]. Answers come back in the order of `ops`.
+async fn apply(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Written>, StoreError> {
+    let mut results: Vec<Option<Written>> = ops.iter().map(|_| None).collect();
+    let mut group = Group::default();
+    for (i, op) in ops.iter().enumerate() {
+        let id = match op {
+            WriteOp::Claim { .. } => None,
+            WriteOp::Insert { job, .. } => Some(job.id.as_str()),
+            WriteOp::Checkpoint { id, .. } | WriteOp::Finish { id, .. } => Some(id.as_str()),
+        };
+        // Writes take effect in the order they were queued where it can
+        // matter: a claim sees every write queued before it, and a job
+        // written twice in one batch gets its writes one after the other.
+        if id.is_none_or(|id| group.ids.contains(id)) {
+            group.flush(conn, &mut results).await?;
         }
-        WriteOp::Insert { job, params, hooks } => {
-            let row = sqlx::query(
+        match op {
+            WriteOp::Claim {
+                owner,
+                now,
+                lease_until,
+                limit,
+            } => results[i] = Some(claim(conn, owner, *now, *lease_until, *limit).await?),
+            WriteOp::Insert { job, params, hooks } => group.inserts.push((i, job, params, hooks)),
+            WriteOp::Checkpoint { id, owner, cursor } => {
+                group.checkpoints.push((i, id, owner, cursor));
+            }
+            WriteOp::Finish {
+                id,
+                owner,
+                transition,
+                result,
+            } => group.finishes.push((i, id, owner, transition, result)),
+        }
+        if let Some(id) = id {
+            group.ids.insert(id);
+        }
+    }
+    group.flush(conn, &mut results).await?;
+    results
+        .into_iter()
+        .map(|written| written.ok_or_else(|| StoreError::Corrupt("a write gave no answer".into())))
+        .collect()
+}
+
+/// Writes of a batch gathered to go in as one statement per kind.
+#[derive(Default)]
+struct Group<'a> {
+    inserts: Vec<(usize, &'a NewJob, &'a String, &'a Option<String>)>,
+    checkpoints: Vec<(usize, &'a String, &'a String, &'a String)>,
+    finishes: Vec<(
+        usize,
+        &'a String,
+        &'a String,
+        &'a Transition,
+        &'a Option<String>,
+    )>,
+    /// The jobs written in this group.
+    ids: HashSet<&'a str>,
+}
+
+impl Group<'_> {
+    /// Applies the gathered writes and answers them in `results`.
+    async fn flush(
+        &mut self,
+        conn: &mut SqliteConnection,
+        results: &mut [Option<Written>],
+    ) -> Result<(), StoreError> {
+        let inserts = std::mem::take(&mut self.inserts);
+        let checkpoints = std::mem::take(&mut self.checkpoints);
+        let finishes = std::mem::take(&mut self.finishes);
+        self.ids.clear();
+        let mut events = Vec::new();
+        if !inserts.is_empty() {
+            let rows: Vec<serde_json::Value> = inserts
+                .iter()
+                .map(|(_, job, params, hooks)| {
+                    serde_json::json!({
+                        "id": job.id, "name": job.name, "account": job.account,
+                        "provider": job.provider, "operation": job.operation,
+                        "params": params, "created_at": job.created_at,
+                        "deadline_at": job.deadline_at, "source": job.source,
+                        "sha256": job.request_sha256, "hooks": hooks,
+                    })
+                })
+                .collect();
+            // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the
+            // INSERT, not to a join.
+            let inserted = sqlx::query(
                 "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
                                    next_run_at, created_at, updated_at, deadline_at, source, request_sha256, hooks)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', '{}', ?7, ?7, ?7, ?8, ?9, ?10, ?11)
+                 SELECT j.value ->> 'id', j.value ->> 'name', j.value ->> 'account', j.value ->> 'provider',
+                        j.value ->> 'operation', j.value ->> 'params', 'queued', '{}',
+                        j.value ->> 'created_at', j.value ->> 'created_at', j.value ->> 'created_at',
+                        j.value ->> 'deadline_at', j.value ->> 'source', j.value ->> 'sha256', j.value ->> 'hooks'
+                 FROM json_each(?1) AS j WHERE true
                  ON CONFLICT (name) DO NOTHING
                  RETURNING *",
             )
-            .bind(&job.id)
-            .bind(&job.name)
-            .bind(&job.account)
-            .bind(&job.provider)
-            .bind(&job.operation)
-            .bind(params)
-            .bind(job.created_at)
-            .bind(job.deadline_at)
-            .bind(&job.source)
-            .bind(&job.request_sha256)
-            .bind(hooks.as_deref())
-            .fetch_optional(&mut *conn)
+            .bind(serde_json::Value::Array(rows).to_string())
+            .fetch_all(&mut *conn)
             .await?;
-            let Some(row) = row else {
-                return Ok(Written::Nothing);
-            };
-            insert_event(
-                conn,
-                &job.id,
-                job.created_at,
-                "accepted",
-                &format!("accepted from {}", job.source),
-            )
-            .await?;
-            Ok(Written::Job(Box::new(job_from_row(&row)?)))
+            let mut by_id = rows_by_id(&inserted)?;
+            for (i, job, _, _) in &inserts {
+                results[*i] = Some(match by_id.remove(job.id.as_str()) {
+                    Some(row) => {
+                        events.push(serde_json::json!([
+                            job.id,
+                            job.created_at,
+                            "accepted",
+                            format!("accepted from {}", job.source)
+                        ]));
+                        Written::Job(Box::new(row))
+                    }
+                    None => Written::Nothing,
+                });
+            }
         }
-        WriteOp::Checkpoint { id, owner, cursor } => {
-            let done = sqlx::query(
-                "UPDATE jobs SET cursor = ?3, attempts = 0, updated_at = ?4
-                 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+        if !checkpoints.is_empty() {
+            let rows: Vec<serde_json::Value> = checkpoints
+                .iter()
+                .map(|(_, id, owner, cursor)| serde_json::json!([id, owner, cursor]))
+                .collect();
+            let updated: Vec<String> = sqlx::query_scalar(CHECKPOINT_JOBS)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .bind(crate::job::now_ms())
+                .fetch_all(&mut *conn)
+                .await?;
+            let updated: HashSet<&str> = updated.iter().map(String::as_str).collect();
+            for (i, id, _, _) in &checkpoints {
+                // The caller needs no row back, only whether the lease held.
+                results[*i] = Some(if updated.contains(id.as_str()) {
+                    Written::Row
+                } else {
+                    Written::Nothing
+                });
+            }
+        }
+        if !finishes.is_empty() {
+            let now = crate::job::now_ms();
+            let rows: Vec<serde_json::Value> = finishes
+                .iter()
+                .map(|(_, id, owner, t, result)| {
+                    serde_json::json!({
+                        "id": id, "owner": owner, "state": t.state.as_str(),
+                        "cursor": t.cursor.to_string(), "next_run_at": t.next_run_at,
+                        "attempts": t.attempts, "polls": t.polls, "last_error": t.last_error,
+                        "result": result,
+                        "finished_at": t.state.is_finished().then_some(now),
+                        "hooks": i64::from(t.hooks_pending),
+                    })
+                })
+                .collect();
+            let updated = sqlx::query(FINISH_JOBS)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+            let mut by_id = rows_by_id(&updated)?;
+            for (i, id, _, t, _) in &finishes {
+                results[*i] = Some(match by_id.remove(id.as_str()) {
+                    Some(row) => {
+                        events.push(serde_json::json!([id, now, t.event.0, t.event.1]));
+                        Written::Job(Box::new(row))
+                    }
+                    None => Written::Nothing,
+                });
+            }
+        }
+        if !events.is_empty() {
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, kind, message)
+                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3
+                 FROM json_each(?1) AS j ORDER BY j.key",
             )
-            .bind(id)
-            .bind(owner)
-            .bind(cursor)
-            .bind(crate::job::now_ms())
+            .bind(serde_json::Value::Array(events).to_string())
             .execute(&mut *conn)
             .await?;
-            // The caller needs no row back, only whether the lease held.
-            Ok(if done.rows_affected() == 1 {
-                Written::Row
-            } else {
-                Written::Nothing
-            })
         }
-        WriteOp::Finish {
-            id,
-            owner,
-            transition: t,
-            result,
-        } => {
-            let now = crate::job::now_ms();
-            let finished_at = t.state.is_finished().then_some(now);
-            let row = sqlx::query(
-                "UPDATE jobs
-                 SET state = ?3, cursor = ?4, next_run_at = ?5, attempts = ?6, polls = ?7,
-                     last_error = ?8, result = ?9, finished_at = ?10, updated_at = ?11,
-                     lease_owner = NULL, lease_until = NULL,
-                     hooks_state = CASE WHEN ?12 THEN 'pending' ELSE hooks_state END,
-                     hooks_next_at = CASE WHEN ?12 THEN ?11 ELSE hooks_next_at END,
-                     hooks_attempts = CASE WHEN ?12 THEN 0 ELSE hooks_attempts END
-                 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2
-                 RETURNING *",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(t.state.as_str())
-            .bind(t.cursor.to_string())
-            .bind(t.next_run_at)
-            .bind(i64::from(t.attempts))
-            .bind(i64::from(t.polls))
-            .bind(t.last_error.as_deref())
-            .bind(result.as_deref())
-            .bind(finished_at)
-            .bind(now)
-            .bind(t.hooks_pending)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some(row) = row else {
-                return Ok(Written::Nothing);
-            };
-            insert_event(conn, id, now, &t.event.0, &t.event.1).await?;
-            Ok(Written::Job(Box::new(job_from_row(&row)?)))
-        }
+        Ok(())
     }
+}
+
+/// The jobs of `rows` by id.
+fn rows_by_id(rows: &[sqlx::sqlite::SqliteRow]) -> Result<HashMap<String, Job>, StoreError> {
+    rows.iter()
+        .map(|row| job_from_row(row).map(|job| (job.id.clone(), job)))
+        .collect()
+}
+
+/// Claims up to `limit` due jobs under a lease for `owner`.
+async fn claim(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+) -> Result<Written, StoreError> {
+    // The sub-select walks `jobs_due` in order and stops after `limit`
+    // rows; the outer UPDATE touches only those.
+    let rows = sqlx::query(concat!(
+        "UPDATE jobs
+         SET state = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3, steps = steps + 1
+         WHERE id IN (",
+        due_jobs!(),
+        ") RETURNING *"
+    ))
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let jobs = rows
+        .iter()
+        .map(job_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Written::Jobs(jobs))
 }
 
 async fn insert_event(
@@ -1130,5 +1266,146 @@ impl DaemonLock {
                 format!("cannot lock {}: {e}", path.display()),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::now_ms;
+
+    fn new_job(name: &str) -> NewJob {
+        let now = now_ms();
+        NewJob {
+            id: format!("id-{name}"),
+            name: name.into(),
+            account: "a".into(),
+            provider: "1c-fresh".into(),
+            operation: "o".into(),
+            params: serde_json::json!({}),
+            source: "api".into(),
+            request_sha256: "0".repeat(64),
+            created_at: now,
+            deadline_at: now + 3_600_000,
+            hooks: None,
+        }
+    }
+
+    fn insert(name: &str) -> WriteOp {
+        WriteOp::Insert {
+            job: Box::new(new_job(name)),
+            params: "{}".into(),
+            hooks: None,
+        }
+    }
+
+    fn claim() -> WriteOp {
+        let now = now_ms();
+        WriteOp::Claim {
+            owner: "o".into(),
+            now,
+            lease_until: now + 60_000,
+            limit: 10,
+        }
+    }
+
+    fn checkpoint(name: &str, cursor: &str) -> WriteOp {
+        WriteOp::Checkpoint {
+            id: format!("id-{name}"),
+            owner: "o".into(),
+            cursor: cursor.into(),
+        }
+    }
+
+    fn finish(name: &str, state: JobState) -> WriteOp {
+        WriteOp::Finish {
+            id: format!("id-{name}"),
+            owner: "o".into(),
+            transition: Box::new(Transition {
+                state,
+                cursor: serde_json::json!({"n": 1}),
+                next_run_at: now_ms(),
+                attempts: 0,
+                polls: 0,
+                last_error: None,
+                result: None,
+                event: ("poll".into(), "not ready".into()),
+                hooks_pending: false,
+            }),
+            result: None,
+        }
+    }
+
+    /// Applies `ops` as one batch and names what each got back.
+    async fn batch(store: &SqliteStore, ops: &[WriteOp]) -> Vec<String> {
+        let mut tx = store.pool().begin().await.unwrap();
+        let refs: Vec<&WriteOp> = ops.iter().collect();
+        let written = apply(&mut tx, &refs).await.unwrap();
+        tx.commit().await.unwrap();
+        written
+            .iter()
+            .map(|w| match w {
+                Written::Job(job) => format!("job {} {}", job.name, job.state),
+                Written::Jobs(jobs) => {
+                    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+                    format!("claimed {}", names.join(","))
+                }
+                Written::Row => "row".into(),
+                Written::Nothing => "nothing".into(),
+            })
+            .collect()
+    }
+
+    /// Grouping a batch's writes into a few statements keeps the order in
+    /// which they were queued wherever it can change an answer.
+    #[tokio::test]
+    async fn a_batch_answers_as_if_its_writes_ran_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        // A claim sees the jobs inserted before it in the same batch, and
+        // not those inserted after it.
+        let got = batch(&store, &[insert("a"), claim(), insert("b")]).await;
+        assert_eq!(got, ["job a queued", "claimed a", "job b queued"]);
+        // Two checkpoints of one job: both hold, the later cursor stays.
+        let got = batch(
+            &store,
+            &[checkpoint("a", "{\"c\":1}"), checkpoint("a", "{\"c\":2}")],
+        )
+        .await;
+        assert_eq!(got, ["row", "row"]);
+        let cursor: String = sqlx::query_scalar("SELECT cursor FROM jobs WHERE id = 'id-a'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(cursor, "{\"c\":2}");
+        // Two outcomes for one lease: the first ends it, the second finds
+        // the job no longer running, exactly as one at a time.
+        let got = batch(
+            &store,
+            &[
+                finish("a", JobState::Waiting),
+                finish("a", JobState::Failed),
+            ],
+        )
+        .await;
+        assert_eq!(got, ["job a waiting", "nothing"]);
+        let events: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM job_events WHERE job_id = 'id-a' AND kind = 'poll'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(events, 1, "only the outcome that held is in the history");
+        // The same name twice: the second insert is a duplicate.
+        let mut twin = new_job("c");
+        twin.id = "id-c2".into();
+        let second = WriteOp::Insert {
+            job: Box::new(twin),
+            params: "{}".into(),
+            hooks: None,
+        };
+        let got = batch(&store, &[insert("c"), second]).await;
+        assert_eq!(got, ["job c queued", "nothing"]);
     }
 }
