@@ -271,19 +271,35 @@ async fn start_housekeeping(
     Ok(scheduler)
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
+/// Resolves when SIGTERM or SIGINT arrives. The handlers are installed when
+/// this is called, not when the future is first polled, so a signal that
+/// arrives while the daemon is still starting stops it cleanly instead of
+/// killing it. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops docfetch");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            },
+            (Ok(mut term), Err(e)) => {
+                error!(error = %e, "cannot listen for SIGINT; only SIGTERM stops docfetch");
+                term.recv().await;
+                info!("SIGTERM received");
+            }
+            (Err(e), Ok(mut int)) => {
+                error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops docfetch");
+                int.recv().await;
+                info!("SIGINT received");
+            }
+            (Err(e), Err(_)) => {
+                // Never resolve: resolving would stop the daemon at once.
+                error!(error = %e, "cannot listen for SIGTERM or SIGINT; docfetch can only be killed");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
     }
 }

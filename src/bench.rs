@@ -258,20 +258,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
     // The daemon installs the Prometheus recorder; the in-process phases
     // read its histograms for a per-operation breakdown.
     let prometheus = crate::metrics::install();
-    for &phase in &opts.phases {
-        load.push((phase.name().to_string(), loadavg()));
-        eprintln!("== {} (load {})", phase.name(), loadavg());
-        match phase {
-            Phase::Store => store_phase(opts, &mut rows).await,
-            Phase::Throughput => throughput_phase(opts, &mut rows, prometheus.as_ref()).await,
-            Phase::Polling => polling_phase(opts, &mut rows, &mut notes).await,
-            Phase::Idle => idle_phase(opts, &mut rows, &mut notes).await,
-            Phase::Scale => scale_phase(opts, &mut rows, &mut notes).await,
-            Phase::Large => large_phase(opts, &mut rows, &mut notes).await,
-            Phase::Pg => pg_phase(opts, &mut rows, &mut notes, prometheus.as_ref()).await,
-        }
-        .with_context(|| format!("phase {}", phase.name()))?;
-    }
+    let measured = run_phases(opts, &mut rows, &mut notes, &mut load, prometheus.as_ref()).await;
+    // Whatever happened, the kept folders go now.
+    let spent = std::mem::take(&mut *lock(&SPENT));
+    drop(spent);
+    measured?;
     load.push(("end".into(), loadavg()));
     Ok(Report {
         machine,
@@ -282,6 +273,30 @@ pub async fn run(opts: &Options) -> Result<Report> {
         load,
         notes,
     })
+}
+
+async fn run_phases(
+    opts: &Options,
+    rows: &mut Rows,
+    notes: &mut Vec<String>,
+    load: &mut Vec<(String, String)>,
+    prometheus: Option<&metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<()> {
+    for &phase in &opts.phases {
+        load.push((phase.name().to_string(), loadavg()));
+        eprintln!("== {} (load {})", phase.name(), loadavg());
+        match phase {
+            Phase::Store => store_phase(opts, rows).await,
+            Phase::Throughput => throughput_phase(opts, rows, notes, prometheus).await,
+            Phase::Polling => polling_phase(opts, rows, notes).await,
+            Phase::Idle => idle_phase(opts, rows, notes).await,
+            Phase::Scale => scale_phase(opts, rows, notes).await,
+            Phase::Large => large_phase(opts, rows, notes).await,
+            Phase::Pg => pg_phase(opts, rows, notes, prometheus).await,
+        }
+        .with_context(|| format!("phase {}", phase.name()))?;
+    }
+    Ok(())
 }
 
 fn settings_of(opts: &Options) -> Vec<(String, String)> {
@@ -692,10 +707,14 @@ async fn baseline_fdatasync(path: &Path, n: usize) -> Result<f64> {
 async fn throughput_phase(
     opts: &Options,
     rows: &mut Rows,
+    notes: &mut Vec<String>,
     prometheus: Option<&metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<()> {
     let p = Phase::Throughput;
     let n = opts.jobs;
+    if !opts.smoke {
+        settle_disk(notes, p).await;
+    }
     for run in 1..=opts.runs {
         let dir = temp_dir(opts, "throughput")?;
         let (sim, settings) = fresh_workload(opts, dir.path(), opts.concurrency).await?;
@@ -723,6 +742,7 @@ async fn throughput_phase(
         let done = all_done(&store, n).await;
         close_store(&store).await;
         sim.stop().await;
+        keep_until_the_end(dir);
         let done = done?;
         let nf = n as f64;
         rows.add(
@@ -781,6 +801,24 @@ async fn throughput_phase(
                 "provider=\"1c-fresh\"",
             );
             rows.add(p, "claims per job (batched)", "claims", None, claims / nf);
+            let (commit_sum, commits) = delta("docfetch_store_commit_duration_seconds", "");
+            let writes = prometheus_value(&after, "docfetch_store_writes_total", "", "")
+                - prometheus_value(&before, "docfetch_store_writes_total", "", "");
+            rows.add(p, "group commits per job", "commits", None, commits / nf);
+            rows.add(
+                p,
+                "writes per group commit",
+                "writes",
+                None,
+                writes / commits.max(1.0),
+            );
+            rows.add(
+                p,
+                "group commit time, mean (statements + WAL fsync)",
+                "ms",
+                None,
+                1000.0 * commit_sum / commits.max(1.0),
+            );
             rows.add(
                 p,
                 "claim_due latency, mean (incl. waiting for the writer)",
@@ -2133,6 +2171,9 @@ async fn pg_phase(
         return Ok(());
     };
     let nf = opts.pg_jobs as f64;
+    if !opts.smoke {
+        settle_disk(notes, p).await;
+    }
     for run in 1..=opts.runs {
         let mut rates = Vec::with_capacity(PG_MAX_INSTANCES);
         for instances in 1..=PG_MAX_INSTANCES {
@@ -2272,6 +2313,7 @@ async fn pg_fleet_measure(
     let done = all_done(&store, n).await;
     let closed = store.close().await;
     sim.stop().await;
+    keep_until_the_end(dir);
     let done = done?;
     closed.context("cannot close the submitters' store")?;
     let claims = before
@@ -2614,6 +2656,33 @@ impl Daemon {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Folders of many small files, deleted only when the whole benchmark ends.
+///
+/// On ext4 without a journal (this machine's disk), creating a file scans
+/// past every recently deleted inode of its block group (the kernel's
+/// `recently_deleted`, for up to five minutes while the inode table is
+/// dirty). Deleting one run's tens of thousands of files just before the
+/// next run made that scan 40 % of the next run's CPU (perf), a cost of
+/// the benchmark's own clean-up rather than of the daemon.
+static SPENT: Mutex<Vec<tempfile::TempDir>> = Mutex::new(Vec::new());
+
+/// Keeps `dir` until [`run`] ends.
+fn keep_until_the_end(dir: tempfile::TempDir) {
+    lock(&SPENT).push(dir);
+}
+
+/// Lets ext4's recently-deleted window of earlier deletions (the previous
+/// phases', or the machine's) pass before a measured run creates files:
+/// `sync` makes their inode tables clean, after which the window is five
+/// seconds.
+async fn settle_disk(notes: &mut Vec<String>, phase: Phase) {
+    let synced = tokio::process::Command::new("sync").status().await;
+    if !synced.is_ok_and(|s| s.success()) {
+        notes.push(format!("{}: `sync` failed before the run", phase.name()));
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
 }
 
 fn temp_dir(opts: &Options, what: &str) -> Result<tempfile::TempDir> {

@@ -227,8 +227,9 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
         Command::Run => {
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
+            let stop_asked = crate::app::shutdown_signal();
             tokio::spawn(async move {
-                crate::app::shutdown_signal().await;
+                stop_asked.await;
                 signal.cancel();
             });
             crate::app::run_until_stopped(settings, shutdown, None).await?;

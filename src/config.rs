@@ -426,7 +426,7 @@ impl Settings {
                 ),
             ));
         }
-        let workers = raw.scheduler.workers.unwrap_or(16);
+        let workers = raw.scheduler.workers.unwrap_or(32);
         if !(1..=1024).contains(&workers) {
             return Err(ConfigError::invalid(
                 "scheduler.workers",
@@ -888,7 +888,7 @@ mod tests {
         let s = Settings::from_toml("", &Environment::default()).unwrap();
         assert_eq!(s.store.url, "sqlite://var/docfetch.db");
         assert_eq!(s.paths.requests, PathBuf::from("var/requests"));
-        assert_eq!(s.scheduler.workers, 16);
+        assert_eq!(s.scheduler.workers, 32);
         assert_eq!(s.scheduler.poll_initial, Duration::from_secs(2));
         assert_eq!(s.scheduler.poll_max, Duration::from_secs(600));
         assert_eq!(s.scheduler.max_attempts, 8);

@@ -60,6 +60,22 @@ pub enum Outcome {
     Abandoned(String),
 }
 
+/// How a job's provider calls ended: what is left to persist once the
+/// account's permit and slot are handed back.
+enum StepsEnd {
+    Wait {
+        cursor: serde_json::Value,
+        hint: Option<Duration>,
+        poll: bool,
+        note: String,
+    },
+    Done(JobResult),
+    Error(ProviderError),
+    Fail(String),
+    /// Nothing left to persist (the outcome is already decided).
+    Over(Outcome),
+}
+
 impl Scheduler {
     pub fn new(
         store: Store,
@@ -152,18 +168,11 @@ impl Scheduler {
             debug!(pause = %format_duration(pause), "account is pausing after a 429");
             return self.postpone(&job, pause).await;
         }
-        // At most `concurrency` steps per account. A short wait for a permit
-        // keeps the account busy without handing the job back and forth;
-        // past it, the job steps aside so other accounts' jobs get workers.
-        let permit =
-            match tokio::time::timeout(ACCOUNT_WAIT, account.limit.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                _ => {
-                    let delay = ACCOUNT_WAIT.mul_f64(1.0 + fastrand::f64());
-                    return self.postpone(&job, delay).await;
-                }
-            };
-        let _permit = permit;
+        // At most `concurrency` jobs per account talk to its service at once.
+        let Some(permit) = account_permit(&account).await else {
+            let delay = ACCOUNT_WAIT.mul_f64(1.0 + fastrand::f64());
+            return self.postpone(&job, delay).await;
+        };
         // The same limit and pause across every daemon sharing the store.
         match self
             .store
@@ -195,7 +204,11 @@ impl Scheduler {
             Err(e) => return self.abandoned(&job, e).await,
         }
         let (account_name, job_id) = (job.account.clone(), job.id.clone());
-        let outcome = self.run_steps(job, &account, stop).await;
+        let (job, end) = self.run_steps(job, &account, stop).await;
+        // The account's permit and slot cover the provider's calls, not what
+        // follows them: the commit, the receipt and their `fsync`s leave both
+        // to the account's next job.
+        drop(permit);
         if let Err(e) = self
             .store
             .release_account_slot(&account_name, &job_id, &self.owner)
@@ -204,16 +217,29 @@ impl Scheduler {
             // Harmless: a slot counts only while its job runs under our lease.
             debug!(error = %e, "cannot release the account slot; it lapses with the step");
         }
-        outcome
+        match end {
+            StepsEnd::Wait {
+                cursor,
+                hint,
+                poll,
+                note,
+            } => self.wait(&job, cursor, hint, poll, note).await,
+            StepsEnd::Done(result) => self.done(job, result).await,
+            StepsEnd::Error(e) => self.error(&job, e).await,
+            StepsEnd::Fail(message) => self.fail(&job, message).await,
+            StepsEnd::Over(outcome) => outcome,
+        }
     }
 
-    /// The steps of one claimed job, under its lease and its account's limit.
+    /// The provider calls of one claimed job, under its lease and its
+    /// account's permit, until one says to wait, finishes or fails. Returns
+    /// the job as the calls left it and what to persist.
     async fn run_steps(
         self: &Arc<Self>,
         mut job: Job,
         account: &Account,
         stop: CancellationToken,
-    ) -> Outcome {
+    ) -> (Job, StepsEnd) {
         // The lease is renewed in the background while the step runs; losing
         // it (a user cancelled the job) stops the step.
         let lease_lost = stop.child_token();
@@ -251,28 +277,34 @@ impl Scheduler {
                         "timed out: not finished within scheduler.deadline ({}) of being accepted",
                         format_duration(self.settings.scheduler.deadline)
                     );
-                    return self.fail(&job, message).await;
+                    return (job, StepsEnd::Fail(message));
                 }
                 _ = lease_lost.cancelled() => {
                     let why = if stop.is_cancelled() { "stopped by shutdown" } else { "lease lost (cancelled?)" };
                     info!("step interrupted: {why}");
-                    return Outcome::Abandoned(why.into());
+                    return (job, StepsEnd::Over(Outcome::Abandoned(why.into())));
                 }
             };
             match result {
                 Ok(Step::Continue(cursor)) if continues < MAX_CONTINUES => {
                     continues += 1;
                     if let Err(e) = self.store.checkpoint(&job.id, &self.owner, &cursor).await {
-                        return self.abandoned(&job, e).await;
+                        let outcome = self.abandoned(&job, e).await;
+                        return (job, StepsEnd::Over(outcome));
                     }
                     job.cursor = cursor;
                     job.attempts = 0;
                 }
-                Ok(Step::Continue(cursor)) => {
+                Ok(Step::Next(cursor)) if continues < MAX_CONTINUES => {
+                    continues += 1;
+                    job.cursor = cursor;
+                    job.attempts = 0;
+                }
+                Ok(Step::Continue(cursor) | Step::Next(cursor)) => {
                     let message = "the provider kept asking to continue without waiting; giving up"
                         .to_string();
                     job.cursor = cursor;
-                    return self.fail(&job, message).await;
+                    return (job, StepsEnd::Fail(message));
                 }
                 Ok(Step::Wait {
                     cursor,
@@ -280,13 +312,19 @@ impl Scheduler {
                     poll,
                     note,
                 }) => {
-                    return self.wait(&job, cursor, hint, poll, note).await;
+                    let end = StepsEnd::Wait {
+                        cursor,
+                        hint,
+                        poll,
+                        note,
+                    };
+                    return (job, end);
                 }
                 Ok(Step::Done { cursor, result }) => {
                     job.cursor = cursor;
-                    return self.done(job, result).await;
+                    return (job, StepsEnd::Done(result));
                 }
-                Err(e) => return self.error(&job, e).await,
+                Err(e) => return (job, StepsEnd::Error(e)),
             }
         }
     }
@@ -300,7 +338,13 @@ impl Scheduler {
         note: String,
     ) -> Outcome {
         let polls = job.polls + u32::from(poll);
-        let delay = self.policy.poll_delay(polls, hint, fastrand::f64());
+        let mut delay = self.policy.poll_delay(polls, hint, fastrand::f64());
+        if hint.is_some() {
+            // Run times are whole milliseconds (rounded down): one more keeps
+            // the next poll from landing a fraction of a millisecond before
+            // the provider's Retry-After or ETA is over.
+            delay += Duration::from_millis(1);
+        }
         let next = self.next_run(job, delay);
         debug!(polls, next_in = %format_duration(delay), "{note}");
         let t = Transition {
@@ -388,7 +432,11 @@ impl Scheduler {
             .policy
             .retry_delay(attempts, e.retry_after, fastrand::f64())
         {
-            Some(delay) => {
+            Some(mut delay) => {
+                if e.retry_after.is_some() {
+                    // As in `wait`: never a fraction of a millisecond early.
+                    delay += Duration::from_millis(1);
+                }
                 warn!(attempts, retry_in = %format_duration(delay), error = %e.message, "transient error, will retry");
                 let t = Transition {
                     state: JobState::Waiting,
@@ -644,6 +692,16 @@ impl Scheduler {
             ),
             Err(e) => error!(error = %e, "cannot release leases; they expire on their own"),
         }
+    }
+}
+
+/// A permit of `account`'s concurrency limit. A short wait keeps the account
+/// busy without handing the job back and forth; past it (`None`), the job
+/// steps aside so other accounts' jobs get the workers.
+async fn account_permit(account: &Account) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match tokio::time::timeout(ACCOUNT_WAIT, account.limit.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
     }
 }
 

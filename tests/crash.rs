@@ -535,7 +535,21 @@ async fn run(plan: Plan) -> Figures {
     }
     // Let the last drops land, then one daemon finishes everything.
     tokio::time::sleep(Duration::from_millis(plan.life_ms.1 + 100)).await;
+    let starts = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("docfetch is running")
+            .count()
+    };
+    let before = starts(&log);
     let mut daemon = Daemon::start(&config_path, &log, "docfetch=info");
+    // The earlier daemons may have finished every job already; the SIGTERM
+    // below is only a clean stop once this one is up.
+    wait_until(Duration::from_secs(30), "the last daemon to start", || {
+        let up = starts(&log) > before;
+        async move { up.then_some(()) }
+    })
+    .await;
     let names: BTreeSet<String> = submitted.iter().map(|s| s.name.clone()).collect();
     let total = names.len();
     let finished = wait_until(plan.finish_within, "every job to finish", || async {

@@ -172,6 +172,13 @@ async fn a_cut_download_is_retried_and_never_visible_under_its_final_name() {
     let job = app.step_once("cut").await;
     assert_eq!(job.state, JobState::Waiting);
     assert_eq!(job.attempts, 1, "{:?}", job.last_error);
+    // The ready answer was not committed on its own, but the failed
+    // download saved it: the retry fetches the file without polling again.
+    assert!(
+        job.cursor.get("file_id").is_some_and(|id| id.is_string()),
+        "{}",
+        job.cursor
+    );
     let dir = app.output("cut");
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())

@@ -358,7 +358,7 @@ async fn a_crash_between_starting_the_build_and_saving_it_adopts_the_running_bui
             timeout: app.settings.http.timeout,
         };
         let cursor = match account.provider.step(&ctx).await.expect("step") {
-            Step::Continue(cursor) | Step::Wait { cursor, .. } => cursor,
+            Step::Continue(cursor) | Step::Next(cursor) | Step::Wait { cursor, .. } => cursor,
             Step::Done { .. } => panic!("done before the build was even polled"),
         };
         if cursor.get("task-id").is_some() {
@@ -1045,7 +1045,7 @@ async fn a_crash_after_a_document_was_created_finds_it_again_after_the_restart()
             timeout: app.settings.http.timeout,
         };
         let cursor = match account.provider.step(&ctx).await.expect("step") {
-            Step::Continue(cursor) | Step::Wait { cursor, .. } => cursor,
+            Step::Continue(cursor) | Step::Next(cursor) | Step::Wait { cursor, .. } => cursor,
             Step::Done { .. } => panic!("done before the crash"),
         };
         if cursor.pointer("/documents/1/document-id").is_some() {

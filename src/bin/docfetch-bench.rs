@@ -43,7 +43,7 @@ struct Cli {
     #[arg(long)]
     jobs: Option<usize>,
     /// scheduler.workers of the in-process phases.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     workers: usize,
     /// Throughput: concurrency of the 1C account (the provider's default is 8).
     #[arg(long, default_value_t = 8)]

@@ -264,7 +264,9 @@ impl Fresh {
                 Answer::Ready { id, warning } => {
                     cursor.file_id = Some(id);
                     cursor.warnings.extend(warning);
-                    Ok(Step::Continue(to_value(&cursor)))
+                    // Another status look finds the file again: no commit
+                    // is needed before fetching it.
+                    Ok(Step::Next(to_value(&cursor)))
                 }
             };
         }

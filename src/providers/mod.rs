@@ -29,6 +29,12 @@ use crate::job::{Job, JobResult, SavedFile};
 pub enum Step {
     /// Progress was made; save the cursor and run the next step at once.
     Continue(serde_json::Value),
+    /// Progress was made that one more cheap, harmless request would find
+    /// again (a read, such as a status look that found the file ready):
+    /// run the next step at once without waiting for a commit. The cursor
+    /// is saved with whatever that step leads to, an error included, so a
+    /// retry starts from it; only a crash in between costs the request.
+    Next(serde_json::Value),
     /// Nothing to do until later: the service is still working (`poll` is
     /// true: it counts as a poll) or the job was just ordered.
     Wait {
