@@ -213,6 +213,7 @@ fn write_pieces(
     // `flush_behind`), so the final `fsync` has little left to write.
     let flushed = std::thread::scope(|scope| -> Result<(), DownloadError> {
         let mut flusher = None;
+        let mut no_flusher = false;
         let mut unflushed: u64 = 0;
         while let Some(piece) = pending.blocking_recv() {
             match piece {
@@ -221,13 +222,23 @@ fn write_pieces(
                     unflushed += chunk.len() as u64;
                     if unflushed >= FLUSH_BEHIND {
                         unflushed = 0;
-                        let (tick, _) = flusher.get_or_insert_with(|| {
+                        if flusher.is_none() && !no_flusher {
                             let (tick, ticks) = std::sync::mpsc::sync_channel::<()>(1);
                             let file = &flush_handle;
-                            (tick, scope.spawn(move || flush_behind(file, &ticks)))
-                        });
-                        // Full means a flush is already waiting to run.
-                        let _ = tick.try_send(());
+                            match std::thread::Builder::new()
+                                .name("docfetch-flush".into())
+                                .spawn_scoped(scope, move || flush_behind(file, &ticks))
+                            {
+                                Ok(flushing) => flusher = Some((tick, flushing)),
+                                // No thread to spare: the final `fsync` does
+                                // all the work, as it does for a small file.
+                                Err(_) => no_flusher = true,
+                            }
+                        }
+                        if let Some((tick, _)) = &flusher {
+                            // Full means a flush is already waiting to run.
+                            let _ = tick.try_send(());
+                        }
                     }
                 }
                 Piece::Commit => {
