@@ -338,13 +338,7 @@ impl Scheduler {
         note: String,
     ) -> Outcome {
         let polls = job.polls + u32::from(poll);
-        let mut delay = self.policy.poll_delay(polls, hint, fastrand::f64());
-        if hint.is_some() {
-            // Run times are whole milliseconds (rounded down): one more keeps
-            // the next poll from landing a fraction of a millisecond before
-            // the provider's Retry-After or ETA is over.
-            delay += Duration::from_millis(1);
-        }
+        let delay = self.policy.poll_delay(polls, hint, fastrand::f64());
         let next = self.next_run(job, delay);
         debug!(polls, next_in = %format_duration(delay), "{note}");
         let t = Transition {
@@ -432,11 +426,7 @@ impl Scheduler {
             .policy
             .retry_delay(attempts, e.retry_after, fastrand::f64())
         {
-            Some(mut delay) => {
-                if e.retry_after.is_some() {
-                    // As in `wait`: never a fraction of a millisecond early.
-                    delay += Duration::from_millis(1);
-                }
+            Some(delay) => {
                 warn!(attempts, retry_in = %format_duration(delay), error = %e.message, "transient error, will retry");
                 let t = Transition {
                     state: JobState::Waiting,
@@ -521,7 +511,13 @@ impl Scheduler {
     /// The next run time, never past the deadline (so a job that would
     /// sleep beyond it wakes up in time to fail as timed out).
     fn next_run(&self, job: &Job, delay: Duration) -> Millis {
-        (now_ms() + millis(delay)).min(job.deadline_at)
+        // Run times are whole milliseconds, rounded down, and so is the
+        // delay: one more keeps a poll from landing a fraction of a
+        // millisecond before a provider's Retry-After or ETA is over.
+        now_ms()
+            .saturating_add(millis(delay))
+            .saturating_add(1)
+            .min(job.deadline_at)
     }
 
     /// Persists a transition, retrying briefly when the store is busy.
