@@ -123,9 +123,6 @@ async fn grouped_updates_find_each_job_by_its_key() {
     ] {
         let explain = format!("EXPLAIN QUERY PLAN {statement}");
         let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
-            // Numbered as in a batch: `?2` checkpoints, `?3` outcomes, `?4` now.
-            .bind("[]")
-            .bind("[]")
             .bind("[]")
             .bind(0_i64)
             .fetch_all(sqlite.pool())
@@ -149,11 +146,6 @@ async fn due_jobs_are_claimed_in_due_order_through_the_index_without_sorting() {
     };
     let explain = format!("EXPLAIN QUERY PLAN {}", docfetch::store::sqlite::DUE_JOBS);
     let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
-        // Numbered as in a batch's claim: `?7` now, `?8` the limit.
-        .bind(None::<String>)
-        .bind(None::<String>)
-        .bind(None::<String>)
-        .bind(None::<i64>)
         .bind(None::<String>)
         .bind(None::<i64>)
         .bind(1_i64)

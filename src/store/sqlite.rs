@@ -26,18 +26,41 @@ use crate::job::{Job, JobEvent, JobState, Millis, NewJob};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Due jobs, oldest due first, at most `?8`, as of `?7` (numbered as in a
-/// batch's claim, see `claim_jobs!`). `INDEXED BY` pins
+/// Due jobs, oldest due first, at most `?4`, as of `?3`. `INDEXED BY` pins
 /// the partial index: without statistics SQLite may prefer another index
 /// and sort every pending row, which costs tens of milliseconds at 100k jobs.
 macro_rules! due_jobs {
     () => {
         "SELECT id FROM jobs INDEXED BY jobs_due
-         WHERE state IN ('queued', 'waiting') AND next_run_at <= ?7
-         ORDER BY next_run_at LIMIT ?8"
+         WHERE state IN ('queued', 'waiting') AND next_run_at <= ?3
+         ORDER BY next_run_at LIMIT ?4"
     };
 }
 pub const DUE_JOBS: &str = due_jobs!();
+
+/// The checkpoints of a batch, `?1` a JSON array of `[id, owner, cursor]`:
+/// a primary-key lookup per element (a test checks the plan). The unary `+`
+/// keeps the planner off `jobs_state`, which it prefers on a young store
+/// and which would scan every running job for each element.
+pub const CHECKPOINT_JOBS: &str = "UPDATE jobs SET cursor = j.value ->> 2, attempts = 0, updated_at = ?2
+             FROM json_each(?1) AS j
+             WHERE jobs.id = j.value ->> 0 AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 1
+             RETURNING id";
+
+/// The step outcomes of a batch, `?1` a JSON array of objects: a
+/// primary-key lookup per element, as [`CHECKPOINT_JOBS`].
+pub const FINISH_JOBS: &str = "UPDATE jobs
+             SET state = j.value ->> 'state', cursor = j.value ->> 'cursor',
+                 next_run_at = j.value ->> 'next_run_at', attempts = j.value ->> 'attempts',
+                 polls = j.value ->> 'polls', last_error = j.value ->> 'last_error',
+                 result = j.value ->> 'result', finished_at = j.value ->> 'finished_at',
+                 updated_at = ?2, lease_owner = NULL, lease_until = NULL,
+                 hooks_state = CASE WHEN j.value ->> 'hooks' THEN 'pending' ELSE hooks_state END,
+                 hooks_next_at = CASE WHEN j.value ->> 'hooks' THEN ?2 ELSE hooks_next_at END,
+                 hooks_attempts = CASE WHEN j.value ->> 'hooks' THEN 0 ELSE hooks_attempts END
+             FROM json_each(?1) AS j
+             WHERE jobs.id = j.value ->> 'id' AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 'owner'
+             RETURNING *";
 
 /// SQLite-backed job store.
 #[derive(Clone)]
@@ -182,11 +205,7 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(60))
             .idle_timeout(None)
             .max_lifetime(None)
-            // A batch's query answers up to a row per write plus a claim's
-            // jobs; room for all of them lets SQLite's thread finish the
-            // query without waiting for this side to read (sqlx's default
-            // is 50 rows).
-            .connect_with(options.clone().row_buffer_size(2 * MAX_BATCH))
+            .connect_with(options.clone())
             .await
             .map_err(|e| open_error(&path, e))?;
         if pending_migrations(&writer).await? {
@@ -884,17 +903,6 @@ enum WriteOp {
     },
 }
 
-impl WriteOp {
-    /// The job this write touches; `None` for a claim.
-    fn job_id(&self) -> Option<&str> {
-        match self {
-            WriteOp::Claim { .. } => None,
-            WriteOp::Insert { job, .. } => Some(job.id.as_str()),
-            WriteOp::Checkpoint { id, .. } | WriteOp::Finish { id, .. } => Some(id.as_str()),
-        }
-    }
-}
-
 /// What a write did: the row it wrote, or nothing (the name was taken, or
 /// the compare-and-set found the job moved).
 enum Written {
@@ -911,13 +919,13 @@ struct PendingWrite {
     reply: oneshot::Sender<Result<Written, StoreError>>,
 }
 
-/// Group commit. The hot writes (new jobs, checkpoints, step outcomes,
-/// claims) of every task go through this one loop: it takes whatever is
-/// queued, applies it in one transaction and commits once, so a burst of N
-/// transitions costs one WAL fsync instead of N. No write is answered
-/// before its commit is durable (`synchronous=FULL`), so the promises hold
-/// exactly as with one transaction each. Nothing waits on purpose: the
-/// batch is what queued up while the previous commit was being synced.
+/// Group commit. The hot writes (new jobs, checkpoints, step outcomes) of
+/// every task go through this one loop: it takes whatever is queued, applies
+/// it in one transaction and commits once, so a burst of N transitions costs
+/// one WAL fsync instead of N. No write is answered before its commit is
+/// durable (`synchronous=FULL`), so the promises hold exactly as with one
+/// transaction each. Nothing waits on purpose: the batch is what queued up
+/// while the previous commit was being synced.
 async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
@@ -929,8 +937,7 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
             }
         }
         let started = std::time::Instant::now();
-        let ops: Vec<&WriteOp> = batch.iter().map(|pending| &pending.op).collect();
-        let applied = apply_batch(&pool, &ops).await;
+        let applied = apply_batch(&pool, &batch).await;
         crate::metrics::store_commit(batch.len(), started.elapsed());
         match applied {
             Ok(results) => {
@@ -951,10 +958,7 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
             // that only the write at fault fails, with its own error.
             Err(_) => {
                 for pending in batch.drain(..) {
-                    let result = apply_batch(&pool, &[&pending.op]).await.and_then(|mut w| {
-                        w.pop()
-                            .ok_or_else(|| StoreError::Corrupt("a write gave no answer".into()))
-                    });
+                    let result = apply_alone(&pool, &pending.op).await;
                     let _ = pending.reply.send(result);
                 }
             }
@@ -962,318 +966,139 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
     }
 }
 
-/// Applies `ops` in one transaction and commits it; on any error the
-/// transaction is rolled back and nothing of it is kept.
-async fn apply_batch(pool: &SqlitePool, ops: &[&WriteOp]) -> Result<Vec<Written>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    match apply(&mut conn, ops).await {
-        Ok(results) => Ok(results),
-        Err(e) => {
-            // The transaction was opened by SQL text, so sqlx does not know
-            // of it: end it here, or the next batch would fail to begin.
-            // "No transaction is active" means SQLite already rolled it
-            // back; any other failure leaves the connection in doubt, and
-            // the pool opens a fresh one instead.
-            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await
-                && !rollback.to_string().contains("no transaction is active")
-            {
-                tracing::warn!(error = %rollback, "store: rollback failed; reopening the write connection");
-                conn.close_on_drop();
-            }
-            Err(e)
-        }
-    }
+async fn apply_batch(
+    pool: &SqlitePool,
+    batch: &[PendingWrite],
+) -> Result<Vec<Written>, StoreError> {
+    let ops: Vec<&WriteOp> = batch.iter().map(|pending| &pending.op).collect();
+    let mut tx = pool.begin().await?;
+    let results = apply(&mut tx, &ops).await?;
+    tx.commit().await?;
+    Ok(results)
 }
 
-/// A batch's writes in as few round trips to SQLite's worker thread as
-/// possible, since each costs more than the statements themselves: the
-/// batch is cut into segments, each one query of four statements (new
-/// jobs, checkpoints, step outcomes, a claim), every write kind passed as
-/// one JSON array and applied as `… FROM json_each(?)` (a primary-key
-/// lookup per element; see the plan test); the first segment opens the
-/// transaction, and one more query writes the history and commits. A
-/// segment ends after a claim and before a job it already writes, so a
-/// claim sees every write queued before it and none queued after, and a
-/// job written twice gets its writes one after the other. The
+async fn apply_alone(pool: &SqlitePool, op: &WriteOp) -> Result<Written, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut written = apply(&mut tx, &[op]).await?;
+    tx.commit().await?;
+    written
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("a write gave no answer".into()))
+}
+
+/// The writes of one batch inside its transaction, in a handful of
+/// statements whatever the batch's size: every statement is a round trip
+/// to SQLite's worker thread, so the new jobs of a batch go in as one
+/// `INSERT … SELECT FROM json_each(?)`, its checkpoints and step outcomes as
+/// one `UPDATE … FROM json_each(?)` each (a primary-key lookup per row; see
+/// the plan test), and all their events as one more insert. The
 /// compare-and-set per job is the same as one statement each: a row whose
 /// state or lease moved is simply not updated, and its caller gets
 /// [`Written::Nothing`]. Answers come back in the order of `ops`.
 async fn apply(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Written>, StoreError> {
     let mut results: Vec<Option<Written>> = ops.iter().map(|_| None).collect();
-    if ops.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut events = Vec::new();
-    let mut start = 0;
-    while start < ops.len() {
-        let end = segment_end(ops, start);
-        let segment = Segment {
-            ops: &ops[start..end],
-            first: start == 0,
+    let mut group = Group::default();
+    for (i, op) in ops.iter().enumerate() {
+        let id = match op {
+            WriteOp::Claim { .. } => None,
+            WriteOp::Insert { job, .. } => Some(job.id.as_str()),
+            WriteOp::Checkpoint { id, .. } | WriteOp::Finish { id, .. } => Some(id.as_str()),
         };
-        segment
-            .run(conn, &mut results[start..end], &mut events)
-            .await?;
-        start = end;
+        // Writes take effect in the order they were queued where it can
+        // matter: a claim sees every write queued before it, and a job
+        // written twice in one batch gets its writes one after the other.
+        if id.is_none_or(|id| group.ids.contains(id)) {
+            group.flush(conn, &mut results).await?;
+        }
+        match op {
+            WriteOp::Claim {
+                owner,
+                now,
+                lease_until,
+                limit,
+            } => results[i] = Some(claim(conn, owner, *now, *lease_until, *limit).await?),
+            WriteOp::Insert { job, params, hooks } => group.inserts.push((i, job, params, hooks)),
+            WriteOp::Checkpoint { id, owner, cursor } => {
+                group.checkpoints.push((i, id, owner, cursor));
+            }
+            WriteOp::Finish {
+                id,
+                owner,
+                transition,
+                result,
+            } => group.finishes.push((i, id, owner, transition, result)),
+        }
+        if let Some(id) = id {
+            group.ids.insert(id);
+        }
     }
-    sqlx::query(EVENTS_AND_COMMIT)
-        .bind(serde_json::Value::Array(events).to_string())
-        .execute(&mut *conn)
-        .await?;
+    group.flush(conn, &mut results).await?;
     results
         .into_iter()
         .map(|written| written.ok_or_else(|| StoreError::Corrupt("a write gave no answer".into())))
         .collect()
 }
 
-/// Where the segment that starts at `start` ends (exclusive).
-fn segment_end(ops: &[&WriteOp], start: usize) -> usize {
-    let mut ids = HashSet::new();
-    for (i, op) in ops.iter().enumerate().skip(start) {
-        match op.job_id() {
-            None => return i + 1,
-            Some(id) if !ids.insert(id) => return i,
-            Some(_) => {}
-        }
-    }
-    ops.len()
+/// Writes of a batch gathered to go in as one statement per kind.
+#[derive(Default)]
+struct Group<'a> {
+    inserts: Vec<(usize, &'a NewJob, &'a String, &'a Option<String>)>,
+    checkpoints: Vec<(usize, &'a String, &'a String, &'a String)>,
+    finishes: Vec<(
+        usize,
+        &'a String,
+        &'a String,
+        &'a Transition,
+        &'a Option<String>,
+    )>,
+    /// The jobs written in this group.
+    ids: HashSet<&'a str>,
 }
 
-/// New jobs as a JSON array of objects: `?1` of [`SEGMENT`], `RETURNING *`.
-macro_rules! insert_jobs {
-    // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the
-    // INSERT, not to a join.
-    () => {
-        "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
-                           next_run_at, created_at, updated_at, deadline_at, source, request_sha256, hooks)
-         SELECT j.value ->> 'id', j.value ->> 'name', j.value ->> 'account', j.value ->> 'provider',
-                j.value ->> 'operation', j.value ->> 'params', 'queued', '{}',
-                j.value ->> 'created_at', j.value ->> 'created_at', j.value ->> 'created_at',
-                j.value ->> 'deadline_at', j.value ->> 'source', j.value ->> 'sha256', j.value ->> 'hooks'
-         FROM json_each(?1) AS j WHERE true
-         ON CONFLICT (name) DO NOTHING
-         RETURNING *"
-    };
-}
-
-/// Checkpoints as a JSON array of `[id, owner, cursor]`: `?2`, at `?4`.
-/// The unary `+` keeps the planner off `jobs_state`, which it prefers on a
-/// young store and which would scan every running job for each element.
-macro_rules! checkpoint_jobs {
-    () => {
-        "UPDATE jobs SET cursor = j.value ->> 2, attempts = 0, updated_at = ?4
-         FROM json_each(?2) AS j
-         WHERE jobs.id = j.value ->> 0 AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 1
-         RETURNING id"
-    };
-}
-
-/// Step outcomes as a JSON array of objects: `?3`, at `?4`; a primary-key
-/// lookup per element, as [`CHECKPOINT_JOBS`].
-macro_rules! finish_jobs {
-    () => {
-        "UPDATE jobs
-         SET state = j.value ->> 'state', cursor = j.value ->> 'cursor',
-             next_run_at = j.value ->> 'next_run_at', attempts = j.value ->> 'attempts',
-             polls = j.value ->> 'polls', last_error = j.value ->> 'last_error',
-             result = j.value ->> 'result', finished_at = j.value ->> 'finished_at',
-             updated_at = ?4, lease_owner = NULL, lease_until = NULL,
-             hooks_state = CASE WHEN j.value ->> 'hooks' THEN 'pending' ELSE hooks_state END,
-             hooks_next_at = CASE WHEN j.value ->> 'hooks' THEN ?4 ELSE hooks_next_at END,
-             hooks_attempts = CASE WHEN j.value ->> 'hooks' THEN 0 ELSE hooks_attempts END
-         FROM json_each(?3) AS j
-         WHERE jobs.id = j.value ->> 'id' AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 'owner'
-         RETURNING *"
-    };
-}
-
-/// A claim: up to `?8` due jobs (none when `?8` is 0) leased to `?5` until
-/// `?6`, as of `?7`. The sub-select walks `jobs_due` in order and stops
-/// after the limit; the outer UPDATE touches only those rows.
-macro_rules! claim_jobs {
-    () => {
-        concat!(
-            "UPDATE jobs
-             SET state = 'running', lease_owner = ?5, lease_until = ?6, updated_at = ?7, steps = steps + 1
-             WHERE id IN (",
-            due_jobs!(),
-            ") RETURNING *"
-        )
-    };
-}
-
-pub const CHECKPOINT_JOBS: &str = checkpoint_jobs!();
-pub const FINISH_JOBS: &str = finish_jobs!();
-
-/// One segment of a batch: its four statements, in this order.
-macro_rules! segment {
-    () => {
-        concat!(
-            insert_jobs!(),
-            ";\n",
-            checkpoint_jobs!(),
-            ";\n",
-            finish_jobs!(),
-            ";\n",
-            claim_jobs!()
-        )
-    };
-}
-const SEGMENT: &str = segment!();
-/// The first segment of a batch opens its transaction. IMMEDIATE takes the
-/// write lock at once, so a busy database fails here, before any work.
-const FIRST_SEGMENT: &str = concat!("BEGIN IMMEDIATE;\n", segment!());
-/// The history of a batch (a JSON array of `[job_id, at, kind, message]`,
-/// in the order of its writes), then its commit.
-const EVENTS_AND_COMMIT: &str = "INSERT INTO job_events (job_id, at, kind, message)
-     SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3
-     FROM json_each(?1) AS j ORDER BY j.key;
-     COMMIT";
-
-/// Writes of a batch that go in as one query.
-struct Segment<'a> {
-    ops: &'a [&'a WriteOp],
-    /// Whether this segment opens the transaction.
-    first: bool,
-}
-
-/// The statements of a segment, in the order they answer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Statement {
-    Begin,
-    Insert,
-    Checkpoint,
-    Finish,
-    Claim,
-    Done,
-}
-
-impl Statement {
-    fn next(self) -> Statement {
-        match self {
-            Statement::Begin => Statement::Insert,
-            Statement::Insert => Statement::Checkpoint,
-            Statement::Checkpoint => Statement::Finish,
-            Statement::Finish => Statement::Claim,
-            Statement::Claim | Statement::Done => Statement::Done,
-        }
-    }
-}
-
-impl Segment<'_> {
-    /// Runs the segment and answers its writes in `results` (indexed like
-    /// `self.ops`); the history rows of what held go to `events`.
-    async fn run(
-        &self,
+impl Group<'_> {
+    /// Applies the gathered writes and answers them in `results`.
+    async fn flush(
+        &mut self,
         conn: &mut SqliteConnection,
         results: &mut [Option<Written>],
-        events: &mut Vec<serde_json::Value>,
     ) -> Result<(), StoreError> {
-        use futures_util::TryStreamExt as _;
-
-        let now = crate::job::now_ms();
-        let mut inserts = Vec::new();
-        let mut checkpoints = Vec::new();
-        let mut finishes = Vec::new();
-        let mut claim = (None::<&str>, 0, 0, 0_i64);
-        for op in self.ops {
-            match op {
-                WriteOp::Insert { job, params, hooks } => inserts.push(serde_json::json!({
-                    "id": job.id, "name": job.name, "account": job.account,
-                    "provider": job.provider, "operation": job.operation,
-                    "params": params, "created_at": job.created_at,
-                    "deadline_at": job.deadline_at, "source": job.source,
-                    "sha256": job.request_sha256, "hooks": hooks,
-                })),
-                WriteOp::Checkpoint { id, owner, cursor } => {
-                    checkpoints.push(serde_json::json!([id, owner, cursor]));
-                }
-                WriteOp::Finish {
-                    id,
-                    owner,
-                    transition: t,
-                    result,
-                } => finishes.push(serde_json::json!({
-                    "id": id, "owner": owner, "state": t.state.as_str(),
-                    "cursor": t.cursor.to_string(), "next_run_at": t.next_run_at,
-                    "attempts": t.attempts, "polls": t.polls, "last_error": t.last_error,
-                    "result": result,
-                    "finished_at": t.state.is_finished().then_some(now),
-                    "hooks": i64::from(t.hooks_pending),
-                })),
-                WriteOp::Claim {
-                    owner,
-                    now,
-                    lease_until,
-                    limit,
-                } => claim = (Some(owner.as_str()), *lease_until, *now, i64::from(*limit)),
-            }
-        }
-        let (sql, mut statement) = if self.first {
-            (FIRST_SEGMENT, Statement::Begin)
-        } else {
-            (SEGMENT, Statement::Insert)
-        };
-        let mut inserted = HashMap::new();
-        let mut checkpointed = HashSet::new();
-        let mut finished = HashMap::new();
-        let mut claimed = Vec::new();
-        {
-            // One query of several statements: sqlx marks this use of a
-            // single query deprecated, but its SQLite driver runs each
-            // statement in turn, binds `?N` across them by number and ends
-            // each with a result, which this code checks (`Statement::Done`
-            // below), so a change in that behaviour fails loudly here and
-            // in the tests, never silently.
-            #[allow(deprecated)]
-            let mut answers = sqlx::query(sql)
-                .bind(serde_json::Value::Array(inserts).to_string())
-                .bind(serde_json::Value::Array(checkpoints).to_string())
-                .bind(serde_json::Value::Array(finishes).to_string())
-                .bind(now)
-                .bind(claim.0)
-                .bind(claim.1)
-                .bind(claim.2)
-                .bind(claim.3)
-                .fetch_many(&mut *conn);
-            while let Some(answer) = answers.try_next().await? {
-                let row = match answer {
-                    sqlx::Either::Left(_) => {
-                        statement = statement.next();
-                        continue;
-                    }
-                    sqlx::Either::Right(row) => row,
-                };
-                match statement {
-                    Statement::Insert => {
-                        let job = job_from_row(&row)?;
-                        inserted.insert(job.id.clone(), job);
-                    }
-                    Statement::Checkpoint => {
-                        checkpointed.insert(row.try_get::<String, _>(0)?);
-                    }
-                    Statement::Finish => {
-                        let job = job_from_row(&row)?;
-                        finished.insert(job.id.clone(), job);
-                    }
-                    Statement::Claim => claimed.push(job_from_row(&row)?),
-                    Statement::Begin | Statement::Done => {
-                        return Err(StoreError::Corrupt(
-                            "a row from a statement that returns none".into(),
-                        ));
-                    }
-                }
-            }
-        }
-        if statement != Statement::Done {
-            return Err(StoreError::Corrupt(
-                "a batch query ended before all its statements ran".into(),
-            ));
-        }
-        let mut claimed = Some(claimed);
-        for (op, result) in self.ops.iter().zip(results.iter_mut()) {
-            *result = Some(match op {
-                WriteOp::Insert { job, .. } => match inserted.remove(&job.id) {
+        let inserts = std::mem::take(&mut self.inserts);
+        let checkpoints = std::mem::take(&mut self.checkpoints);
+        let finishes = std::mem::take(&mut self.finishes);
+        self.ids.clear();
+        let mut events = Vec::new();
+        if !inserts.is_empty() {
+            let rows: Vec<serde_json::Value> = inserts
+                .iter()
+                .map(|(_, job, params, hooks)| {
+                    serde_json::json!({
+                        "id": job.id, "name": job.name, "account": job.account,
+                        "provider": job.provider, "operation": job.operation,
+                        "params": params, "created_at": job.created_at,
+                        "deadline_at": job.deadline_at, "source": job.source,
+                        "sha256": job.request_sha256, "hooks": hooks,
+                    })
+                })
+                .collect();
+            // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the
+            // INSERT, not to a join.
+            let inserted = sqlx::query(
+                "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
+                                   next_run_at, created_at, updated_at, deadline_at, source, request_sha256, hooks)
+                 SELECT j.value ->> 'id', j.value ->> 'name', j.value ->> 'account', j.value ->> 'provider',
+                        j.value ->> 'operation', j.value ->> 'params', 'queued', '{}',
+                        j.value ->> 'created_at', j.value ->> 'created_at', j.value ->> 'created_at',
+                        j.value ->> 'deadline_at', j.value ->> 'source', j.value ->> 'sha256', j.value ->> 'hooks'
+                 FROM json_each(?1) AS j WHERE true
+                 ON CONFLICT (name) DO NOTHING
+                 RETURNING *",
+            )
+            .bind(serde_json::Value::Array(rows).to_string())
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut by_id = rows_by_id(&inserted)?;
+            for (i, job, _, _) in &inserts {
+                results[*i] = Some(match by_id.remove(job.id.as_str()) {
                     Some(row) => {
                         events.push(serde_json::json!([
                             job.id,
@@ -1284,32 +1109,109 @@ impl Segment<'_> {
                         Written::Job(Box::new(row))
                     }
                     None => Written::Nothing,
-                },
+                });
+            }
+        }
+        if !checkpoints.is_empty() {
+            let rows: Vec<serde_json::Value> = checkpoints
+                .iter()
+                .map(|(_, id, owner, cursor)| serde_json::json!([id, owner, cursor]))
+                .collect();
+            let updated: Vec<String> = sqlx::query_scalar(CHECKPOINT_JOBS)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .bind(crate::job::now_ms())
+                .fetch_all(&mut *conn)
+                .await?;
+            let updated: HashSet<&str> = updated.iter().map(String::as_str).collect();
+            for (i, id, _, _) in &checkpoints {
                 // The caller needs no row back, only whether the lease held.
-                WriteOp::Checkpoint { id, .. } => {
-                    if checkpointed.contains(id) {
-                        Written::Row
-                    } else {
-                        Written::Nothing
-                    }
-                }
-                WriteOp::Finish { id, transition, .. } => match finished.remove(id) {
+                results[*i] = Some(if updated.contains(id.as_str()) {
+                    Written::Row
+                } else {
+                    Written::Nothing
+                });
+            }
+        }
+        if !finishes.is_empty() {
+            let now = crate::job::now_ms();
+            let rows: Vec<serde_json::Value> = finishes
+                .iter()
+                .map(|(_, id, owner, t, result)| {
+                    serde_json::json!({
+                        "id": id, "owner": owner, "state": t.state.as_str(),
+                        "cursor": t.cursor.to_string(), "next_run_at": t.next_run_at,
+                        "attempts": t.attempts, "polls": t.polls, "last_error": t.last_error,
+                        "result": result,
+                        "finished_at": t.state.is_finished().then_some(now),
+                        "hooks": i64::from(t.hooks_pending),
+                    })
+                })
+                .collect();
+            let updated = sqlx::query(FINISH_JOBS)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+            let mut by_id = rows_by_id(&updated)?;
+            for (i, id, _, t, _) in &finishes {
+                results[*i] = Some(match by_id.remove(id.as_str()) {
                     Some(row) => {
-                        events.push(serde_json::json!([
-                            id,
-                            now,
-                            transition.event.0,
-                            transition.event.1
-                        ]));
+                        events.push(serde_json::json!([id, now, t.event.0, t.event.1]));
                         Written::Job(Box::new(row))
                     }
                     None => Written::Nothing,
-                },
-                WriteOp::Claim { .. } => Written::Jobs(claimed.take().unwrap_or_default()),
-            });
+                });
+            }
+        }
+        if !events.is_empty() {
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, kind, message)
+                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3
+                 FROM json_each(?1) AS j ORDER BY j.key",
+            )
+            .bind(serde_json::Value::Array(events).to_string())
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }
+}
+
+/// The jobs of `rows` by id.
+fn rows_by_id(rows: &[sqlx::sqlite::SqliteRow]) -> Result<HashMap<String, Job>, StoreError> {
+    rows.iter()
+        .map(|row| job_from_row(row).map(|job| (job.id.clone(), job)))
+        .collect()
+}
+
+/// Claims up to `limit` due jobs under a lease for `owner`.
+async fn claim(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+) -> Result<Written, StoreError> {
+    // The sub-select walks `jobs_due` in order and stops after `limit`
+    // rows; the outer UPDATE touches only those.
+    let rows = sqlx::query(concat!(
+        "UPDATE jobs
+         SET state = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3, steps = steps + 1
+         WHERE id IN (",
+        due_jobs!(),
+        ") RETURNING *"
+    ))
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let jobs = rows
+        .iter()
+        .map(job_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Written::Jobs(jobs))
 }
 
 async fn insert_event(
@@ -1436,8 +1338,10 @@ mod tests {
 
     /// Applies `ops` as one batch and names what each got back.
     async fn batch(store: &SqliteStore, ops: &[WriteOp]) -> Vec<String> {
+        let mut tx = store.pool().begin().await.unwrap();
         let refs: Vec<&WriteOp> = ops.iter().collect();
-        let written = apply_batch(store.pool(), &refs).await.unwrap();
+        let written = apply(&mut tx, &refs).await.unwrap();
+        tx.commit().await.unwrap();
         written
             .iter()
             .map(|w| match w {
@@ -1506,8 +1410,7 @@ mod tests {
     }
 
     /// A batch that fails part-way (here a new job whose id is taken)
-    /// keeps none of its writes, and the transaction it opened is ended, so
-    /// the next batch begins and commits as usual.
+    /// keeps none of its writes, and the next batch commits as usual.
     #[tokio::test]
     async fn a_failed_batch_keeps_nothing_and_the_next_batch_commits() {
         let dir = tempfile::tempdir().unwrap();
@@ -1523,7 +1426,9 @@ mod tests {
         };
         let ops = [finish("a", JobState::Done), insert("c"), clash, claim()];
         let refs: Vec<&WriteOp> = ops.iter().collect();
-        assert!(apply_batch(store.pool(), &refs).await.is_err());
+        let mut tx = store.pool().begin().await.unwrap();
+        assert!(apply(&mut tx, &refs).await.is_err());
+        drop(tx);
         let names: Vec<String> = sqlx::query_scalar("SELECT name FROM jobs ORDER BY name")
             .fetch_all(store.pool())
             .await
