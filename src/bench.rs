@@ -2661,10 +2661,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Folders of many small files, deleted only when the whole benchmark ends.
 ///
 /// On ext4 without a journal (this machine's disk), creating a file scans
-/// past every recently deleted inode of its block group (the kernel's
-/// `recently_deleted`, for up to five minutes while the inode table is
-/// dirty). Deleting one run's tens of thousands of files just before the
-/// next run made that scan 40 % of the next run's CPU (perf), a cost of
+/// past every inode of its block group deleted in the last 60 seconds (the
+/// kernel's `recently_deleted`; 360 while the inode table is not yet
+/// written back). Deleting one run's tens of thousands of files just before
+/// the next run made that scan 40 % of the next run's CPU (perf), a cost of
 /// the benchmark's own clean-up rather than of the daemon.
 static SPENT: Mutex<Vec<tempfile::TempDir>> = Mutex::new(Vec::new());
 
@@ -2673,16 +2673,24 @@ fn keep_until_the_end(dir: tempfile::TempDir) {
     lock(&SPENT).push(dir);
 }
 
+/// How long ext4 without a journal avoids reusing a deleted inode once its
+/// inode table is written back (`RECENTCY_MIN` in the kernel's
+/// `fs/ext4/ialloc.c`: 60 s in kernels since 2020, 5 s before), plus a
+/// second.
+const RECENTLY_DELETED: Duration = Duration::from_secs(61);
+
 /// Lets ext4's recently-deleted window of earlier deletions (the previous
-/// phases', or the machine's) pass before a measured run creates files:
-/// `sync` makes their inode tables clean, after which the window is five
-/// seconds.
+/// phases', an earlier benchmark's clean-up, or the machine's) pass before
+/// a measured run creates files: `sync` writes the inode tables back, after
+/// which the window is [`RECENTLY_DELETED`]. Without it a run started soon
+/// after an earlier benchmark ended measured 600-750 jobs/s instead of
+/// 1,100 (perf: a third of the machine in `recently_deleted`).
 async fn settle_disk(notes: &mut Vec<String>, phase: Phase) {
     let synced = tokio::process::Command::new("sync").status().await;
     if !synced.is_ok_and(|s| s.success()) {
         notes.push(format!("{}: `sync` failed before the run", phase.name()));
     }
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(RECENTLY_DELETED).await;
 }
 
 fn temp_dir(opts: &Options, what: &str) -> Result<tempfile::TempDir> {
