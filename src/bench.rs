@@ -2682,9 +2682,12 @@ const RECENTLY_DELETED: Duration = Duration::from_secs(61);
 /// Lets ext4's recently-deleted window of earlier deletions (the previous
 /// phases', an earlier benchmark's clean-up, or the machine's) pass before
 /// a measured run creates files: `sync` writes the inode tables back, after
-/// which the window is [`RECENTLY_DELETED`]. Without it a run started soon
-/// after an earlier benchmark ended measured 600-750 jobs/s instead of
-/// 1,100 (perf: a third of the machine in `recently_deleted`).
+/// which the window is [`RECENTLY_DELETED`]. Only partly: once the run's
+/// new files dirty an inode table block again, the kernel stretches the
+/// window of that block's deleted inodes to six minutes, so BENCHMARKS.md
+/// asks for six quiet minutes before a run. A run started right after an
+/// earlier benchmark ended measured 675-745 jobs/s, 940 after this pause,
+/// and 1,100 after a quiet quarter of an hour.
 async fn settle_disk(notes: &mut Vec<String>, phase: Phase) {
     let synced = tokio::process::Command::new("sync").status().await;
     if !synced.is_ok_and(|s| s.success()) {
