@@ -258,7 +258,13 @@ pub async fn run(opts: &Options) -> Result<Report> {
     // The daemon installs the Prometheus recorder; the in-process phases
     // read its histograms for a per-operation breakdown.
     let prometheus = crate::metrics::install();
-    let measured = run_phases(opts, &mut rows, &mut notes, &mut load, prometheus.as_ref()).await;
+    // Ctrl-C or SIGTERM drops the phase in progress (its folders, stores
+    // and child daemons with it), so an interrupted benchmark leaves
+    // nothing behind either.
+    let measured = tokio::select! {
+        measured = run_phases(opts, &mut rows, &mut notes, &mut load, prometheus.as_ref()) => measured,
+        signal = interrupted() => Err(anyhow!("interrupted by {signal}; nothing measured is kept")),
+    };
     // Whatever happened, the kept folders go now.
     let spent = std::mem::take(&mut *lock(&SPENT));
     drop(spent);
@@ -2653,6 +2659,28 @@ impl Daemon {
 
 // ---------------------------------------------------------------------------
 // Helpers.
+
+/// Waits for Ctrl-C or SIGTERM and names it. A signal that cannot be
+/// listened for is never reported (the benchmark then runs to its end).
+async fn interrupted() -> &'static str {
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = int => "SIGINT",
+        () = term => "SIGTERM",
+    }
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
