@@ -1292,8 +1292,15 @@ mod tests {
     }
 
     fn insert(name: &str) -> WriteOp {
+        insert_as(name, &format!("id-{name}"))
+    }
+
+    /// A new job named `name` whose id is `id` (to clash with another's).
+    fn insert_as(name: &str, id: &str) -> WriteOp {
+        let mut job = new_job(name);
+        job.id = id.into();
         WriteOp::Insert {
-            job: Box::new(new_job(name)),
+            job: Box::new(job),
             params: "{}".into(),
             hooks: None,
         }
@@ -1336,6 +1343,14 @@ mod tests {
         }
     }
 
+    /// A new store in a temporary folder (kept as long as the guard lives).
+    async fn fresh_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        (dir, store)
+    }
+
     /// Applies `ops` as one batch and names what each got back.
     async fn batch(store: &SqliteStore, ops: &[WriteOp]) -> Vec<String> {
         let mut tx = store.pool().begin().await.unwrap();
@@ -1360,9 +1375,7 @@ mod tests {
     /// which they were queued wherever it can change an answer.
     #[tokio::test]
     async fn a_batch_answers_as_if_its_writes_ran_one_by_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
+        let (_dir, store) = fresh_store().await;
         // A claim sees the jobs inserted before it in the same batch, and
         // not those inserted after it.
         let got = batch(&store, &[insert("a"), claim(), insert("b")]).await;
@@ -1398,14 +1411,7 @@ mod tests {
         .unwrap();
         assert_eq!(events, 1, "only the outcome that held is in the history");
         // The same name twice: the second insert is a duplicate.
-        let mut twin = new_job("c");
-        twin.id = "id-c2".into();
-        let second = WriteOp::Insert {
-            job: Box::new(twin),
-            params: "{}".into(),
-            hooks: None,
-        };
-        let got = batch(&store, &[insert("c"), second]).await;
+        let got = batch(&store, &[insert("c"), insert_as("c", "id-c2")]).await;
         assert_eq!(got, ["job c queued", "nothing"]);
     }
 
@@ -1413,17 +1419,9 @@ mod tests {
     /// keeps none of its writes, and the next batch commits as usual.
     #[tokio::test]
     async fn a_failed_batch_keeps_nothing_and_the_next_batch_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
+        let (_dir, store) = fresh_store().await;
         assert_eq!(batch(&store, &[insert("a")]).await, ["job a queued"]);
-        let mut clash = new_job("b");
-        clash.id = "id-a".into();
-        let clash = WriteOp::Insert {
-            job: Box::new(clash),
-            params: "{}".into(),
-            hooks: None,
-        };
+        let clash = insert_as("b", "id-a");
         let ops = [finish("a", JobState::Done), insert("c"), clash, claim()];
         let refs: Vec<&WriteOp> = ops.iter().collect();
         let mut tx = store.pool().begin().await.unwrap();
