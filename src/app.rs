@@ -31,6 +31,8 @@ pub enum AppError {
     Housekeeping(String),
     #[error(transparent)]
     Listen(#[from] crate::api::ListenError),
+    #[error("{0} (api.token_file)")]
+    ApiToken(#[from] crate::api::token::TokenError),
 }
 
 /// A unique id for this daemon process, used as its lease owner.
@@ -88,7 +90,14 @@ pub async fn run_until_stopped(
         settings.clone(),
         owner.clone(),
     ));
-    // Bind the API before announcing readiness: a taken port is a start-up error.
+    // Bind the API before announcing readiness: a taken port is a start-up
+    // error. Its token is made (or read) first, so no call is ever served
+    // without one.
+    let api_token = if settings.api.listen == crate::config::ApiListen::Disabled {
+        None
+    } else {
+        crate::api::token::resolve(&settings.api.auth)?
+    };
     let api = crate::api::bind(&settings.api.listen).await?;
 
     let inbox = Inbox::new(store.clone(), settings.clone());
@@ -136,14 +145,15 @@ pub async fn run_until_stopped(
     let schedules = crate::schedule::Schedules::load(store.clone(), settings.clone());
     let api_task = api.map(|bound| {
         info!(listen = %bound.describe(), "API listening");
-        let router = crate::api::router(Arc::new(crate::api::ApiState {
+        let state = Arc::new(crate::api::ApiState {
             store: store.clone(),
             settings: settings.clone(),
             providers,
             http,
             metrics,
-        }));
-        tokio::spawn(crate::api::serve(bound, router, shutdown.clone()))
+            token: api_token,
+        });
+        tokio::spawn(crate::api::serve(bound, state, shutdown.clone()))
     });
 
     info!(

@@ -1,5 +1,5 @@
 //! The command line: `docfetch run | submit | jobs | show | cancel | retry |
-//! check-config | sim | demo`. Parsing is clap's; each command is a function
+//! check-config | api-token | sim | demo`. Parsing is clap's; each command is a function
 //! that returns how it ended, and `main` turns that into an exit code
 //! (0 success, 1 failure, 2 usage or config error).
 
@@ -98,6 +98,13 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout: `docfetch man > docfetch.1`.
     Man,
+    /// Print the API's bearer token (made by `docfetch run` at first start),
+    /// for `curl -H "Authorization: Bearer $(docfetch api-token)" …`.
+    ApiToken {
+        /// Print where the token is kept instead of the token.
+        #[arg(long)]
+        path: bool,
+    },
     /// Ask the running daemon's API whether it is alive (for Docker's HEALTHCHECK).
     Health {
         /// Also require readiness (store reachable, requests directory writable).
@@ -298,6 +305,7 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Health { ready } => health(&settings, ready).await,
+        Command::ApiToken { path } => api_token(&settings, path),
         Command::Migrate => {
             Store::open(&settings.store.url).await?;
             println!(
@@ -465,6 +473,29 @@ async fn health(settings: &Settings, ready: bool) -> Result<u8, CliError> {
     }
 }
 
+/// `docfetch api-token [--path]`: the token from the same config the daemon
+/// reads, so nothing has to be copied by hand. It is read, never made: made
+/// by another user, the daemon could not read it.
+fn api_token(settings: &Settings, path: bool) -> Result<u8, CliError> {
+    let Some(at) = settings.api.auth.token_path() else {
+        return Err(CliError::Usage(
+            "api.auth = \"none\": the API takes no token (on its unix socket, the socket's mode decides who may connect)".into(),
+        ));
+    };
+    if path {
+        println!("{}", at.display());
+        return Ok(0);
+    }
+    match crate::api::token::read(&settings.api.auth) {
+        Ok(Some(token)) => {
+            println!("{}", token.expose());
+            Ok(0)
+        }
+        Ok(None) => Ok(0),
+        Err(e) => Err(CliError::Failed(e.to_string())),
+    }
+}
+
 fn transition_error(e: StoreError) -> CliError {
     match e {
         StoreError::Conflict { detail, .. } => CliError::Failed(detail),
@@ -490,6 +521,33 @@ fn check_config(settings: &Settings) {
         format_duration(s.deadline),
         s.max_file_size
     );
+    match (&settings.api.listen, &settings.api.auth) {
+        (crate::config::ApiListen::Disabled, _) => println!("api:       off"),
+        (listen, crate::config::ApiAuth::None) => {
+            println!("api:       {listen}, no token (api.auth = \"none\", socket mode 0660)")
+        }
+        (listen, crate::config::ApiAuth::Token { path, .. }) => {
+            println!("api:       {listen}, token from {}", path.display())
+        }
+        (listen, crate::config::ApiAuth::Generated(path)) => println!(
+            "api:       {listen}, token in {}{}",
+            path.display(),
+            if path.exists() {
+                ""
+            } else {
+                " (made when the daemon first starts)"
+            }
+        ),
+    }
+    if !settings.hooks.named.is_empty() {
+        let names: Vec<&str> = settings.hooks.named.keys().map(String::as_str).collect();
+        println!("hooks:     {}", names.join(", "));
+    }
+    if settings.hooks.allow_request_commands {
+        println!(
+            "warning:   hooks.allow_request_commands = true: anyone who can submit a request can run commands as docfetch"
+        );
+    }
     if settings.accounts.is_empty() {
         println!(
             "accounts:  none (add [accounts.NAME] sections; see config/docfetch.example.toml)"

@@ -140,7 +140,7 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-/// How completion hooks run.
+/// How completion hooks run, and the hooks the operator defined.
 #[derive(Debug, Clone)]
 pub struct HooksSettings {
     /// A hook still running after this is killed (and counts as failed).
@@ -149,6 +149,25 @@ pub struct HooksSettings {
     pub max_attempts: u32,
     /// First wait before running a failed hook again; doubles each time.
     pub retry_initial: Duration,
+    /// `hooks.allow_request_commands`: requests may carry their own argv and
+    /// webhook URL. Off by default: it hands command execution to whoever
+    /// can submit a request.
+    pub allow_request_commands: bool,
+    /// `[hooks.NAME]` tables: the only commands and URLs a request can ask for, by name.
+    pub named: BTreeMap<String, NamedHook>,
+}
+
+/// One `[hooks.NAME]`: a command, a webhook, or both, run in that order.
+#[derive(Debug, Clone)]
+pub struct NamedHook {
+    /// An argv list run without a shell (the receipt's path is appended).
+    pub command: Option<Vec<String>>,
+    /// A URL that receives `job.json` by POST, signed with `secret`.
+    pub url: Option<String>,
+    /// The webhook's HMAC key (required with `url`).
+    pub secret: Option<Secret>,
+    /// Overrides `hooks.timeout` for this hook.
+    pub timeout: Option<Duration>,
 }
 
 /// What retention prunes, by age since the job finished.
@@ -181,11 +200,72 @@ pub enum ApiListen {
     Unix(PathBuf),
 }
 
+impl fmt::Display for ApiListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiListen::Disabled => f.write_str("off"),
+            ApiListen::Tcp(addr) => write!(f, "{addr}"),
+            ApiListen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl ApiListen {
+    /// Whether only this machine can reach the listener: a loopback
+    /// address or a unix socket (`/metrics` is open there).
+    pub fn is_local(&self) -> bool {
+        match self {
+            ApiListen::Disabled | ApiListen::Unix(_) => true,
+            ApiListen::Tcp(addr) => addr.ip().is_loopback(),
+        }
+    }
+}
+
+/// The credential the API asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAuth {
+    /// `api.auth = "none"`: no credential. Allowed on a unix socket only,
+    /// whose file mode (0660) decides who may connect.
+    None,
+    /// `api.token_file`: a token the operator made, read at start-up.
+    Token { path: PathBuf, token: Secret },
+    /// No `api.token_file`: docfetch makes a random token in this file at
+    /// first start (mode 0600) and reuses it afterwards.
+    Generated(PathBuf),
+}
+
+impl ApiAuth {
+    /// Where the token is kept (none for `api.auth = "none"`).
+    pub fn token_path(&self) -> Option<&Path> {
+        match self {
+            ApiAuth::None => None,
+            ApiAuth::Token { path, .. } | ApiAuth::Generated(path) => Some(path),
+        }
+    }
+}
+
+/// The generated token's file name, in the state folder.
+pub const API_TOKEN_FILE: &str = "api-token";
+
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub listen: ApiListen,
-    /// When set, every `/api/*` call needs `Authorization: Bearer TOKEN`.
-    pub token: Option<Secret>,
+    /// Every `/api/*` call needs `Authorization: Bearer TOKEN` unless this
+    /// is [`ApiAuth::None`].
+    pub auth: ApiAuth,
+    /// `/metrics` without the token on a listener other machines can reach.
+    pub metrics_public: bool,
+    /// Host names (besides loopback names and the listener's address) that
+    /// the `Host` header may carry: `NAME` (any port) or `NAME:PORT`.
+    pub allowed_hosts: Vec<String>,
+    /// A request head must be complete this long after the connection
+    /// opened or the previous answer was sent (also closes idle kept-alive
+    /// connections).
+    pub header_timeout: Duration,
+    /// A request body must be complete this long after its head.
+    pub body_timeout: Duration,
+    /// A client that takes no bytes of an answer for this long is cut off.
+    pub send_timeout: Duration,
 }
 
 /// One configured provider account.
@@ -237,8 +317,10 @@ struct RawSettings {
     log: RawLog,
     #[serde(default)]
     api: RawApi,
+    /// `timeout`, `max_attempts`, … and one `[hooks.NAME]` table per
+    /// named hook, read key by key.
     #[serde(default)]
-    hooks: RawHooks,
+    hooks: BTreeMap<String, toml::Value>,
     #[serde(default)]
     retention: RawRetention,
     #[serde(default)]
@@ -309,14 +391,6 @@ struct RawLog {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHooks {
-    timeout: Option<Quantity>,
-    max_attempts: Option<u64>,
-    retry_initial: Option<Quantity>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRetention {
     done: Option<Quantity>,
     failed: Option<Quantity>,
@@ -328,7 +402,13 @@ struct RawRetention {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     listen: Option<String>,
+    auth: Option<String>,
     token_file: Option<PathBuf>,
+    metrics_public: Option<bool>,
+    allowed_hosts: Option<Vec<String>>,
+    header_timeout: Option<Quantity>,
+    body_timeout: Option<Quantity>,
+    send_timeout: Option<Quantity>,
 }
 
 fn duration(key: &str, value: Option<Quantity>, default: &str) -> Result<Duration, ConfigError> {
@@ -510,20 +590,8 @@ impl Settings {
             level: raw.log.level.unwrap_or_else(|| "info".into()),
             format,
         };
-        let api = api_settings(raw.api, env)?;
-        let hooks = HooksSettings {
-            timeout: duration("hooks.timeout", raw.hooks.timeout, "60s")?,
-            max_attempts: match raw.hooks.max_attempts.unwrap_or(5) {
-                n @ 1..=100 => n as u32,
-                n => {
-                    return Err(ConfigError::invalid(
-                        "hooks.max_attempts",
-                        format!("expected 1 to 100, found {n}"),
-                    ));
-                }
-            },
-            retry_initial: duration("hooks.retry_initial", raw.hooks.retry_initial, "10s")?,
-        };
+        let api = api_settings(raw.api, &store_url, env)?;
+        let hooks_settings = hooks_settings(raw.hooks, env)?;
         let retention = RetentionSettings {
             done: duration("retention.done", raw.retention.done, "30d")?,
             failed: duration("retention.failed", raw.retention.failed, "90d")?,
@@ -540,12 +608,15 @@ impl Settings {
             }
             let mut keys = AccountKeys::new(&name, table, env);
             let hooks = crate::job::Hooks {
-                on_done: keys.string_list("on_done")?,
-                on_failed: keys.string_list("on_failed")?,
+                on_done: keys.hook_ref("on_done")?,
+                on_failed: keys.hook_ref("on_failed")?,
                 on_done_url: keys.string("on_done_url")?,
             };
             hooks
                 .validate(&format!("accounts.{name}."))
+                .and_then(|()| {
+                    hooks.check_names(&format!("accounts.{name}."), &hooks_settings.named)
+                })
                 .map_err(|message| match message.split_once(": ") {
                     Some((key, why)) => ConfigError::invalid(key, why),
                     None => ConfigError::invalid(format!("accounts.{name}"), message),
@@ -581,7 +652,7 @@ impl Settings {
             http,
             log,
             api,
-            hooks,
+            hooks: hooks_settings,
             retention,
             accounts,
             schedules: Vec::new(),
@@ -608,7 +679,26 @@ impl Settings {
     }
 }
 
-fn api_settings(raw: RawApi, env: &Environment) -> Result<ApiSettings, ConfigError> {
+/// The state folder for files docfetch makes itself (the generated API
+/// token): the SQLite store's folder, or `var` with PostgreSQL, which has
+/// no folder of its own.
+fn state_dir(store_url: &str) -> PathBuf {
+    let sqlite_path = store_url
+        .strip_prefix("sqlite://")
+        .or_else(|| store_url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or(rest));
+    match sqlite_path.map(Path::new).and_then(Path::parent) {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        Some(_) => PathBuf::from("."),
+        None => PathBuf::from("var"),
+    }
+}
+
+fn api_settings(
+    raw: RawApi,
+    store_url: &str,
+    env: &Environment,
+) -> Result<ApiSettings, ConfigError> {
     let text = raw.listen.unwrap_or_else(|| "127.0.0.1:8750".into());
     let text = text.trim();
     let listen = if text.is_empty() {
@@ -625,44 +715,240 @@ fn api_settings(raw: RawApi, env: &Environment) -> Result<ApiSettings, ConfigErr
             )
         })?)
     };
-    let token = match raw.token_file {
-        None => None,
-        Some(file) => {
-            let mut path = file.clone();
-            if path.is_relative()
-                && let Some(dir) = env.get("CREDENTIALS_DIRECTORY")
-            {
-                path = Path::new(dir).join(path);
+    let auth = match raw.auth.as_deref().map(str::trim) {
+        None | Some("token") => match raw.token_file {
+            None => ApiAuth::Generated(state_dir(store_url).join(API_TOKEN_FILE)),
+            Some(file) => {
+                let mut path = file.clone();
+                if path.is_relative()
+                    && let Some(dir) = env.get("CREDENTIALS_DIRECTORY")
+                {
+                    path = Path::new(dir).join(path);
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::invalid(
+                        "api.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let token = text.trim().to_string();
+                if token.len() < 16 {
+                    return Err(ConfigError::invalid(
+                        "api.token_file",
+                        "the token must be at least 16 characters (use a long random string, such as `openssl rand -hex 32`)",
+                    ));
+                }
+                ApiAuth::Token {
+                    path,
+                    token: Secret::new(token),
+                }
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::invalid(
-                    "api.token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let token = text.trim().to_string();
-            if token.len() < 16 {
+        },
+        Some("none") => {
+            if !matches!(listen, ApiListen::Unix(_) | ApiListen::Disabled) {
                 return Err(ConfigError::invalid(
-                    "api.token_file",
-                    "the token must be at least 16 characters (use a long random string)",
+                    "api.auth",
+                    "\"none\" is allowed only when api.listen is a unix socket (whose mode 0660 decides who may connect); over TCP any local user and any web page in a browser could reach the API",
                 ));
             }
-            Some(Secret::new(token))
+            if raw.token_file.is_some() {
+                return Err(ConfigError::invalid(
+                    "api.auth",
+                    "\"none\" asks for no token, but api.token_file names one; remove one of the two",
+                ));
+            }
+            ApiAuth::None
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "api.auth",
+                format!("expected \"token\" (the default) or \"none\", found {other:?}"),
+            ));
         }
     };
-    // An API that answers the network must not be open to it.
-    if let ApiListen::Tcp(addr) = &listen
-        && !addr.ip().is_loopback()
-        && token.is_none()
-    {
-        return Err(ConfigError::invalid(
-            "api.listen",
-            format!(
-                "{addr} is reachable from other machines; set api.token_file so the API requires a token, or listen on 127.0.0.1"
-            ),
-        ));
+    let mut allowed_hosts = Vec::new();
+    for host in raw.allowed_hosts.unwrap_or_default() {
+        let host = host.trim().to_ascii_lowercase();
+        let valid = !host.is_empty()
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+            });
+        if !valid {
+            return Err(ConfigError::invalid(
+                "api.allowed_hosts",
+                format!(
+                    "expected host names such as \"docfetch.internal\" or \"docfetch.internal:8443\", found {host:?}"
+                ),
+            ));
+        }
+        allowed_hosts.push(host);
     }
-    Ok(ApiSettings { listen, token })
+    let timeout = |key: &str, value, default| {
+        let d = duration(&format!("api.{key}"), value, default)?;
+        if d.is_zero() {
+            return Err(ConfigError::invalid(
+                format!("api.{key}"),
+                "must be above zero (a slow client would otherwise hold a connection forever)",
+            ));
+        }
+        Ok(d)
+    };
+    Ok(ApiSettings {
+        listen,
+        auth,
+        metrics_public: raw.metrics_public.unwrap_or(false),
+        allowed_hosts,
+        header_timeout: timeout("header_timeout", raw.header_timeout, "10s")?,
+        body_timeout: timeout("body_timeout", raw.body_timeout, "30s")?,
+        send_timeout: timeout("send_timeout", raw.send_timeout, "60s")?,
+    })
+}
+
+/// Keys of `[hooks]` that are settings, not hook names.
+const HOOKS_KEYS: [&str; 4] = [
+    "timeout",
+    "max_attempts",
+    "retry_initial",
+    "allow_request_commands",
+];
+
+fn hooks_settings(
+    mut raw: BTreeMap<String, toml::Value>,
+    env: &Environment,
+) -> Result<HooksSettings, ConfigError> {
+    // Environment overrides arrive as strings; numbers may be written either way.
+    let quantity =
+        |key: &str, value: Option<toml::Value>| -> Result<Option<Quantity>, ConfigError> {
+            match value {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(Quantity::Text(s))),
+                Some(toml::Value::Integer(i)) if i >= 0 => Ok(Some(Quantity::Number(i as u64))),
+                Some(other) => Err(ConfigError::invalid(
+                    format!("hooks.{key}"),
+                    format!("expected a duration such as \"60s\", found {other}"),
+                )),
+            }
+        };
+    let timeout = duration(
+        "hooks.timeout",
+        quantity("timeout", raw.remove("timeout"))?,
+        "60s",
+    )?;
+    let retry_initial = duration(
+        "hooks.retry_initial",
+        quantity("retry_initial", raw.remove("retry_initial"))?,
+        "10s",
+    )?;
+    let max_attempts = match raw.remove("max_attempts") {
+        None => 5,
+        Some(toml::Value::Integer(n)) if (1..=100).contains(&n) => n as u32,
+        Some(toml::Value::String(s))
+            if s.trim()
+                .parse::<u32>()
+                .is_ok_and(|n| (1..=100).contains(&n)) =>
+        {
+            s.trim().parse().unwrap_or(5)
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "hooks.max_attempts",
+                format!("expected 1 to 100, found {other}"),
+            ));
+        }
+    };
+    let allow_request_commands = match raw.remove("allow_request_commands") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(toml::Value::String(s)) if s == "true" || s == "false" => s == "true",
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "hooks.allow_request_commands",
+                format!("expected true or false, found {other}"),
+            ));
+        }
+    };
+    let mut named = BTreeMap::new();
+    for (name, value) in raw {
+        let toml::Value::Table(table) = value else {
+            return Err(ConfigError::invalid(
+                format!("hooks.{name}"),
+                format!(
+                    "unknown key; [hooks] takes {} and one [hooks.NAME] table per hook",
+                    HOOKS_KEYS.join(", ")
+                ),
+            ));
+        };
+        if !crate::job::is_valid_name(&name) {
+            return Err(ConfigError::invalid(
+                format!("hooks.{name}"),
+                "hook names use letters, digits, '.', '_' and '-' (at most 100)",
+            ));
+        }
+        let mut keys = AccountKeys::section(
+            &format!("hooks.{name}"),
+            &name,
+            table.into_iter().collect(),
+            env,
+        );
+        let command = keys.string_list("command")?;
+        let url = keys.string("url")?;
+        let secret = keys.secret("secret")?;
+        let hook_timeout = match keys.string("timeout")? {
+            None => None,
+            Some(text) => Some(parse_duration(&text).map_err(|message| {
+                ConfigError::invalid(format!("hooks.{name}.timeout"), message)
+            })?),
+        };
+        keys.finish()?;
+        if command.is_none() && url.is_none() {
+            return Err(ConfigError::invalid(
+                format!("hooks.{name}"),
+                "give `command` (an argv list such as [\"/usr/local/bin/import-usn\"]), `url` (a webhook), or both",
+            ));
+        }
+        if url.is_some() && secret.is_none() {
+            return Err(ConfigError::invalid(
+                format!("hooks.{name}.secret"),
+                "a webhook needs a secret (`secret`, `secret_file` or `secret_env`) so its receiver can tell docfetch's calls from anyone else's",
+            ));
+        }
+        if url.is_none() && secret.is_some() {
+            return Err(ConfigError::invalid(
+                format!("hooks.{name}.secret"),
+                "signs a webhook, but the hook has no `url`",
+            ));
+        }
+        let check = crate::job::Hooks {
+            on_done: command.clone().map(crate::job::HookRef::Command),
+            on_failed: None,
+            on_done_url: url.clone(),
+        };
+        check.validate("").map_err(|message| {
+            let (key, why) = message.split_once(": ").unwrap_or(("", message.as_str()));
+            let key = match key {
+                "on_done" => "command",
+                "on_done_url" => "url",
+                other => other,
+            };
+            ConfigError::invalid(format!("hooks.{name}.{key}"), why)
+        })?;
+        named.insert(
+            name,
+            NamedHook {
+                command,
+                url,
+                secret,
+                timeout: hook_timeout,
+            },
+        );
+    }
+    Ok(HooksSettings {
+        timeout,
+        max_attempts,
+        retry_initial,
+        allow_request_commands,
+        named,
+    })
 }
 
 /// Hides the password of a database URL (`postgres://user:pw@host`).
@@ -680,21 +966,53 @@ pub fn redact_store_url(url: &str) -> String {
 /// that owns them; [`AccountKeys::finish`] rejects whatever is left over.
 pub struct AccountKeys<'a> {
     pub account: String,
+    /// What errors call the table: `accounts.NAME` (or `hooks.NAME`).
+    prefix: String,
     table: BTreeMap<String, toml::Value>,
     env: &'a Environment,
 }
 
 impl<'a> AccountKeys<'a> {
     pub fn new(account: &str, table: BTreeMap<String, toml::Value>, env: &'a Environment) -> Self {
+        AccountKeys::section(&format!("accounts.{account}"), account, table, env)
+    }
+
+    /// The keys of another named table (`[hooks.NAME]`), read the same way.
+    pub fn section(
+        prefix: &str,
+        name: &str,
+        table: BTreeMap<String, toml::Value>,
+        env: &'a Environment,
+    ) -> Self {
         AccountKeys {
-            account: account.to_string(),
+            account: name.to_string(),
+            prefix: prefix.to_string(),
             table,
             env,
         }
     }
 
     fn key(&self, key: &str) -> String {
-        format!("accounts.{}.{key}", self.account)
+        format!("{}.{key}", self.prefix)
+    }
+
+    /// A completion hook: the name of a `[hooks.NAME]` (a string) or a
+    /// command (an argv list).
+    pub fn hook_ref(&mut self, key: &str) -> Result<Option<crate::job::HookRef>, ConfigError> {
+        match self.table.get(key) {
+            Some(toml::Value::String(_)) => Ok(self.string(key)?.map(crate::job::HookRef::Named)),
+            Some(toml::Value::Array(_)) => {
+                Ok(self.string_list(key)?.map(crate::job::HookRef::Command))
+            }
+            None => Ok(None),
+            Some(other) => Err(ConfigError::invalid(
+                self.key(key),
+                format!(
+                    "expected the name of a [hooks.NAME] table or a command such as [\"/usr/local/bin/import\"], found {}",
+                    other.type_str()
+                ),
+            )),
+        }
     }
 
     /// An optional string key.
@@ -1008,7 +1326,10 @@ mod tests {
             dir.path().join("api-token").display()
         );
         let s = Settings::from_toml(&text, &Environment::default()).unwrap();
-        assert_eq!(s.api.token.unwrap().expose(), "0123456789abcdef0123");
+        let ApiAuth::Token { token, .. } = s.api.auth else {
+            panic!("the configured token is used")
+        };
+        assert_eq!(token.expose(), "0123456789abcdef0123");
         assert!(
             Settings::from_toml("[api]\nlisten = \"nonsense\"\n", &Environment::default()).is_err()
         );

@@ -1,6 +1,18 @@
-//! Completion hooks: a command (`on_done` / `on_failed`, an argv list run
-//! without a shell) and a webhook (`on_done_url`, a POST of `job.json` with
-//! an HMAC-SHA256 signature) when a job finishes.
+//! Completion hooks: commands (argv lists run without a shell) and webhooks
+//! (a POST of `job.json`, signed) when a job finishes.
+//!
+//! What runs comes from the operator: `[hooks.NAME]` tables and the
+//! accounts' `on_done` / `on_failed` / `on_done_url` in the config, and
+//! schedules. A request only names a configured hook (`on_done =
+//! "import-usn"`); one that carries a command or URL is refused when it
+//! arrives (see [`crate::job::request`]) unless
+//! `hooks.allow_request_commands`. Jobs stored before that rule keep the
+//! commands they were accepted with, and run them.
+//!
+//! Webhooks are signed Stripe-style: `X-Docfetch-Timestamp: UNIX_SECONDS`
+//! and `X-Docfetch-Signature: sha256=HEX(HMAC-SHA256(secret,
+//! "TIMESTAMP.BODY"))`, so a receiver that checks the timestamp is recent
+//! cannot be fed a captured call again later.
 //!
 //! Hooks run *at least once*: the store marks them pending in the same
 //! commit that finishes the job, and they are marked done only after they
@@ -19,15 +31,31 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Secret, Settings};
-use crate::job::{Hooks, Job, JobState, now_ms};
+use crate::job::{HookRef, Hooks, Job, JobState, now_ms};
 use crate::store::Store;
 
 /// Output kept from a hook for the job's history.
 const KEEP_OUTPUT: usize = 2048;
 
-/// The webhook signature header: `sha256=HEX` of the body under the
-/// account's `webhook_secret`.
+/// The webhook signature header: `sha256=HEX` of `TIMESTAMP.BODY` under the
+/// hook's `secret` (or the account's `webhook_secret`).
 pub const SIGNATURE_HEADER: &str = "X-Docfetch-Signature";
+
+/// The webhook timestamp header: when the call was signed, in Unix seconds.
+pub const TIMESTAMP_HEADER: &str = "X-Docfetch-Timestamp";
+
+/// The signature of a webhook body sent at `timestamp` (Unix seconds):
+/// `sha256=` and the hex HMAC-SHA256 of `TIMESTAMP.BODY`.
+pub fn webhook_signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mut message = Vec::with_capacity(body.len() + 24);
+    message.extend_from_slice(timestamp.to_string().as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(body);
+    format!(
+        "sha256={}",
+        crate::job::request::hex(&hmac_sha256(secret, &message))
+    )
+}
 
 /// HMAC-SHA256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
@@ -102,20 +130,60 @@ impl HookRunner {
     }
 
     async fn run_job_hooks(&self, job: Job) {
-        let (hooks, secret) = self.hooks_for(&job);
+        let (hooks, account_secret) = self.hooks_for(&job);
         let mut results = Vec::new();
-        let command = match job.state {
+        let hook = match job.state {
             JobState::Done => hooks.on_done.clone(),
             JobState::Failed => hooks.on_failed.clone(),
             _ => None,
         };
-        if let Some(argv) = command {
-            results.push(self.run_command(&job, &argv).await);
+        let default_timeout = self.settings.hooks.timeout;
+        match hook {
+            Some(HookRef::Command(argv)) => {
+                let carried = job.hooks.as_ref().is_some_and(|h| {
+                    matches!(
+                        (job.state, &h.on_done, &h.on_failed),
+                        (JobState::Done, Some(HookRef::Command(_)), _)
+                            | (JobState::Failed, _, Some(HookRef::Command(_)))
+                    )
+                });
+                if carried
+                    && !job.source.starts_with("schedule:")
+                    && !self.settings.hooks.allow_request_commands
+                {
+                    warn!(job = %job.name, source = %job.source, "running a command the request carried itself: the job was accepted before requests had to name configured hooks");
+                }
+                results.push(self.run_command(&job, &argv, default_timeout).await);
+            }
+            Some(HookRef::Named(name)) => match self.settings.hooks.named.get(&name) {
+                None => results.push(Ran {
+                    ok: false,
+                    event: format!(
+                        "hook {name:?} is not configured (any more); define [hooks.{name}] in the config"
+                    ),
+                }),
+                Some(named) => {
+                    let timeout = named.timeout.unwrap_or(default_timeout);
+                    if let Some(argv) = &named.command {
+                        results.push(self.run_command(&job, argv, timeout).await);
+                    }
+                    if let Some(url) = &named.url {
+                        results.push(
+                            self.post_webhook(&job, url, named.secret.as_ref(), timeout)
+                                .await,
+                        );
+                    }
+                }
+            },
+            None => {}
         }
         if job.state == JobState::Done
             && let Some(url) = &hooks.on_done_url
         {
-            results.push(self.post_webhook(&job, url, secret.as_ref()).await);
+            results.push(
+                self.post_webhook(&job, url, account_secret.as_ref(), default_timeout)
+                    .await,
+            );
         }
         let ok = results.iter().all(|r| r.ok);
         for r in &results {
@@ -164,7 +232,7 @@ impl HookRunner {
     /// Runs `argv` + the receipt path, with the job in `DOCFETCH_*`
     /// variables and nothing else from the daemon's environment (which may
     /// hold secrets).
-    async fn run_command(&self, job: &Job, argv: &[String]) -> Ran {
+    async fn run_command(&self, job: &Job, argv: &[String], timeout: Duration) -> Ran {
         let Some((program, args)) = argv.split_first() else {
             return Ran {
                 ok: false,
@@ -215,7 +283,6 @@ impl HookRunner {
         };
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let timeout = self.settings.hooks.timeout;
         let run = async {
             let (out, err, status) =
                 tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
@@ -267,7 +334,13 @@ impl HookRunner {
         }
     }
 
-    async fn post_webhook(&self, job: &Job, url: &str, secret: Option<&Secret>) -> Ran {
+    async fn post_webhook(
+        &self,
+        job: &Job,
+        url: &str,
+        secret: Option<&Secret>,
+        timeout: Duration,
+    ) -> Ran {
         let shown = url::Url::parse(url)
             .map(|u| crate::http::redact_url(&u))
             .unwrap_or_else(|_| url.to_string());
@@ -285,11 +358,20 @@ impl HookRunner {
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Docfetch-Job", &job.name)
-            .timeout(self.settings.hooks.timeout);
+            .timeout(timeout);
         if let Some(secret) = secret {
-            let signature =
-                crate::job::request::hex(&hmac_sha256(secret.expose().as_bytes(), &body));
-            request = request.header(SIGNATURE_HEADER, format!("sha256={signature}"));
+            // Signed when sent (each retry afresh), so the receiver can
+            // refuse anything older than a few minutes.
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            request = request
+                .header(TIMESTAMP_HEADER, timestamp.to_string())
+                .header(
+                    SIGNATURE_HEADER,
+                    webhook_signature(secret.expose().as_bytes(), timestamp, &body),
+                );
         }
         match request.body(body).send().await {
             Ok(r) if r.status().is_success() => Ran {

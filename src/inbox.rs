@@ -79,6 +79,7 @@ pub async fn accept(
         parsed,
         default_name,
         settings,
+        request::Trust::Submitted,
         source,
         sha.clone(),
         now_ms(),

@@ -25,8 +25,8 @@ use docfetch::config::{Environment, Settings};
 use docfetch::filename::{
     MAX_NAME_BYTES, RECEIPT_NAME, decode_header_name, from_content_disposition, sanitize,
 };
-use docfetch::job::JobRequest;
 use docfetch::job::request::{RequestFormat, parse};
+use docfetch::job::{HookRef, JobRequest};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{RngSeed, TestRunner};
@@ -87,14 +87,22 @@ fn json_object(nulls: bool) -> impl Strategy<Value = Value> {
         .prop_map(|m| Value::Object(m.into_iter().collect()))
 }
 
+/// A hook as a request gives it: a name, or a command (argv list).
+fn hook_ref() -> impl Strategy<Value = HookRef> {
+    prop_oneof![
+        any::<String>().prop_map(HookRef::Named),
+        prop::collection::vec(any::<String>(), 0..4).prop_map(HookRef::Command),
+    ]
+}
+
 fn job_request(nulls: bool) -> impl Strategy<Value = JobRequest> {
     (
         any::<String>(),
         any::<String>(),
         json_object(nulls),
         proptest::option::of(any::<String>()),
-        proptest::option::of(prop::collection::vec(any::<String>(), 0..4)),
-        proptest::option::of(prop::collection::vec(any::<String>(), 0..4)),
+        proptest::option::of(hook_ref()),
+        proptest::option::of(hook_ref()),
         proptest::option::of(any::<String>()),
     )
         .prop_map(
@@ -113,7 +121,7 @@ fn job_request(nulls: bool) -> impl Strategy<Value = JobRequest> {
 const GOOD_JSON: &str = r#"{ "account": "fresh-main",
   "operation": "tax_usn_calculator",
   "params": {"organization": {"inn": "783900281039", "kpp": ""}, "date": "2018-09-30T23:59:59"},
-  "name": "usn-2018q3", "on_done": ["/bin/true"], "on_done_url": "https://example.org/x" }"#;
+  "name": "usn-2018q3", "on_done": "import-usn", "on_failed": ["/bin/true"], "on_done_url": "https://example.org/x" }"#;
 
 const GOOD_TOML: &str = "account = \"fresh-main\"\noperation = \"tax_usn_calculator\"\nname = \"usn\"\non_done = [\"/bin/true\"]\n[params]\ndate = \"2018-09-30T23:59:59\"\n[params.organization]\ninn = \"783900281039\"\nkpp = \"\"\n";
 

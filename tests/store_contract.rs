@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use docfetch::job::{Hooks, Job, JobEvent, JobResult, JobState, Millis, NewJob, SavedFile, now_ms};
+use docfetch::job::{
+    HookRef, Hooks, Job, JobEvent, JobResult, JobState, Millis, NewJob, SavedFile, now_ms,
+};
 use docfetch::store::{JobFilter, Store, StoreError, StoredJob, Transition};
 use serde_json::json;
 
@@ -333,7 +335,10 @@ async fn a_new_job_reads_back_exactly_as_written(f: Fixture) {
         "nested": {"empty_object": {}, "empty_array": [], "null": null, "yes": true},
     });
     new.hooks = Some(Hooks {
-        on_done: Some(vec!["/usr/local/bin/import".into(), "--quiet".into()]),
+        on_done: Some(HookRef::Command(vec![
+            "/usr/local/bin/import".into(),
+            "--quiet".into(),
+        ])),
         on_failed: None,
         on_done_url: Some("https://example.test/hook".into()),
     });
@@ -1133,7 +1138,8 @@ async fn a_copy_from_sqlite_brings_everything_and_a_second_copy_adds_nothing(to:
     let mut fancy = new_job("fancy", t - 10);
     fancy.params = json!({"b": [1.5, -0.0, 1e300, "nul\u{0}"], "a": {"ключ": "значение"}});
     fancy.hooks = Some(Hooks {
-        on_done: Some(vec!["/bin/true".into()]),
+        on_done: Some(HookRef::Named("import".into())),
+        on_failed: Some(HookRef::Command(vec!["/bin/true".into()])),
         ..Default::default()
     });
     s.insert(&fancy).await.unwrap();

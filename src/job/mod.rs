@@ -174,17 +174,80 @@ pub struct Job {
     pub hooks_attempts: u32,
 }
 
-/// Commands and a webhook to run when a job finishes. Commands are argv
-/// lists run without a shell.
+/// A completion hook as a request, an account or a schedule gives it: the
+/// name of a `[hooks.NAME]` the operator configured (a string), or a command
+/// (an argv list, run without a shell). Stored as given, so jobs accepted
+/// before hooks had to be named keep their commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum HookRef {
+    Named(String),
+    Command(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for HookRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = HookRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "the name of a hook configured under [hooks.NAME], such as \"import-usn\"",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HookRef, E> {
+                Ok(HookRef::Named(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<HookRef, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    argv.push(item);
+                }
+                Ok(HookRef::Command(argv))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// What to run when a job finishes: a hook for each outcome, and (from an
+/// account, or from requests accepted under older rules) a webhook URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_done: Option<Vec<String>>,
+    pub on_done: Option<HookRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_failed: Option<Vec<String>>,
+    pub on_failed: Option<HookRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_done_url: Option<String>,
+}
+
+/// Whether a URL's host is this machine (`localhost` or a loopback address),
+/// where plain `http://` cannot be read on the way.
+pub fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Checks a webhook URL: `https://`, or `http://` to this machine only (a
+/// receipt posted in clear over the network could be read or changed).
+pub fn validate_webhook_url(url: &str) -> Result<(), String> {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => Ok(()),
+        Ok(u) if u.scheme() == "http" && is_loopback_url(&u) => Ok(()),
+        Ok(u) if u.scheme() == "http" => Err(format!(
+            "{url:?} is plain http:// to another machine; use https:// (http:// is allowed to localhost only)"
+        )),
+        _ => Err(format!("expected an https:// URL, found {url:?}")),
+    }
 }
 
 impl Hooks {
@@ -217,25 +280,60 @@ impl Hooks {
         }
     }
 
-    /// Checks argv lists and the URL.
+    /// Whether these hooks carry a command or a URL of their own (rather
+    /// than only names of configured hooks).
+    pub fn carries_commands(&self) -> bool {
+        matches!(self.on_done, Some(HookRef::Command(_)))
+            || matches!(self.on_failed, Some(HookRef::Command(_)))
+            || self.on_done_url.is_some()
+    }
+
+    /// Checks the shape of argv lists, hook names and the URL. Errors start
+    /// with `PREFIXKEY: `.
     pub fn validate(&self, prefix: &str) -> Result<(), String> {
-        for (key, argv) in [("on_done", &self.on_done), ("on_failed", &self.on_failed)] {
-            if let Some(argv) = argv
-                && argv.first().is_none_or(|program| program.trim().is_empty())
-            {
-                return Err(format!(
-                    "{prefix}{key}: expected a command as a list, such as [\"/usr/local/bin/import\", \"--quiet\"]"
-                ));
+        for (key, hook) in [("on_done", &self.on_done), ("on_failed", &self.on_failed)] {
+            match hook {
+                Some(HookRef::Command(argv))
+                    if argv.first().is_none_or(|program| program.trim().is_empty()) =>
+                {
+                    return Err(format!(
+                        "{prefix}{key}: expected a command as a list, such as [\"/usr/local/bin/import\", \"--quiet\"]"
+                    ));
+                }
+                Some(HookRef::Named(name)) if !is_valid_name(name) => {
+                    return Err(format!(
+                        "{prefix}{key}: {name:?} is not a hook name (letters, digits, '.', '_' and '-')"
+                    ));
+                }
+                _ => {}
             }
         }
         if let Some(url) = &self.on_done_url {
-            match url::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => {
-                    return Err(format!(
-                        "{prefix}on_done_url: expected an http(s) URL, found {url:?}"
-                    ));
-                }
+            validate_webhook_url(url).map_err(|e| format!("{prefix}on_done_url: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every hook named is configured (`named` holds the
+    /// `[hooks.NAME]` names). Errors start with `PREFIXKEY: `.
+    pub fn check_names<V>(
+        &self,
+        prefix: &str,
+        named: &std::collections::BTreeMap<String, V>,
+    ) -> Result<(), String> {
+        for (key, hook) in [("on_done", &self.on_done), ("on_failed", &self.on_failed)] {
+            if let Some(HookRef::Named(name)) = hook
+                && !named.contains_key(name)
+            {
+                let known: Vec<&str> = named.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "{prefix}{key}: no hook named {name:?} is configured ({}); the operator defines hooks in the config as [hooks.{name}] with `command` or `url`",
+                    if known.is_empty() {
+                        "there are none".to_string()
+                    } else {
+                        format!("configured: {}", known.join(", "))
+                    }
+                ));
             }
         }
         Ok(())

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Millis, NewJob, is_valid_name};
+use super::{HookRef, Millis, NewJob, is_valid_name};
 use crate::config::Settings;
 
 /// A request as written by a user.
@@ -26,15 +26,29 @@ pub struct JobRequest {
     /// The job's unique name; defaults to the request file's stem.
     #[serde(default)]
     pub name: Option<String>,
-    /// Command (argv list, no shell) to run when the job is done.
+    /// The configured hook (`[hooks.NAME]`) to run when the job is done. A
+    /// command (argv list) is refused unless `hooks.allow_request_commands`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_done: Option<Vec<String>>,
-    /// Command (argv list, no shell) to run when the job failed.
+    pub on_done: Option<HookRef>,
+    /// The configured hook to run when the job failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_failed: Option<Vec<String>>,
-    /// URL that receives `job.json` by POST when the job is done.
+    pub on_failed: Option<HookRef>,
+    /// A URL that receives `job.json` by POST when the job is done; refused
+    /// unless `hooks.allow_request_commands` (name a configured hook instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_done_url: Option<String>,
+}
+
+/// Who wrote a request, which decides whether it may carry its own
+/// commands and URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Whoever can submit (drop directory, CLI, API): may only name
+    /// configured hooks, unless `hooks.allow_request_commands`.
+    Submitted,
+    /// The operator (a schedule in the config or the schedules folder): may
+    /// carry commands and URLs, like the config itself.
+    Operator,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -145,12 +159,49 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Refuses a submitted request that carries a command or a URL, saying how
+/// the operator configures the hook instead.
+fn refuse_carried_commands(hooks: &crate::job::Hooks) -> Result<(), RequestError> {
+    let how =
+        "a request may only name a hook the operator configured, never carry a command or a URL";
+    let allow = "(hooks.allow_request_commands = true would let anyone who can submit a request run commands as docfetch)";
+    for (field, hook) in [("on_done", &hooks.on_done), ("on_failed", &hooks.on_failed)] {
+        if let Some(HookRef::Command(argv)) = hook {
+            // Suggest a name from the program, as a starting point.
+            let suggested = argv
+                .first()
+                .and_then(|p| Path::new(p).file_name())
+                .and_then(|n| n.to_str())
+                .filter(|n| is_valid_name(n))
+                .unwrap_or("my-hook");
+            let command = serde_json::to_string(argv).unwrap_or_default();
+            return Err(RequestError::field(
+                field,
+                format!(
+                    "{how}: add to the config [hooks.{suggested}] with command = {command}, then write {field} = \"{suggested}\" in the request {allow}"
+                ),
+            ));
+        }
+    }
+    if hooks.on_done_url.is_some() {
+        return Err(RequestError::field(
+            "on_done_url",
+            format!(
+                "{how}: add to the config [hooks.notify] with url = \"https://…\" and secret_file = \"…\" (or on_done_url on the account), then write on_done = \"notify\" in the request {allow}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a parsed request against the settings and turns it into a job.
-/// `default_name` is the request file's stem when there is one.
+/// `default_name` is the request file's stem when there is one; `trust`
+/// says who wrote it.
 pub fn prepare(
     request: JobRequest,
     default_name: Option<&str>,
     settings: &Settings,
+    trust: Trust,
     source: &str,
     request_sha256: String,
     now: Millis,
@@ -197,7 +248,13 @@ pub fn prepare(
         on_failed: request.on_failed.clone(),
         on_done_url: request.on_done_url.clone(),
     };
-    if let Err(message) = hooks.validate("") {
+    if trust == Trust::Submitted && !settings.hooks.allow_request_commands {
+        refuse_carried_commands(&hooks)?;
+    }
+    if let Err(message) = hooks
+        .validate("")
+        .and_then(|()| hooks.check_names("", &settings.hooks.named))
+    {
         let (field, message) = message
             .split_once(": ")
             .unwrap_or(("hooks", message.as_str()));
@@ -244,6 +301,7 @@ mod tests {
             request,
             Some("ignored"),
             &settings(),
+            Trust::Submitted,
             "usn.json",
             fingerprint(GOOD.as_bytes()),
             1000,
@@ -262,6 +320,7 @@ mod tests {
             request,
             Some("from-stem"),
             &settings(),
+            Trust::Submitted,
             "x.toml",
             String::new(),
             0,
@@ -312,7 +371,8 @@ mod tests {
                 on_failed: None,
                 on_done_url: None,
             };
-            let err = prepare(request, None, &s, "cli", String::new(), 0).unwrap_err();
+            let err =
+                prepare(request, None, &s, Trust::Submitted, "cli", String::new(), 0).unwrap_err();
             assert!(err.to_string().starts_with("field `name`"), "{err}");
         }
         let request = JobRequest {
@@ -324,7 +384,8 @@ mod tests {
             on_failed: None,
             on_done_url: None,
         };
-        let err = prepare(request, None, &s, "cli", String::new(), 0).unwrap_err();
+        let err =
+            prepare(request, None, &s, Trust::Submitted, "cli", String::new(), 0).unwrap_err();
         assert!(
             err.to_string().contains("configured accounts: fresh-main"),
             "{err}"

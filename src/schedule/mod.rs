@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 
 use self::template::Template;
 use crate::config::Settings;
-use crate::job::request::{JobRequest, prepare};
+use crate::job::request::{JobRequest, Trust, prepare};
 use crate::job::{Hooks, Job};
 use crate::store::{Store, StoreError};
 use crate::units::parse_duration;
@@ -274,8 +274,16 @@ impl Schedule {
         // Render once now and validate like a request file, so a schedule
         // that can never produce a valid job is refused at load.
         let sample = schedule.request_at(Utc::now().with_timezone(&schedule.timezone));
-        prepare(sample, None, settings, "schedule", String::new(), 0)
-            .map_err(|e| bad(&source, e.to_string()))?;
+        prepare(
+            sample,
+            None,
+            settings,
+            Trust::Operator,
+            "schedule",
+            String::new(),
+            0,
+        )
+        .map_err(|e| bad(&source, e.to_string()))?;
         Ok(schedule)
     }
 
@@ -450,6 +458,7 @@ impl Schedules {
             request,
             None,
             &self.settings,
+            Trust::Operator,
             &source,
             String::new(),
             crate::job::now_ms(),

@@ -1,25 +1,32 @@
 //! The local HTTP API: health for Docker and load balancers, Prometheus
 //! metrics, and the jobs (list, show, submit, cancel, retry, download).
 //!
-//! One listener (`api.listen`: TCP or a unix socket). `/healthz`, `/readyz`
-//! and `/metrics` are open; with `api.token_file` set, every `/api/*` call
-//! needs `Authorization: Bearer TOKEN`, compared in constant time. Bodies
-//! over 1 MiB are refused, and every error is an RFC 7807 problem document.
+//! One listener (`api.listen`: TCP or a unix socket), served by
+//! [`server`] with timeouts against slow clients. Every request passes
+//! [`guard`] first: the `Host` must name the listener, a web page's
+//! `Origin` is refused, `/api/*` needs `Authorization: Bearer TOKEN` (the
+//! operator's `api.token_file`, or one [`token`] makes at first start),
+//! and a call that changes something must be JSON. Bodies over 1 MiB are
+//! refused, and every error is an RFC 7807 problem document.
+
+pub mod guard;
+pub mod server;
+pub mod token;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{ApiListen, Settings};
+pub use self::guard::Served;
+pub use self::server::{Bound, ListenError, bind, serve};
+use crate::config::{Secret, Settings};
 use crate::inbox::{self, AcceptError};
 use crate::job::request::{RequestError, RequestFormat};
 use crate::job::{JobState, now_ms, rfc3339};
@@ -36,10 +43,13 @@ pub struct ApiState {
     pub providers: Providers,
     pub http: reqwest::Client,
     pub metrics: Option<PrometheusHandle>,
+    /// The token `/api/*` calls must carry ([`token::resolve`]); `None`
+    /// only with `api.auth = "none"`.
+    pub token: Option<Secret>,
 }
 
 /// An RFC 7807 problem document.
-fn problem(status: StatusCode, title: &str, detail: impl std::fmt::Display) -> Response {
+pub(crate) fn problem(status: StatusCode, title: &str, detail: impl std::fmt::Display) -> Response {
     let body = serde_json::json!({
         "type": "about:blank",
         "title": title,
@@ -86,65 +96,26 @@ fn store_problem(e: StoreError) -> Response {
     }
 }
 
-/// Builds the router.
-pub fn router(state: Arc<ApiState>) -> Router {
-    let api = Router::new()
+/// Builds the router for requests that arrive through `served`.
+pub fn router(state: Arc<ApiState>, served: Served) -> Router {
+    let guard = Arc::new(guard::Guard::new(
+        &state.settings.api,
+        state.token.clone(),
+        served,
+    ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/jobs", get(list_jobs).post(create_job))
         .route("/api/jobs/{name}", get(show_job))
         .route("/api/jobs/{name}/cancel", post(cancel_job))
         .route("/api/jobs/{name}/retry", post(retry_job))
         .route("/api/jobs/{name}/files/{file}", get(job_file))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(api)
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
-    }
-    diff == 0
-}
-
-async fn require_token(
-    State(state): State<Arc<ApiState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = &state.settings.api.token else {
-        return next.run(request).await;
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
-        next.run(request).await
-    } else {
-        let mut response = problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "this API needs Authorization: Bearer TOKEN",
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
-    }
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
 async fn healthz() -> Response {
@@ -358,99 +329,4 @@ async fn job_file(
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     response
-}
-
-/// Why the API could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {what} for the API (api.listen): {source}")]
-pub struct ListenError {
-    pub what: String,
-    pub source: std::io::Error,
-}
-
-/// A bound listener, before serving.
-pub enum Bound {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, std::path::PathBuf),
-}
-
-impl Bound {
-    /// The address to show in logs (for TCP, the real port when 0 was asked).
-    pub fn describe(&self) -> String {
-        match self {
-            Bound::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "?".into()),
-            Bound::Unix(_, path) => format!("unix:{}", path.display()),
-        }
-    }
-}
-
-/// Binds the configured address. A stale unix socket file is replaced.
-pub async fn bind(listen: &ApiListen) -> Result<Option<Bound>, ListenError> {
-    match listen {
-        ApiListen::Disabled => Ok(None),
-        ApiListen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
-            .await
-            .map(|l| Some(Bound::Tcp(l)))
-            .map_err(|source| ListenError {
-                what: addr.to_string(),
-                source,
-            }),
-        ApiListen::Unix(path) => {
-            let err = |source| ListenError {
-                what: path.display().to_string(),
-                source,
-            };
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(err)?;
-            }
-            if std::fs::symlink_metadata(path).is_ok_and(|m| {
-                use std::os::unix::fs::FileTypeExt;
-                m.file_type().is_socket()
-            }) {
-                std::fs::remove_file(path).map_err(err)?;
-            }
-            tokio::net::UnixListener::bind(path)
-                .map(|l| Some(Bound::Unix(l, path.clone())))
-                .map_err(err)
-        }
-    }
-}
-
-/// Serves until `shutdown`.
-pub async fn serve(
-    bound: Bound,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    match bound {
-        Bound::Tcp(listener) => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
-        Bound::Unix(listener, path) => {
-            let result = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
-            let _ = std::fs::remove_file(path);
-            result
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison_needs_every_byte() {
-        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!constant_time_eq(b"0123456789abcdeX", b"0123456789abcdef"));
-        assert!(!constant_time_eq(b"0123456789abcde", b"0123456789abcdef"));
-        assert!(!constant_time_eq(b"", b"0123456789abcdef"));
-        assert!(!constant_time_eq(b"0123456789abcdef0", b"0123456789abcdef"));
-    }
 }
