@@ -1295,30 +1295,41 @@ mod tests {
     }
 
     #[test]
-    fn the_api_listens_on_loopback_by_default_and_refuses_the_network_without_a_token() {
+    fn the_api_listens_on_loopback_by_default_with_a_token_made_beside_the_store() {
         let s = Settings::from_toml("", &Environment::default()).unwrap();
         assert_eq!(
             s.api.listen,
             ApiListen::Tcp("127.0.0.1:8750".parse().unwrap())
         );
-        let s = Settings::from_toml("[api]\nlisten = \"\"\n", &Environment::default()).unwrap();
-        assert_eq!(s.api.listen, ApiListen::Disabled);
+        assert_eq!(s.api.auth, ApiAuth::Generated("var/api-token".into()));
+        assert!(!s.api.metrics_public);
+        assert_eq!(s.api.header_timeout, Duration::from_secs(10));
         let s = Settings::from_toml(
-            "[api]\nlisten = \"/run/docfetch/api.sock\"\n",
+            "[store]\nurl = \"sqlite:///srv/docfetch/jobs.db?mode=rwc\"\n",
             &Environment::default(),
         )
         .unwrap();
         assert_eq!(
-            s.api.listen,
-            ApiListen::Unix("/run/docfetch/api.sock".into())
+            s.api.auth,
+            ApiAuth::Generated("/srv/docfetch/api-token".into())
         );
-        let err = Settings::from_toml(
+        let s = Settings::from_toml(
+            "[store]\nurl = \"postgres://u:pw@db/docfetch\"\n",
+            &Environment::default(),
+        )
+        .unwrap();
+        assert_eq!(s.api.auth, ApiAuth::Generated("var/api-token".into()));
+        let s = Settings::from_toml("[api]\nlisten = \"\"\n", &Environment::default()).unwrap();
+        assert_eq!(s.api.listen, ApiListen::Disabled);
+        let s = Settings::from_toml(
             "[api]\nlisten = \"0.0.0.0:8750\"\n",
             &Environment::default(),
         )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("api.token_file"), "{err}");
+        .unwrap();
+        assert!(
+            matches!(s.api.auth, ApiAuth::Generated(_)),
+            "the network gets the token too"
+        );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("api-token"), "0123456789abcdef0123\n").unwrap();
         let text = format!(
@@ -1333,6 +1344,119 @@ mod tests {
         assert!(
             Settings::from_toml("[api]\nlisten = \"nonsense\"\n", &Environment::default()).is_err()
         );
+    }
+
+    #[test]
+    fn no_credential_is_allowed_only_on_a_unix_socket() {
+        let s = Settings::from_toml(
+            "[api]\nlisten = \"/run/docfetch/api.sock\"\nauth = \"none\"\n",
+            &Environment::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.api.listen,
+            ApiListen::Unix("/run/docfetch/api.sock".into())
+        );
+        assert_eq!(s.api.auth, ApiAuth::None);
+        for listen in ["127.0.0.1:8750", "0.0.0.0:8750"] {
+            let err = Settings::from_toml(
+                &format!("[api]\nlisten = \"{listen}\"\nauth = \"none\"\n"),
+                &Environment::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("api.auth") && err.contains("unix socket"),
+                "{err}"
+            );
+        }
+        let err = Settings::from_toml("[api]\nauth = \"basic\"\n", &Environment::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.auth"), "{err}");
+        let err = Settings::from_toml("[api]\nheader_timeout = \"0s\"\n", &Environment::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.header_timeout"), "{err}");
+    }
+
+    #[test]
+    fn named_hooks_are_read_and_checked_with_their_keys_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("whsec"), "whsec-0123456789\n").unwrap();
+        let text = format!(
+            "[hooks]\ntimeout = \"30s\"\n[hooks.import-usn]\ncommand = [\"/usr/local/bin/import-usn\", \"--quiet\"]\ntimeout = \"2m\"\n[hooks.notify]\nurl = \"https://intranet.example/hook\"\nsecret_file = \"{}\"\n",
+            dir.path().join("whsec").display()
+        );
+        let s = Settings::from_toml(&text, &Environment::default()).unwrap();
+        assert_eq!(s.hooks.timeout, Duration::from_secs(30));
+        assert!(!s.hooks.allow_request_commands);
+        let import = &s.hooks.named["import-usn"];
+        assert_eq!(
+            import.command.as_deref(),
+            Some(&["/usr/local/bin/import-usn".to_string(), "--quiet".into()][..])
+        );
+        assert_eq!(import.timeout, Some(Duration::from_secs(120)));
+        let notify = &s.hooks.named["notify"];
+        assert_eq!(notify.secret.as_ref().unwrap().expose(), "whsec-0123456789");
+        assert!(!format!("{s:?}").contains("whsec-0123456789"));
+
+        let cases = [
+            (
+                "[hooks.plain]\nurl = \"http://intranet.example/hook\"\nsecret = \"0123456789abcdef\"\n",
+                "hooks.plain.url",
+                "https://",
+            ),
+            (
+                "[hooks.unsigned]\nurl = \"https://intranet.example/hook\"\n",
+                "hooks.unsigned.secret",
+                "needs a secret",
+            ),
+            ("[hooks.empty]\n", "hooks.empty", "give `command`"),
+            (
+                "[hooks.typo]\ncommand = [\"/bin/true\"]\ncomand = 1\n",
+                "hooks.typo.comand",
+                "unknown key",
+            ),
+            (
+                "[hooks]\nallow_request_command = true\n",
+                "hooks.allow_request_command",
+                "unknown key",
+            ),
+            (
+                "[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/x\"\nusername = \"u\"\npassword = \"p\"\non_done = \"missing\"\n",
+                "accounts.a.on_done",
+                "no hook named \"missing\"",
+            ),
+            (
+                "[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/x\"\nusername = \"u\"\npassword = \"p\"\non_done_url = \"http://10.0.0.5/hook\"\n",
+                "accounts.a.on_done_url",
+                "plain http://",
+            ),
+        ];
+        for (text, key, why) in cases {
+            let err = Settings::from_toml(text, &Environment::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(why), "{text}: {err}");
+        }
+        // Loopback receivers may use plain http; accounts may name hooks.
+        let s = Settings::from_toml(
+            "[hooks.local]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"0123456789abcdef\"\n[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/x\"\nusername = \"u\"\npassword = \"p\"\non_done = \"local\"\non_failed = [\"/usr/local/bin/alert\"]\non_done_url = \"http://localhost:9000/x\"\n",
+            &Environment::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.accounts["a"].hooks.on_done,
+            Some(crate::job::HookRef::Named("local".into()))
+        );
+        let s = Settings::from_toml(
+            "[hooks]\nallow_request_commands = true\n",
+            &env(&[("DOCFETCH__HOOKS__MAX_ATTEMPTS", "3")]),
+        )
+        .unwrap();
+        assert!(s.hooks.allow_request_commands);
+        assert_eq!(s.hooks.max_attempts, 3);
     }
 
     #[test]

@@ -49,7 +49,8 @@ impl TestApp {
     }
 
     /// `extra` is TOML added to the config (new tables such as another
-    /// account); `overrides` are `DOCFETCH__…` variables, applied on top.
+    /// account; `{dir}` is the test's folder); `overrides` are
+    /// `DOCFETCH__…` variables, applied on top.
     pub async fn spawn_with(sim: SimConfig, extra: &str, overrides: &[(&str, &str)]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let sim = Sim::start_local(sim).await.expect("simulator");
@@ -203,6 +204,7 @@ listen = "127.0.0.1:0"
         dir = dir.display(),
         accounts = sim.accounts_toml(),
         extra = extra
+            .replace("{dir}", &dir.display().to_string())
             .replace("{fresh_base}", &sim.fresh.base_url())
             .replace("{atol_base}", &sim.atol.base_url())
             .replace("{ofd_base}", &sim.ofd.base_url())

@@ -243,15 +243,20 @@ async fn run_hooks(app: &TestApp) -> usize {
 
 #[tokio::test]
 async fn hooks_get_the_job_in_their_environment_and_never_a_shell() {
-    let app = TestApp::spawn().await;
-    let record = script(
+    let app = TestApp::spawn_with(
+        SimConfig::default(),
+        "[hooks.record]\ncommand = [\"{dir}/record.sh\"]\n[hooks.literal]\ncommand = [\"/bin/echo\", \"$HOME; touch {dir}/pwned\"]\n",
+        &[],
+    )
+    .await;
+    script(
         &app,
         "record.sh",
         "env > \"$DOCFETCH_DIR/env.txt\"\necho \"arg=$1\" >> \"$DOCFETCH_DIR/env.txt\"",
     );
     app.submit(
         json!({"account": "fresh-sim", "operation": "tax_usn_calculator", "name": "hooked",
-                      "on_done": [record]}),
+                      "on_done": "record"}),
     )
     .await;
     assert_eq!(app.run_until_finished("hooked").await.state, JobState::Done);
@@ -288,10 +293,9 @@ async fn hooks_get_the_job_in_their_environment_and_never_a_shell() {
     assert_eq!(run_hooks(&app).await, 0, "hooks run once they succeeded");
 
     // Shell syntax in an argument is just text.
-    let marker = app.dir.path().join("pwned");
     app.submit(
         json!({"account": "fresh-sim", "operation": "balance_sheet", "name": "literal",
-                      "on_done": ["/bin/echo", format!("$HOME; touch {}", marker.display())]}),
+                      "on_done": "literal"}),
     )
     .await;
     assert_eq!(
@@ -299,7 +303,10 @@ async fn hooks_get_the_job_in_their_environment_and_never_a_shell() {
         JobState::Done
     );
     run_hooks(&app).await;
-    assert!(!marker.exists(), "no shell ran the argument");
+    assert!(
+        !app.dir.path().join("pwned").exists(),
+        "no shell ran the argument"
+    );
     let events = app
         .store
         .events(&app.job("literal").await.id)
@@ -318,18 +325,19 @@ async fn a_failing_or_hanging_hook_is_retried_a_bounded_number_of_times_and_neve
  {
     let app = TestApp::spawn_with(
         SimConfig::default(),
-        "",
+        // The hook's own timeout wins over hooks.timeout.
+        "[hooks.hang]\ncommand = [\"{dir}/hang.sh\"]\ntimeout = \"200ms\"\n",
         &[
-            ("DOCFETCH__HOOKS__TIMEOUT", "200ms"),
+            ("DOCFETCH__HOOKS__TIMEOUT", "60s"),
             ("DOCFETCH__HOOKS__MAX_ATTEMPTS", "2"),
             ("DOCFETCH__HOOKS__RETRY_INITIAL", "10ms"),
         ],
     )
     .await;
-    let hang = script(&app, "hang.sh", "sleep 5");
+    script(&app, "hang.sh", "sleep 5");
     app.submit(
         json!({"account": "fresh-sim", "operation": "balance_sheet", "name": "slow-hook",
-                      "on_done": [hang]}),
+                      "on_done": "hang"}),
     )
     .await;
     assert_eq!(
@@ -358,7 +366,7 @@ async fn a_failing_or_hanging_hook_is_retried_a_bounded_number_of_times_and_neve
     assert_eq!(
         events
             .iter()
-            .filter(|e| e.message.contains("timed out"))
+            .filter(|e| e.message.contains("timed out after 200ms"))
             .count(),
         2,
         "{events:?}"
@@ -370,10 +378,12 @@ async fn a_failing_or_hanging_hook_is_retried_a_bounded_number_of_times_and_neve
     );
 }
 
-#[tokio::test]
-async fn webhooks_carry_job_json_with_an_hmac_signature() {
+/// A webhook receiver on loopback that keeps every call's headers and body.
+type Calls = Arc<tokio::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+async fn receiver() -> (std::net::SocketAddr, Calls) {
     use axum::routing::post;
-    let received = Arc::new(tokio::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let received: Calls = Default::default();
     let sink = received.clone();
     let router = axum::Router::new().route(
         "/hook",
@@ -381,12 +391,7 @@ async fn webhooks_carry_job_json_with_an_hmac_signature() {
             move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let sink = sink.clone();
                 async move {
-                    let sig = headers
-                        .get("x-docfetch-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    sink.lock().await.push((sig, body.to_vec()));
+                    sink.lock().await.push((headers, body.to_vec()));
                     "ok"
                 }
             },
@@ -395,24 +400,211 @@ async fn webhooks_carry_job_json_with_an_hmac_signature() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
+    (addr, received)
+}
+
+/// What the README's receiver does: the timestamp is recent and the
+/// signature over `TIMESTAMP.BODY` matches.
+fn verify(secret: &[u8], headers: &axum::http::HeaderMap, body: &[u8], now: u64) -> bool {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let Ok(timestamp) = header("x-docfetch-timestamp").parse::<u64>() else {
+        return false;
+    };
+    timestamp.abs_diff(now) <= 300
+        && header("x-docfetch-signature")
+            == docfetch::hooks::webhook_signature(secret, timestamp, body)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_over_a_timestamp_so_a_captured_call_cannot_be_replayed() {
+    let (addr, received) = receiver().await;
     let extra = format!(
-        "[accounts.signed]\nprovider = \"1c-fresh\"\nbase_url = \"{{fresh_base}}\"\nusername = \"api\"\npassword = \"sim-password\"\non_done_url = \"http://{addr}/hook\"\nwebhook_secret = \"whsec-0123456789\"\n"
+        "[accounts.signed]\nprovider = \"1c-fresh\"\nbase_url = \"{{fresh_base}}\"\nusername = \"api\"\npassword = \"sim-password\"\non_done_url = \"http://{addr}/hook\"\nwebhook_secret = \"whsec-0123456789\"\n\n[hooks.notify]\nurl = \"http://localhost:{port}/hook\"\nsecret = \"named-secret-9876543210\"\n",
+        port = addr.port()
     );
     let app = TestApp::spawn_with(SimConfig::default(), &extra, &[]).await;
     app.submit(json!({"account": "signed", "operation": "balance_sheet", "name": "posted"}))
         .await;
+    app.submit(
+        json!({"account": "fresh-sim", "operation": "balance_sheet", "name": "named",
+                      "on_done": "notify"}),
+    )
+    .await;
     assert_eq!(app.run_until_finished("posted").await.state, JobState::Done);
-    assert_eq!(run_hooks(&app).await, 1);
+    assert_eq!(app.run_until_finished("named").await.state, JobState::Done);
+    assert_eq!(run_hooks(&app).await, 2);
     let got = received.lock().await.clone();
-    assert_eq!(got.len(), 1);
-    let (signature, body) = &got[0];
-    assert_eq!(
-        body,
-        &std::fs::read(app.output("posted").join("job.json")).unwrap()
+    assert_eq!(got.len(), 2);
+    let now = unix_now();
+    for (headers, body) in &got {
+        let job = headers["x-docfetch-job"].to_str().unwrap();
+        let secret: &[u8] = if job == "posted" {
+            b"whsec-0123456789"
+        } else {
+            b"named-secret-9876543210"
+        };
+        assert_eq!(
+            body,
+            &std::fs::read(app.output(job).join("job.json")).unwrap()
+        );
+        assert!(verify(secret, headers, body, now), "{job}: {headers:?}");
+        // The same call replayed ten minutes later is refused…
+        assert!(!verify(secret, headers, body, now + 600));
+        // …and the body cannot be kept with another timestamp.
+        let mut moved = headers.clone();
+        moved.insert(
+            "x-docfetch-timestamp",
+            (now + 600).to_string().parse().unwrap(),
+        );
+        assert!(!verify(secret, &moved, body, now + 600));
+        // The other hook's secret does not sign it.
+        assert!(!verify(b"someone-else", headers, body, now));
+    }
+    readme_receiver_accepts_the_call_and_refuses_its_replay(&got[0].0, &got[0].1);
+}
+
+/// Runs the Python receiver shown in README.md on a real call.
+fn readme_receiver_accepts_the_call_and_refuses_its_replay(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("<!-- webhook-receiver -->\n```python\n")
+        .expect("README.md shows a webhook receiver");
+    let code = &readme[start..];
+    let code = &code[code.find("```python\n").unwrap() + 10..];
+    let code = &code[..code.find("```").unwrap()];
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is needed to check README's webhook receiver under CI"
+        );
+        println!("python3 is not installed: README's webhook receiver NOT checked");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("body"), body).unwrap();
+    let harness = format!(
+        "{code}\nimport sys, time\nbody = open(sys.argv[1], 'rb').read()\nheaders = {{'X-Docfetch-Timestamp': sys.argv[2], 'X-Docfetch-Signature': sys.argv[3]}}\nprint(verify(b'whsec-0123456789', headers, body))\ntime.time = lambda: int(sys.argv[2]) + 600\nprint(verify(b'whsec-0123456789', headers, body))\n"
     );
-    let expected =
-        docfetch::job::request::hex(&docfetch::hooks::hmac_sha256(b"whsec-0123456789", body));
-    assert_eq!(signature, &format!("sha256={expected}"));
+    std::fs::write(dir.path().join("receiver.py"), harness).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(dir.path().join("receiver.py"))
+        .arg(dir.path().join("body"))
+        .arg(headers["x-docfetch-timestamp"].to_str().unwrap())
+        .arg(headers["x-docfetch-signature"].to_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "True\nFalse\n",
+        "accepted now, refused ten minutes later"
+    );
+}
+
+#[tokio::test]
+async fn a_schedule_written_by_the_operator_may_carry_its_command_or_name_a_hook() {
+    let extra = "[hooks.mark]\ncommand = [\"{dir}/mark.sh\", \"named\"]\n\n[[schedules]]\nname = \"with-argv\"\ncron = \"0 0 6 * * *\"\n[schedules.request]\naccount = \"fresh-sim\"\noperation = \"balance_sheet\"\non_done = [\"{dir}/mark.sh\", \"argv\"]\n\n[[schedules]]\nname = \"with-name\"\ncron = \"0 0 6 * * *\"\n[schedules.request]\naccount = \"fresh-sim\"\noperation = \"balance_sheet\"\non_done = \"mark\"\n";
+    let app = TestApp::spawn_with(SimConfig::default(), extra, &[]).await;
+    script(
+        &app,
+        "mark.sh",
+        &format!("echo \"$1\" >> {}/marks.txt", app.dir.path().display()),
+    );
+    let schedules = Schedules::load(app.store.clone(), app.settings.clone());
+    let mut names = Vec::new();
+    for schedule in schedules.list().await {
+        let at = Utc
+            .with_ymd_and_hms(2026, 3, 1, 3, 0, 0)
+            .unwrap()
+            .with_timezone(&schedule.timezone);
+        match schedules.fire(&schedule, at).await.unwrap() {
+            Fired::Created(job) => names.push(job.name),
+            other => panic!("{other:?}"),
+        }
+    }
+    for name in &names {
+        assert_eq!(app.run_until_finished(name).await.state, JobState::Done);
+    }
+    assert_eq!(run_hooks(&app).await, 2);
+    let mut marks: Vec<String> = std::fs::read_to_string(app.dir.path().join("marks.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    marks.sort();
+    assert_eq!(marks, ["argv", "named"]);
+}
+
+#[tokio::test]
+async fn a_job_stored_with_its_own_command_before_the_upgrade_still_runs_it() {
+    let app = TestApp::spawn().await;
+    let marker = app.dir.path().join("legacy-ran");
+    // A row as an older docfetch stored it: the request's own argv.
+    let mut new = docfetch::job::request::prepare(
+        serde_json::from_value(
+            json!({"account": "fresh-sim", "operation": "balance_sheet", "name": "legacy"}),
+        )
+        .unwrap(),
+        None,
+        &app.settings,
+        docfetch::job::request::Trust::Submitted,
+        "legacy.json",
+        String::new(),
+        now_ms(),
+    )
+    .unwrap();
+    new.hooks = Some(docfetch::job::Hooks {
+        on_done: Some(docfetch::job::HookRef::Command(vec![
+            "/usr/bin/touch".into(),
+            marker.display().to_string(),
+        ])),
+        ..Default::default()
+    });
+    app.store.insert(&new).await.unwrap();
+    assert_eq!(app.run_until_finished("legacy").await.state, JobState::Done);
+    assert_eq!(run_hooks(&app).await, 1);
+    assert!(marker.exists(), "accepted under the old rules, it runs");
+}
+
+#[tokio::test]
+async fn with_allow_request_commands_a_request_may_carry_its_command() {
+    let app = TestApp::spawn_with(
+        SimConfig::default(),
+        "",
+        &[("DOCFETCH__HOOKS__ALLOW_REQUEST_COMMANDS", "true")],
+    )
+    .await;
+    let marker = app.dir.path().join("allowed-ran");
+    app.submit(
+        json!({"account": "fresh-sim", "operation": "balance_sheet", "name": "carried",
+                      "on_done": ["/usr/bin/touch", marker.display().to_string()]}),
+    )
+    .await;
+    assert_eq!(
+        app.run_until_finished("carried").await.state,
+        JobState::Done
+    );
+    assert_eq!(run_hooks(&app).await, 1);
+    assert!(marker.exists());
 }
 
 #[tokio::test]
