@@ -1480,6 +1480,11 @@ mod tests {
             format!("{:?}", example.paths),
             format!("{:?}", defaults.paths)
         );
+        assert_eq!(format!("{:?}", example.api), format!("{:?}", defaults.api));
+        assert_eq!(
+            format!("{:?}", example.hooks),
+            format!("{:?}", defaults.hooks)
+        );
         assert_eq!(example.store.url, defaults.store.url);
         assert_eq!(example.accounts.len(), 1);
     }

@@ -21,5 +21,6 @@ mod multi_instance;
 mod ofd;
 mod schedules;
 mod secrets;
+mod security;
 mod store;
 mod store_contract;

@@ -26,6 +26,8 @@ pub struct DaemonConfig {
     pub poll_max: String,
     pub retry_initial: String,
     pub output: Option<PathBuf>,
+    /// `api.listen` (`""`: no API).
+    pub api_listen: String,
 }
 
 impl DaemonConfig {
@@ -43,6 +45,7 @@ impl DaemonConfig {
             poll_max: "200ms".into(),
             retry_initial: "20ms".into(),
             output: None,
+            api_listen: String::new(),
         }
     }
 
@@ -94,7 +97,7 @@ settle = "0s"
 timeout = "{http_timeout}"
 connect_timeout = "2s"
 [api]
-listen = ""
+listen = "{api_listen}"
 
 {accounts}
 "#,
@@ -111,6 +114,7 @@ listen = ""
             max_file_size = self.max_file_size,
             http_timeout = self.http_timeout,
             accounts = self.accounts,
+            api_listen = self.api_listen,
         )
     }
 
@@ -158,6 +162,17 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            .spawn()
+            .expect("docfetch starts");
+        Daemon { child: Some(child) }
+    }
+
+    /// Starts a prepared command (arguments, folder, environment chosen by
+    /// the test); it is reaped like any other.
+    pub fn spawn(mut command: Command) -> Daemon {
+        let child = command
+            .env_remove("DOCFETCH_CONFIG")
+            .stdin(Stdio::null())
             .spawn()
             .expect("docfetch starts");
         Daemon { child: Some(child) }
