@@ -344,6 +344,29 @@ struct RawPaths {
     schedules: Option<PathBuf>,
 }
 
+/// A list of names, written as a TOML list or (from an environment
+/// variable) as one string separated by commas.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Names {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl Names {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Names::List(names) => names,
+            Names::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+}
+
 /// A duration or size written either as text (`"2s"`) or as a bare number.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -405,7 +428,7 @@ struct RawApi {
     auth: Option<String>,
     token_file: Option<PathBuf>,
     metrics_public: Option<bool>,
-    allowed_hosts: Option<Vec<String>>,
+    allowed_hosts: Option<Names>,
     header_timeout: Option<Quantity>,
     body_timeout: Option<Quantity>,
     send_timeout: Option<Quantity>,
@@ -767,7 +790,7 @@ fn api_settings(
         }
     };
     let mut allowed_hosts = Vec::new();
-    for host in raw.allowed_hosts.unwrap_or_default() {
+    for host in raw.allowed_hosts.map(Names::into_vec).unwrap_or_default() {
         let host = host.trim().to_ascii_lowercase();
         let valid = !host.is_empty()
             && host.bytes().all(|b| {
@@ -1344,6 +1367,25 @@ mod tests {
         assert!(
             Settings::from_toml("[api]\nlisten = \"nonsense\"\n", &Environment::default()).is_err()
         );
+        let s = Settings::from_toml(
+            "",
+            &env(&[(
+                "DOCFETCH__API__ALLOWED_HOSTS",
+                "docfetch.internal, Proxy.example:443",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.api.allowed_hosts,
+            ["docfetch.internal", "proxy.example:443"]
+        );
+        let err = Settings::from_toml(
+            "[api]\nallowed_hosts = [\"evil.example/\"]\n",
+            &Environment::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api.allowed_hosts"), "{err}");
     }
 
     #[test]
