@@ -111,7 +111,7 @@ pub fn load_or_create(path: &Path) -> Result<Secret, TokenError> {
         Ok(_) => {}
         // Another process made it first: use theirs.
         Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
-            return read_existing(path)?.ok_or_else(|| TokenError::Missing { path: shown });
+            return read_existing(path)?.ok_or(TokenError::Missing { path: shown });
         }
         Err(e) => return Err(create(e.error)),
     }
