@@ -440,6 +440,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_webhook_signature_covers_the_timestamp_a_dot_and_the_body() {
+        // As `printf '%s.' 1700000000 | cat - body | openssl dgst -sha256 -hmac whsec` prints it.
+        assert_eq!(
+            webhook_signature(b"whsec", 1_700_000_000, b"{\"a\":1}\n"),
+            "sha256=ecba364d3740fa9d54c29871bc21e9185d607e6899ed730d1bebf12f39be7ec5"
+        );
+        assert_ne!(
+            webhook_signature(b"whsec", 1_700_000_001, b"{\"a\":1}\n"),
+            webhook_signature(b"whsec", 1_700_000_000, b"{\"a\":1}\n")
+        );
+    }
+
+    #[test]
     fn hmac_matches_rfc_4231() {
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(

@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! A request (a file dropped into the requests directory, `docfetch submit`,
-//! or later the HTTP API) becomes a [`job::Job`] row in the [`store`]. The
+//! or the HTTP API) becomes a [`job::Job`] row in the [`store`]. The
 //! [`scheduler`] claims jobs whose next run time has come, leases them, and
 //! asks the job's [`providers`] module for one step: order the document, poll
 //! it, or download it. Every step returns what to do next (continue, wait
@@ -28,6 +28,8 @@
 //! - [`providers`]: one module per service, all behind [`providers::Provider`].
 //! - [`sim`]: fake providers that follow the services' documents, for tests,
 //!   the benchmark and `docfetch demo`.
+//! - [`hooks`]: the operator's commands and signed webhooks, run when jobs finish.
+//! - [`api`]: the local HTTP API, behind a token and a guard against web pages.
 //! - [`app`]: wiring and `run_until_stopped(shutdown)`.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
