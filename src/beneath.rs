@@ -45,15 +45,29 @@ use rustix::io::Errno;
 pub struct Refused {
     /// The path as the user would write it (root joined with the name).
     pub path: PathBuf,
+    pub kind: RefusedKind,
     pub why: String,
 }
 
+/// What was wrong with a refused path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedKind {
+    /// A symbolic link where none is followed.
+    Link,
+    /// The path climbs out of its root (`..`, an absolute link, a link out).
+    Escapes,
+    /// Not a regular file (a folder, FIFO, socket or device) where a file
+    /// is read, or not a folder where a folder belongs.
+    WrongType,
+}
+
 impl Refused {
-    fn io(path: PathBuf, why: impl Into<String>) -> io::Error {
+    fn io(path: PathBuf, kind: RefusedKind, why: impl Into<String>) -> io::Error {
         io::Error::new(
             io::ErrorKind::PermissionDenied,
             Refused {
                 path,
+                kind,
                 why: why.into(),
             },
         )
@@ -66,12 +80,11 @@ pub fn is_refused(error: &io::Error) -> bool {
     error.get_ref().is_some_and(|inner| inner.is::<Refused>())
 }
 
-/// Why a path was refused, when `error` is a [`Refused`] one.
-pub fn refused_reason(error: &io::Error) -> Option<&str> {
+/// The refusal inside `error`, when it is one.
+pub fn refused(error: &io::Error) -> Option<&Refused> {
     error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<Refused>())
-        .map(|refused| refused.why.as_str())
 }
 
 /// A folder held open by its descriptor.
@@ -195,13 +208,14 @@ impl Folder {
         if !matches!(e, Errno::LOOP | Errno::NOTDIR) {
             return e.into();
         }
-        let what = match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink => {
-                "is a symbolic link; docfetch does not follow links here (replace it by a real folder)"
-            }
-            _ => "is not a folder",
+        let (kind, what) = match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink => (
+                RefusedKind::Link,
+                "is a symbolic link; docfetch does not follow links here (replace it by a real folder)",
+            ),
+            _ => (RefusedKind::WrongType, "is not a folder"),
         };
-        Refused::io(self.shown(name), what)
+        Refused::io(self.shown(name), kind, what)
     }
 
     /// `fsync`s the folder, so renames and new entries in it are durable.
@@ -224,6 +238,7 @@ impl Folder {
         .map_err(|e| match e {
             Errno::LOOP => Refused::io(
                 self.shown(name),
+                RefusedKind::Link,
                 "is a symbolic link; docfetch does not write through links",
             ),
             e => e.into(),
@@ -241,7 +256,7 @@ impl Folder {
             Mode::empty(),
         )
         .map_err(|e| match e {
-            Errno::LOOP => Refused::io(self.shown(name), "is a symbolic link"),
+            Errno::LOOP => Refused::io(self.shown(name), RefusedKind::Link, "is a symbolic link"),
             e => e.into(),
         })?;
         regular(fd, || self.shown(name))
@@ -331,9 +346,14 @@ impl Folder {
         let fd = opened.map_err(|e| match e {
             Errno::XDEV => Refused::io(
                 shown(),
+                RefusedKind::Escapes,
                 "leads outside its folder (through \"..\", an absolute path or a symbolic link)",
             ),
-            Errno::LOOP => Refused::io(shown(), "has too many or unsafe symbolic links"),
+            Errno::LOOP => Refused::io(
+                shown(),
+                RefusedKind::Escapes,
+                "has too many or unsafe symbolic links",
+            ),
             e => e.into(),
         })?;
         regular(fd, shown)
@@ -355,18 +375,17 @@ impl Folder {
         if names.contains(&"..") {
             return Err(Refused::io(
                 self.shown(relative),
+                RefusedKind::Escapes,
                 "leads outside its folder (through \"..\")",
             ));
         }
-        let link = |e: io::Error| {
-            if is_refused(&e) {
-                Refused::io(
-                    self.shown(relative),
-                    "passes through a symbolic link, which this system cannot follow safely (no openat2)",
-                )
-            } else {
-                e
-            }
+        let link = |e: io::Error| match refused(&e).map(|r| r.kind) {
+            Some(RefusedKind::Link) => Refused::io(
+                self.shown(relative),
+                RefusedKind::Link,
+                "passes through a symbolic link, which this system cannot follow safely (no openat2)",
+            ),
+            _ => e,
         };
         let mut here: Option<Folder> = None;
         for name in folders {
@@ -387,6 +406,7 @@ fn regular(fd: OwnedFd, shown: impl FnOnce() -> PathBuf) -> io::Result<File> {
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(Refused::io(
             shown(),
+            RefusedKind::WrongType,
             "is not a regular file (a folder, FIFO, socket or device)",
         ));
     }

@@ -1047,14 +1047,23 @@ async fn open_attachment(
         Failed::File(e) if e.kind() == std::io::ErrorKind::NotFound => ProviderError::permanent(
             format!("{field}: {path:?} does not exist in paths.attachments"),
         ),
-        Failed::File(e) => match crate::beneath::refused_reason(&e) {
-            Some(why) => ProviderError::permanent(format!(
-                "{field}: {path:?} in paths.attachments {why}; refused"
-            )),
-            None => ProviderError::transient(format!(
-                "{field}: cannot open {path:?} in paths.attachments: {e}"
-            )),
-        },
+        Failed::File(e) => {
+            use crate::beneath::RefusedKind;
+            match crate::beneath::refused(&e).map(|r| r.kind) {
+                Some(RefusedKind::Escapes) => ProviderError::permanent(format!(
+                    "{field}: {path:?} leads outside paths.attachments (through a symbolic link); refused"
+                )),
+                Some(RefusedKind::Link) => ProviderError::permanent(format!(
+                    "{field}: {path:?} passes through a symbolic link, which this system cannot follow safely; refused"
+                )),
+                Some(RefusedKind::WrongType) => ProviderError::permanent(format!(
+                    "{field}: {path:?} is not a regular file"
+                )),
+                None => ProviderError::transient(format!(
+                    "{field}: cannot open {path:?} in paths.attachments: {e}"
+                )),
+            }
+        }
     })
 }
 
