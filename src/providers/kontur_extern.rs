@@ -2412,14 +2412,14 @@ mod tests {
     #[test]
     fn endpoints_put_the_account_first() {
         let account = keys(
-            "client_id = \"c\"\napi_key = \"k\"\naccount_id = \"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"\nbase_url = \"http://h/extern/\"\n",
+            "client_id = \"c\"\napi_key = \"k\"\naccount_id = \"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"\nbase_url = \"https://h/extern/\"\n",
         )
         .unwrap();
         let p = KonturExtern::new("ke", account);
         assert_eq!(
             p.endpoint(&["drafts", "builders", "b1", "tasks", "t/1"])
                 .as_str(),
-            "http://h/extern/v1/6f9619ff-8b86-d011-b42d-00cf4fc964ff/drafts/builders/b1/tasks/t%2F1"
+            "https://h/extern/v1/6f9619ff-8b86-d011-b42d-00cf4fc964ff/drafts/builders/b1/tasks/t%2F1"
         );
     }
 }
