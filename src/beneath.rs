@@ -490,7 +490,7 @@ mod tests {
         let (dir, root) = tree();
         rustix::fs::mknodat(
             CWD,
-            &dir.path().join("root/pipe"),
+            dir.path().join("root/pipe"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,
