@@ -305,6 +305,8 @@ impl Inbox {
             Ok(Ok(Opened::Refused(reason))) => {
                 return self.reject_claimed(name, claimed, &reason, report).await;
             }
+            // Removed since the claim (by whoever can write here): nothing to do.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
             Ok(Err(e)) | Err(e) => {
                 warn!(file = %name, error = %e, "cannot read a request file; will try again");
                 self.unclaim(name, claimed).await;
