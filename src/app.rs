@@ -54,6 +54,9 @@ pub async fn run_until_stopped(
     shutdown: CancellationToken,
     ready: Option<ReadyHook>,
 ) -> Result<(), AppError> {
+    if let Some(warning) = crate::config::store_transport_warning(&settings.store.url) {
+        warn!("{warning}");
+    }
     let store = Store::open(&settings.store.url).await?;
     // One daemon per SQLite store: with the lock held, every lease left in
     // the store belongs to a daemon that is gone, and is taken back at once.

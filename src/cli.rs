@@ -510,6 +510,9 @@ fn check_config(settings: &Settings) {
         "store:     {}",
         crate::config::redact_store_url(&settings.store.url)
     );
+    if let Some(warning) = crate::config::store_transport_warning(&settings.store.url) {
+        println!("warning:   {warning}");
+    }
     println!("requests:  {}", settings.paths.requests.display());
     println!("output:    {}", settings.paths.output.display());
     println!(

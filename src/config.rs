@@ -985,6 +985,63 @@ pub fn redact_store_url(url: &str) -> String {
     }
 }
 
+/// The account key that lets its URLs be plain `http://` beyond loopback.
+pub const PLAIN_HTTP: &str = "allow_plain_http";
+
+/// Whether a URL's host is this machine: `127.0.0.0/8`, `::1`, or
+/// `localhost` (RFC 6761 names resolve to loopback).
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => is_loopback_name(name),
+        None => false,
+    }
+}
+
+/// [`is_loopback`] for a host name or address as written (`[::1]` too).
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// A warning for a PostgreSQL store reached over the network without
+/// certificate checks: with any `sslmode` short of `verify-ca` or
+/// `verify-full` (the default is `prefer`), whoever sits between the daemon
+/// and the database can read and change the jobs, cursors included. `None`
+/// for SQLite, a unix socket, loopback, or a verifying `sslmode`.
+pub fn store_transport_warning(url: &str) -> Option<String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return None;
+    }
+    let parsed = url::Url::parse(url).ok()?;
+    let query = |key: &str| {
+        parsed
+            .query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    };
+    // `?host=/run/postgresql` (or no host at all) is a unix socket.
+    let host = query("host").or_else(|| parsed.host_str().map(str::to_string));
+    let local = match host.as_deref() {
+        None | Some("") => true,
+        Some(path) if path.starts_with('/') => true,
+        Some(name) => is_loopback_name(name),
+    };
+    let mode = query("sslmode").unwrap_or_else(|| "prefer".into());
+    if local || matches!(mode.as_str(), "verify-full" | "verify-ca") {
+        return None;
+    }
+    Some(format!(
+        "store.url {} reaches PostgreSQL over the network with sslmode={mode}: the server's certificate is not checked, so anyone on the path can read and change the job store; add ?sslmode=verify-full (with sslrootcert=…) to the URL",
+        redact_store_url(url)
+    ))
+}
+
 /// The keys of one `[accounts.NAME]` table, taken one by one by the provider
 /// that owns them; [`AccountKeys::finish`] rejects whatever is left over.
 pub struct AccountKeys<'a> {
@@ -993,6 +1050,8 @@ pub struct AccountKeys<'a> {
     prefix: String,
     table: BTreeMap<String, toml::Value>,
     env: &'a Environment,
+    /// `allow_plain_http`, once read.
+    plain_http: Option<bool>,
 }
 
 impl<'a> AccountKeys<'a> {
@@ -1012,6 +1071,7 @@ impl<'a> AccountKeys<'a> {
             prefix: prefix.to_string(),
             table,
             env,
+            plain_http: None,
         }
     }
 
@@ -1131,7 +1191,31 @@ impl<'a> AccountKeys<'a> {
                 "must not carry credentials; use the account's credential keys",
             ));
         }
+        // The one place every provider's URLs pass: passwords, API keys and
+        // tokens travel to these hosts, so plain HTTP is for loopback (the
+        // simulator, a local TLS-terminating proxy) unless the operator says
+        // otherwise for this account.
+        if url.scheme() == "http" && !is_loopback(&url) && !self.plain_http_allowed()? {
+            return Err(ConfigError::invalid(
+                self.key(key),
+                format!(
+                    "{text:?} is plain http:// to another machine: the account's credentials would cross the network unencrypted; use https://, or set {} = true if this network is trusted",
+                    self.key(PLAIN_HTTP)
+                ),
+            ));
+        }
         Ok(url)
+    }
+
+    /// `allow_plain_http` (default false): whether this account's URLs may
+    /// be `http://` to a host other than loopback. Read once.
+    pub fn plain_http_allowed(&mut self) -> Result<bool, ConfigError> {
+        if let Some(allowed) = self.plain_http {
+            return Ok(allowed);
+        }
+        let allowed = self.boolean(PLAIN_HTTP)?.unwrap_or(false);
+        self.plain_http = Some(allowed);
+        Ok(allowed)
     }
 
     /// A secret given as `KEY = "value"`, `KEY_file = "path"` or
@@ -1203,7 +1287,9 @@ impl<'a> AccountKeys<'a> {
     }
 
     /// Fails when keys are left that no one took: they are typos.
-    pub fn finish(self) -> Result<(), ConfigError> {
+    pub fn finish(mut self) -> Result<(), ConfigError> {
+        // Every account may say it, even one whose URLs are all https.
+        self.plain_http_allowed()?;
         match self.table.keys().next() {
             None => Ok(()),
             Some(key) => Err(ConfigError::invalid(self.key(key), "unknown key")),
@@ -1529,5 +1615,134 @@ mod tests {
         );
         assert_eq!(example.store.url, defaults.store.url);
         assert_eq!(example.accounts.len(), 1);
+    }
+
+    /// One account of every provider, with `{base}` and `{identity}` as its
+    /// URLs and `{extra}` added.
+    fn every_provider(base: &str, identity: &str, extra: &str) -> Vec<(&'static str, String)> {
+        let fill = |text: &str| {
+            text.replace("{base}", base)
+                .replace("{identity}", identity)
+                .replace("{extra}", extra)
+        };
+        vec![
+            (
+                "base_url",
+                fill(
+                    "[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"{base}/a/hs/dt/storage\"\nusername = \"u\"\npassword = \"p\"\n{extra}",
+                ),
+            ),
+            (
+                "base_url",
+                fill(
+                    "[accounts.a]\nprovider = \"ofd-ru\"\nbase_url = \"{base}\"\nlogin = \"l\"\npassword = \"p\"\n{extra}",
+                ),
+            ),
+            (
+                "base_url",
+                fill(
+                    "[accounts.a]\nprovider = \"atol-kkt\"\nbase_url = \"{base}\"\nlogin = \"l\"\npassword = \"p\"\n{extra}",
+                ),
+            ),
+            (
+                "base_url",
+                fill(
+                    "[accounts.a]\nprovider = \"kontur-extern\"\nbase_url = \"{base}\"\nidentity_url = \"https://identity.kontur.ru\"\naccount_id = \"1d0e5c2a-0000-0000-0000-000000000000\"\nclient_id = \"c\"\napi_key = \"k\"\n{extra}",
+                ),
+            ),
+            (
+                "identity_url",
+                fill(
+                    "[accounts.a]\nprovider = \"kontur-extern\"\nbase_url = \"https://extern-api.kontur.ru\"\nidentity_url = \"{identity}\"\naccount_id = \"1d0e5c2a-0000-0000-0000-000000000000\"\nclient_id = \"c\"\napi_key = \"k\"\n{extra}",
+                ),
+            ),
+            (
+                "base_url",
+                fill(
+                    "[accounts.a]\nprovider = \"kontur-diadoc\"\nbase_url = \"{base}\"\nauth = \"diadoc\"\nclient_id = \"c\"\nlogin = \"l\"\npassword = \"p\"\n{extra}",
+                ),
+            ),
+            (
+                "identity_url",
+                fill(
+                    "[accounts.a]\nprovider = \"kontur-diadoc\"\nbase_url = \"https://diadoc-api.kontur.ru\"\nauth = \"oidc\"\nidentity_url = \"{identity}\"\nclient_id = \"c\"\napi_key = \"k\"\n{extra}",
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn plain_http_to_another_machine_is_refused_for_every_provider_naming_the_key() {
+        for (key, toml) in every_provider("http://api.example", "http://id.example", "") {
+            let err = Settings::from_toml(&toml, &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("accounts.a.{key}")) && err.contains("allow_plain_http"),
+                "{toml}\n{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_http_is_fine_on_loopback_or_when_the_account_allows_it() {
+        for base in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+        ] {
+            for (_, toml) in every_provider(base, &format!("{base}/id"), "") {
+                Settings::from_toml(&toml, &env(&[])).unwrap_or_else(|e| panic!("{toml}\n{e}"));
+            }
+        }
+        for (_, toml) in every_provider(
+            "http://api.example",
+            "http://id.example",
+            "allow_plain_http = true\n",
+        ) {
+            Settings::from_toml(&toml, &env(&[])).unwrap_or_else(|e| panic!("{toml}\n{e}"));
+        }
+        // Said on an https account, it is no typo; a wrong value names the key.
+        for (_, toml) in every_provider(
+            "https://api.example",
+            "https://id.example",
+            "allow_plain_http = false\n",
+        ) {
+            Settings::from_toml(&toml, &env(&[])).unwrap_or_else(|e| panic!("{toml}\n{e}"));
+        }
+        let (_, bad) = every_provider("https://h", "https://i", "allow_plain_http = 3\n").remove(0);
+        let err = Settings::from_toml(&bad, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("accounts.a.allow_plain_http"), "{err}");
+    }
+
+    #[test]
+    fn a_postgres_store_beyond_loopback_without_certificate_checks_is_warned_about_without_its_password()
+     {
+        let warned =
+            store_transport_warning("postgres://docfetch:s3cret@db.internal:5432/docfetch")
+                .expect("a warning");
+        assert!(
+            warned.contains("sslmode=prefer") && warned.contains("verify-full"),
+            "{warned}"
+        );
+        assert!(!warned.contains("s3cret"), "{warned}");
+        assert!(
+            store_transport_warning("postgres://u@db.internal/d?sslmode=require")
+                .is_some_and(|w| w.contains("sslmode=require"))
+        );
+        for quiet in [
+            "sqlite://var/docfetch.db",
+            "postgres://u@db.internal/d?sslmode=verify-full",
+            "postgresql://u@db.internal/d?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgres://u@localhost/d",
+            "postgres://u@[::1]/d",
+            "postgres:///d?host=/run/postgresql",
+        ] {
+            assert_eq!(store_transport_warning(quiet), None, "{quiet}");
+        }
+        assert!(store_transport_warning("postgres://u@localhost/d?host=db.internal").is_some());
     }
 }

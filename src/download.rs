@@ -5,12 +5,18 @@
 //! the total is checked against `Content-Length`, the file is `fsync`ed and
 //! renamed into place, and the folder is `fsync`ed so the rename itself is
 //! durable. A file therefore never appears half-written under its final name.
+//!
+//! The target folder (`output/NAME`) is opened through its root's
+//! descriptor and every file in it through the folder's ([`crate::beneath`]):
+//! a symbolic link planted at `output/NAME` or at a `.part` name is refused,
+//! never written through.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::beneath::{Folder, Subfolder, part_name};
 use crate::job::SavedFile;
 use crate::job::request::hex;
 
@@ -42,27 +48,6 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// [`ensure_dir`] for a folder that will hold durable files: when it is new,
-/// its parent is `fsync`ed too, so the folder's own entry survives a power
-/// cut (on a file system without a journal, an `fsync` of a file does not
-/// make the folder that holds it durable). Blocking: call it from a blocking
-/// thread.
-pub fn ensure_dir_durable(dir: &Path) -> std::io::Result<()> {
-    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
-        return Ok(());
-    }
-    ensure_dir(dir)?;
-    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
-    }
-}
-
-/// `fsync`s a folder so a rename inside it survives a power cut. Blocking.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Runs blocking file work on tokio's blocking pool: one hand-off per
 /// durable write, however many system calls it takes.
 pub async fn blocking<T: Send + 'static>(
@@ -76,16 +61,11 @@ pub async fn blocking<T: Send + 'static>(
 /// Chunks received but not yet written, at most.
 const WRITE_AHEAD: usize = 16;
 
-/// The temporary name a file has while it is being written.
-pub fn part_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!(".{name}.part"))
-}
-
-/// Streams `response` into `dir/name` (already sanitized), enforcing
+/// Streams `response` into `folder/name` (already sanitized), enforcing
 /// `max_size` and failing when no bytes arrive for `idle`.
 pub async fn save_response(
     mut response: reqwest::Response,
-    dir: &Path,
+    folder: &Subfolder,
     name: &str,
     max_size: u64,
     idle: Duration,
@@ -96,7 +76,7 @@ pub async fn save_response(
     {
         return Err(DownloadError::TooLarge { limit: max_size });
     }
-    let part = part_path(dir, name);
+    let part = folder.path().join(part_name(name));
     // Receiving and writing overlap: this task reads the network and hashes
     // while one blocking thread makes the folder, writes and, once told the
     // stream was whole, `fsync`s, renames and `fsync`s the folder, joined by
@@ -109,8 +89,8 @@ pub async fn save_response(
     // for a runtime thread).
     let (pieces, pending) = tokio::sync::mpsc::channel::<Piece>(WRITE_AHEAD);
     let writer = {
-        let (dir, name) = (dir.to_path_buf(), name.to_string());
-        tokio::task::spawn_blocking(move || write_pieces(&dir, &name, pending))
+        let (folder, name) = (folder.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || write_pieces(&folder, &name, pending))
     };
     let mut hasher = Sha256::new();
     let received = async {
@@ -154,7 +134,9 @@ pub async fn save_response(
             source: std::io::Error::other(e),
         })
     });
-    let result = match (received, written) {
+    // The writer removes its part file whenever it does not commit: a
+    // half-written file is never left behind.
+    match (received, written) {
         // A disk error explains a short stream better than the count does.
         (_, Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),
@@ -167,12 +149,7 @@ pub async fn save_response(
             path: part.clone(),
             source: std::io::Error::other("the file writer stopped before the end"),
         }),
-    };
-    if result.is_err() {
-        // Never leave a half-written file behind; a missing one is fine.
-        let _ = tokio::fs::remove_file(&part).await;
     }
-    result
 }
 
 /// What the network side hands the file writer.
@@ -183,42 +160,74 @@ enum Piece {
 }
 
 /// The blocking half of [`save_response`]: returns whether the file was
-/// committed under `dir/name`; `false` when the stream ended without
-/// [`Piece::Commit`] (the part file is then removed).
+/// committed under `folder/name`; `false` when the stream ended without
+/// [`Piece::Commit`]. Whenever it does not commit, the part file is removed.
 fn write_pieces(
-    dir: &Path,
+    folder: &Subfolder,
     name: &str,
     mut pending: tokio::sync::mpsc::Receiver<Piece>,
 ) -> Result<bool, DownloadError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = folder.path();
+    let dir = dir.as_path();
     let disk = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DownloadError::Disk { path, source }
     };
-    let part = part_path(dir, name);
+    let part_file = part_name(name);
+    let part = dir.join(&part_file);
     let target = dir.join(name);
-    ensure_dir_durable(dir).map_err(disk(dir))?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(&part)
-        .map_err(disk(&part))?;
-    let flush_handle = file.try_clone().map_err(disk(&part))?;
+    let folder = folder.open(true).map_err(disk(dir))?;
+    let file = folder.create_file(&part_file, 0o640).map_err(disk(&part))?;
+    let written =
+        write_part(&folder, file, &part_file, name, &mut pending).map_err(|(at, source)| {
+            DownloadError::Disk {
+                path: match at {
+                    At::Part => part.clone(),
+                    At::Target => target.clone(),
+                    At::Folder => dir.to_path_buf(),
+                },
+                source,
+            }
+        });
+    if !matches!(written, Ok(true)) {
+        // Never leave a half-written file behind; a missing one is fine.
+        let _ = folder.remove_file(std::ffi::OsStr::new(&part_file));
+    }
+    written
+}
+
+/// Which file a write error concerns.
+enum At {
+    Part,
+    Target,
+    Folder,
+}
+
+/// Writes the pieces into `file` (the open part file) and, on
+/// [`Piece::Commit`], makes it durable under `name`: `fsync` file, rename,
+/// `fsync` folder.
+fn write_part(
+    folder: &Folder,
+    file: std::fs::File,
+    part_file: &str,
+    name: &str,
+    pending: &mut tokio::sync::mpsc::Receiver<Piece>,
+) -> Result<bool, (At, std::io::Error)> {
+    use std::io::Write as _;
+    let disk = |source| (At::Part, source);
+    let flush_handle = file.try_clone().map_err(disk)?;
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut commit = false;
     // A large file is flushed to the disk while it is still arriving (see
     // `flush_behind`), so the final `fsync` has little left to write.
-    let flushed = std::thread::scope(|scope| -> Result<(), DownloadError> {
+    let flushed = std::thread::scope(|scope| -> Result<(), (At, std::io::Error)> {
         let mut flusher = None;
         let mut no_flusher = false;
         let mut unflushed: u64 = 0;
         while let Some(piece) = pending.blocking_recv() {
             match piece {
                 Piece::Data(chunk) => {
-                    out.write_all(&chunk).map_err(disk(&part))?;
+                    out.write_all(&chunk).map_err(disk)?;
                     unflushed += chunk.len() as u64;
                     if unflushed >= FLUSH_BEHIND {
                         unflushed = 0;
@@ -255,25 +264,21 @@ fn write_pieces(
                 .join()
                 .map_err(|_| std::io::Error::other("the flush-behind thread panicked"))
                 .and_then(|flushed| flushed)
-                .map_err(disk(&part))?;
+                .map_err(disk)?;
         }
         Ok(())
     });
-    if let Err(e) = flushed {
-        drop(out);
-        let _ = std::fs::remove_file(&part);
-        return Err(e);
-    }
+    flushed?;
     if !commit {
-        drop(out);
-        let _ = std::fs::remove_file(&part);
         return Ok(false);
     }
-    let file = out.into_inner().map_err(|e| disk(&part)(e.into_error()))?;
-    file.sync_all().map_err(disk(&part))?;
+    let file = out.into_inner().map_err(|e| disk(e.into_error()))?;
+    file.sync_all().map_err(disk)?;
     drop(file);
-    std::fs::rename(&part, &target).map_err(disk(&target))?;
-    sync_dir(dir).map_err(disk(dir))?;
+    folder
+        .rename(std::ffi::OsStr::new(part_file), folder, name)
+        .map_err(|e| (At::Target, e))?;
+    folder.sync().map_err(|e| (At::Folder, e))?;
     Ok(true)
 }
 
@@ -294,48 +299,21 @@ fn flush_behind(
 }
 
 /// Writes small contents durably and atomically (`.part`, fsync, rename,
-/// fsync folder): receipts and error notes.
-pub async fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
-    let (dir, name, contents) = (dir.to_path_buf(), name.to_string(), contents.to_vec());
-    blocking(move || write_atomic_blocking(&dir, &name, &contents)).await
+/// fsync folder) as `folder/name`, making the folder when missing.
+pub async fn write_atomic(folder: &Subfolder, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    let (folder, name, contents) = (folder.clone(), name.to_string(), contents.to_vec());
+    blocking(move || folder.open(true)?.write_atomic(&name, &contents)).await
 }
 
-/// [`write_atomic`] on the calling thread, for work already on a blocking
-/// thread.
-pub fn write_atomic_blocking(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    ensure_dir_durable(dir)?;
-    let part = part_path(dir, name);
-    let write = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .open(&part)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&part, dir.join(name))?;
-        sync_dir(dir)
-    })();
-    if write.is_err() {
-        let _ = std::fs::remove_file(&part);
-    }
-    write
-}
-
-/// Removes `.*.part` leftovers of an interrupted download from `dir`.
-pub fn remove_stale_parts(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// Removes `.*.part` leftovers of an interrupted download from `folder`.
+pub fn remove_stale_parts(folder: &Folder) {
+    let Ok(entries) = folder.entries() else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".part") {
-            let _ = std::fs::remove_file(entry.path());
+    for (name, _) in entries {
+        let text = name.to_string_lossy();
+        if text.starts_with('.') && text.ends_with(".part") {
+            let _ = folder.remove_file(&name);
         }
     }
 }
@@ -348,8 +326,11 @@ mod tests {
     async fn write_atomic_leaves_only_the_final_file() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("a/b");
-        write_atomic(&out, "job.json", b"{}").await.unwrap();
-        write_atomic(&out, "job.json", b"{\"x\":1}").await.unwrap();
+        let folder = Subfolder::new(dir.path().join("a"), "b");
+        write_atomic(&folder, "job.json", b"{}").await.unwrap();
+        write_atomic(&folder, "job.json", b"{\"x\":1}")
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(out.join("job.json")).unwrap(), b"{\"x\":1}");
         let names: Vec<_> = std::fs::read_dir(&out)
             .unwrap()
@@ -377,7 +358,8 @@ mod tests {
                 pieces.blocking_send(Piece::Commit).unwrap();
             }
         });
-        let written = write_pieces(dir, "big.bin", pending).unwrap();
+        let folder = Subfolder::new(dir, "job");
+        let written = write_pieces(&folder, "big.bin", pending).unwrap();
         feeder.join().unwrap();
         written
     }
@@ -388,10 +370,10 @@ mod tests {
         // 2.5 flush-behind steps, so the flusher runs and is joined.
         let len = (FLUSH_BEHIND / 4) as usize;
         assert!(write_chunks(dir.path(), 10, len, true));
-        let file = std::fs::read(dir.path().join("big.bin")).unwrap();
+        let file = std::fs::read(dir.path().join("job/big.bin")).unwrap();
         assert_eq!(file.len(), 10 * len);
         assert!(file[9 * len..].iter().all(|b| *b == 9));
-        assert!(!part_path(dir.path(), "big.bin").exists());
+        assert!(!dir.path().join("job").join(part_name("big.bin")).exists());
     }
 
     #[test]
@@ -399,7 +381,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let len = (FLUSH_BEHIND / 4) as usize;
         assert!(!write_chunks(dir.path(), 6, len, false));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("job")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -407,7 +392,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".x.json.part"), b"half").unwrap();
         std::fs::write(dir.path().join("x.json"), b"whole").unwrap();
-        remove_stale_parts(dir.path());
+        remove_stale_parts(&Folder::open_root(dir.path(), false).unwrap());
         assert!(!dir.path().join(".x.json.part").exists());
         assert!(dir.path().join("x.json").exists());
     }

@@ -12,6 +12,15 @@
 //! the same file again; it recognises it (same name, same source, same
 //! SHA-256) and only finishes the move.
 //!
+//! Whoever can write to the drop directory can swap what a name points to
+//! at any moment, so nothing is trusted from the listing: a claimed file is
+//! opened with `O_NOFOLLOW | O_NONBLOCK` and the *opened* descriptor is
+//! checked (`fstat`: a regular file, not over `inbox.max_request_size`). A
+//! symbolic link, FIFO or device swapped in after the scan is rejected
+//! unread, and a FIFO never blocks the scan. `accepted/` and `rejected/` are
+//! reached through the drop directory's descriptor, never through a link
+//! planted under their names ([`crate::beneath`]).
+//!
 //! Several daemons may watch one directory (a PostgreSQL fleet): a file is
 //! claimed by renaming it to `.NAME.claimed-TAG` before it is read, so
 //! exactly one daemon handles it (the others find it gone). A claim lives
@@ -20,15 +29,15 @@
 //! with a SQLite store (one daemon per store) puts back every claim it finds
 //! when it starts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::beneath::Folder;
 use crate::config::Settings;
-use crate::download::{ensure_dir, write_atomic};
 use crate::job::request::{self, RequestError, RequestFormat};
 use crate::job::{Job, now_ms, rfc3339};
 use crate::store::{Store, StoreError};
@@ -101,12 +110,27 @@ pub async fn accept(
     }
 }
 
+/// A test's stand-in for another writer of the drop directory: runs
+/// between the claim (rename) and the open, with the claimed file's path.
+#[cfg(test)]
+type AfterClaim = Box<dyn Fn(&Path) + Send + Sync>;
+
 /// The drop-directory scanner.
 pub struct Inbox {
     store: Store,
     settings: Arc<Settings>,
     /// Tells this scanner's claims from other daemons'.
     tag: String,
+    #[cfg(test)]
+    after_claim: Option<AfterClaim>,
+}
+
+/// What opening a claimed request found.
+enum Opened {
+    /// The request's bytes, read from a regular file within the limit.
+    Bytes(Vec<u8>),
+    /// Not a request to read: why, for the rejection note.
+    Refused(String),
 }
 
 impl Inbox {
@@ -116,6 +140,8 @@ impl Inbox {
             store,
             settings,
             tag,
+            #[cfg(test)]
+            after_claim: None,
         }
     }
 
@@ -123,10 +149,13 @@ impl Inbox {
         &self.settings.paths.requests
     }
 
-    /// Creates the drop directory and its `accepted/` and `rejected/` folders.
+    /// Creates the drop directory and its `accepted/` and `rejected/`
+    /// folders; a symbolic link under either name is an error.
     pub fn prepare_dirs(&self) -> std::io::Result<()> {
-        ensure_dir(&self.dir().join(ACCEPTED))?;
-        ensure_dir(&self.dir().join(REJECTED))
+        let requests = Folder::open_root(self.dir(), true)?;
+        requests.child(ACCEPTED, true)?;
+        requests.child(REJECTED, true)?;
+        Ok(())
     }
 
     /// Looks at every file in the drop directory once.
@@ -155,7 +184,9 @@ impl Inbox {
                 }
                 continue;
             };
-            if is_ignored(&name) {
+            // `accepted/` and `rejected/` are docfetch's own, whatever they
+            // turned into (a link there is refused when it is used).
+            if is_ignored(&name) || name == ACCEPTED || name == REJECTED {
                 continue;
             }
             self.consider(&name, &mut report).await;
@@ -224,22 +255,10 @@ impl Inbox {
             return;
         }
         if meta.file_type().is_symlink() {
-            return self
-                .reject(
-                    name,
-                    "the request is a symbolic link; links are not followed, drop the file itself",
-                    report,
-                )
-                .await;
+            return self.reject(name, SYMLINK, report).await;
         }
         if !meta.is_file() {
-            return self
-                .reject(
-                    name,
-                    "the request is not a regular file (a FIFO, socket or device?)",
-                    report,
-                )
-                .await;
+            return self.reject(name, NOT_REGULAR, report).await;
         }
         let changed = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let age = SystemTime::now()
@@ -261,19 +280,16 @@ impl Inbox {
                 return;
             }
         }
-        self.handle_claimed(name, &claimed, &meta, report).await;
+        #[cfg(test)]
+        if let Some(hook) = &self.after_claim {
+            hook(&self.dir().join(&claimed));
+        }
+        self.handle_claimed(name, &claimed, report).await;
     }
 
     /// Handles a file claimed as `claimed`; it leaves the claim by moving to
     /// `accepted/` or `rejected/`, or back to `name` to be tried again.
-    async fn handle_claimed(
-        &self,
-        name: &str,
-        claimed: &str,
-        meta: &std::fs::Metadata,
-        report: &mut ScanReport,
-    ) {
-        let path = self.dir().join(claimed);
+    async fn handle_claimed(&self, name: &str, claimed: &str, report: &mut ScanReport) {
         let format = match RequestFormat::from_path(Path::new(name)) {
             Ok(format) => format,
             Err(e) => {
@@ -282,19 +298,17 @@ impl Inbox {
                     .await;
             }
         };
+        let path = self.dir().join(claimed);
         let limit = self.settings.inbox.max_request_size;
-        if meta.len() > limit {
-            let e = RequestError::TooLarge {
-                size: meta.len(),
-                limit,
-            };
-            return self
-                .reject_claimed(name, claimed, &e.to_string(), report)
-                .await;
-        }
-        let bytes = match read_limited(&path, limit).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
+        let opened = crate::download::blocking(move || Ok(open_request(&path, limit))).await;
+        let bytes = match opened {
+            Ok(Ok(Opened::Bytes(bytes))) => bytes,
+            Ok(Ok(Opened::Refused(reason))) => {
+                return self.reject_claimed(name, claimed, &reason, report).await;
+            }
+            // Removed since the claim (by whoever can write here): nothing to do.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Ok(Err(e)) | Err(e) => {
                 warn!(file = %name, error = %e, "cannot read a request file; will try again");
                 self.unclaim(name, claimed).await;
                 report.deferred += 1;
@@ -316,7 +330,7 @@ impl Inbox {
         .await
         {
             Ok(job) => {
-                if let Err(e) = move_claimed(self.dir(), claimed, name, ACCEPTED).await {
+                if let Err(e) = self.file_away(claimed, name, ACCEPTED, None).await {
                     // The job is durable; a later scan recognises the file and retries the move.
                     error!(file = %name, error = %e, "job accepted but the request file could not be moved");
                     self.unclaim(name, claimed).await;
@@ -351,8 +365,13 @@ impl Inbox {
         reason: &str,
         report: &mut ScanReport,
     ) {
-        self.reject_raw(std::ffi::OsStr::new(claimed), name, reason, report)
-            .await;
+        if !self
+            .reject_raw(std::ffi::OsStr::new(claimed), name, reason, report)
+            .await
+        {
+            // Back under its name, for the next scan or for a person.
+            self.unclaim(name, claimed).await;
+        }
     }
 
     /// Gives a claimed file its name back, for a later scan.
@@ -363,38 +382,62 @@ impl Inbox {
         }
     }
 
+    /// Moves `os_name` into `rejected/` with a note; whether it did.
     async fn reject_raw(
         &self,
         os_name: &std::ffi::OsStr,
         shown: &str,
         reason: &str,
         report: &mut ScanReport,
-    ) {
+    ) -> bool {
         warn!(file = %shown, reason, "request rejected");
-        let rejected = self.dir().join(REJECTED);
-        let (target, stem) = free_name(&rejected, shown);
         let note = format!(
             "docfetch rejected this request.\n\nfile:   {shown}\nreason: {reason}\ntime:   {}\n\nNothing was run. Fix the file and drop it into the requests directory again.\n",
             rfc3339(now_ms())
         );
-        if let Err(e) = write_atomic(&rejected, &format!("{stem}.error.txt"), note.as_bytes()).await
+        match self
+            .file_away(os_name, shown, REJECTED, Some(note.into_bytes()))
+            .await
         {
-            error!(file = %shown, error = %e, "cannot write the rejection note; the file stays in place");
-            report.deferred += 1;
-            return;
-        }
-        match tokio::fs::rename(self.dir().join(os_name), &target).await {
             Ok(()) => {
                 crate::metrics::request("inbox", false);
                 report
                     .rejected
                     .push((shown.to_string(), reason.to_string()));
+                true
             }
             Err(e) => {
-                error!(file = %shown, error = %e, "cannot move a rejected request aside");
+                error!(file = %shown, reason, error = %e, "cannot move a rejected request aside (with its note); the file stays in place");
                 report.deferred += 1;
+                false
             }
         }
+    }
+
+    /// Moves `from` (a name in the drop directory) into `folder`
+    /// (`accepted/` or `rejected/`) as `shown`, never overwriting an earlier
+    /// file; with a `note`, writes `STEM.error.txt` beside it first. All of
+    /// it through the drop directory's descriptor: a link planted at
+    /// `rejected` or `accepted` is refused, not followed.
+    async fn file_away(
+        &self,
+        from: impl AsRef<std::ffi::OsStr>,
+        shown: &str,
+        folder: &'static str,
+        note: Option<Vec<u8>>,
+    ) -> std::io::Result<()> {
+        let from = from.as_ref().to_os_string();
+        let (dir, shown) = (self.dir().to_path_buf(), shown.to_string());
+        crate::download::blocking(move || {
+            let requests = Folder::open_root(&dir, false)?;
+            let target = requests.child(folder, true)?;
+            let (name, stem) = free_name(&target, &shown);
+            if let Some(note) = note {
+                target.write_atomic(&format!("{stem}.error.txt"), &note)?;
+            }
+            requests.rename(&from, &target, &name)
+        })
+        .await
     }
 
     /// The driver: scans every `inbox.scan_interval` until `shutdown`.
@@ -416,18 +459,56 @@ pub fn is_ignored(name: &str) -> bool {
     name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
 }
 
-/// Reads at most `limit + 1` bytes (the size was checked, but a file can grow).
-async fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(path).await?;
+/// Opens a claimed request without following a link and without
+/// blocking on a FIFO, and reads it only when the opened descriptor is a
+/// regular file within `limit` bytes. Refusals are answers, not errors: a
+/// swapped-in link, FIFO, socket or device is rejected, never read.
+fn open_request(path: &Path, limit: u64) -> std::io::Result<Opened> {
+    use rustix::fs::OFlags;
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) => {
+            // What is under the name now says whether the failure is the
+            // file's nature (rejected) or a passing trouble (tried again).
+            return match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_symlink() => Ok(Opened::Refused(SYMLINK.into())),
+                Ok(meta) if !meta.is_file() => Ok(Opened::Refused(NOT_REGULAR.into())),
+                _ => Err(e),
+            };
+        }
+    };
+    // `fstat` of what was opened, not of what the name showed at the scan.
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Opened::Refused(NOT_REGULAR.into()));
+    }
+    let too_large = |size| Opened::Refused(RequestError::TooLarge { size, limit }.to_string());
+    if meta.len() > limit {
+        return Ok(too_large(meta.len()));
+    }
+    // At most `limit + 1` bytes: the size was checked, but a file can grow.
     let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes).await?;
-    Ok(bytes)
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Ok(too_large(bytes.len() as u64));
+    }
+    Ok(Opened::Bytes(bytes))
 }
 
-/// A name in `dir` not yet taken: `name` itself, or with a time stamp added
-/// before the extension. Returns the target path and the stem used for notes.
-fn free_name(dir: &Path, name: &str) -> (PathBuf, String) {
+const SYMLINK: &str =
+    "the request is a symbolic link; links are not followed, drop the file itself";
+const NOT_REGULAR: &str = "the request is not a regular file (a FIFO, socket or device?)";
+
+/// A name in `folder` not yet taken: `name` itself, or with a time stamp
+/// added before the extension. Returns the name and the stem used for notes.
+fn free_name(folder: &Folder, name: &str) -> (String, String) {
     let path = Path::new(name);
     let stem = path
         .file_stem()
@@ -439,9 +520,9 @@ fn free_name(dir: &Path, name: &str) -> (PathBuf, String) {
         .and_then(|s| s.to_str())
         .map(|e| format!(".{e}"))
         .unwrap_or_default();
-    let candidate = dir.join(name);
-    if !candidate.exists() && !dir.join(format!("{stem}.error.txt")).exists() {
-        return (candidate, stem);
+    let taken = |candidate: &str| folder.contains(std::ffi::OsStr::new(candidate));
+    if !taken(name) && !taken(&format!("{stem}.error.txt")) {
+        return (name.to_string(), stem);
     }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     for n in 0.. {
@@ -450,19 +531,12 @@ fn free_name(dir: &Path, name: &str) -> (PathBuf, String) {
         } else {
             format!("{stem}.{stamp}-{n}")
         };
-        let candidate = dir.join(format!("{stem}{ext}"));
-        if !candidate.exists() {
+        let candidate = format!("{stem}{ext}");
+        if !taken(&candidate) && !taken(&format!("{stem}.error.txt")) {
             return (candidate, stem);
         }
     }
     unreachable!("an unbounded range always yields a free name")
-}
-
-/// Moves the claimed `dir/claimed` into `dir/folder/` under `name`, never
-/// overwriting an earlier file.
-async fn move_claimed(dir: &Path, claimed: &str, name: &str, folder: &str) -> std::io::Result<()> {
-    let (target, _) = free_name(&dir.join(folder), name);
-    tokio::fs::rename(dir.join(claimed), target).await
 }
 
 /// The request name inside a claim's name (`.NAME.claimed-TAG`).
@@ -488,13 +562,193 @@ mod tests {
     #[test]
     fn names_already_taken_get_a_stamp() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, stem) = free_name(dir.path(), "a.json");
-        assert_eq!(first, dir.path().join("a.json"));
+        let folder = Folder::open_root(dir.path(), false).unwrap();
+        let (first, stem) = free_name(&folder, "a.json");
+        assert_eq!(first, "a.json");
         assert_eq!(stem, "a");
-        std::fs::write(&first, b"x").unwrap();
-        let (second, stem) = free_name(dir.path(), "a.json");
+        std::fs::write(dir.path().join(&first), b"x").unwrap();
+        let (second, stem) = free_name(&folder, "a.json");
         assert_ne!(second, first);
         assert!(stem.starts_with("a.2"), "{stem}");
-        assert!(second.to_str().unwrap().ends_with(".json"));
+        assert!(second.ends_with(".json"));
+    }
+
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    const REQUEST: &str =
+        r#"{"account": "fresh", "operation": "tax_usn_calculator", "params": {}}"#;
+
+    /// A drop directory with no settle time, on its own SQLite store.
+    async fn inbox(dir: &Path) -> Inbox {
+        let toml = format!(
+            r#"
+[store]
+url = "sqlite://{d}/docfetch.db"
+[paths]
+requests = "{d}/requests"
+output = "{d}/output"
+[inbox]
+settle = "0s"
+[accounts.fresh]
+provider = "1c-fresh"
+base_url = "https://fresh.example/a/hs/dt/storage"
+username = "api"
+password = "p"
+"#,
+            d = dir.display()
+        );
+        let settings = Settings::from_toml(&toml, &Default::default()).unwrap();
+        let store = Store::open(&settings.store.url).await.unwrap();
+        let inbox = Inbox::new(store, Arc::new(settings));
+        inbox.prepare_dirs().unwrap();
+        inbox
+    }
+
+    /// A scan bounded by a deadline: a scan blocked on a FIFO fails the
+    /// test instead of hanging it.
+    async fn scan(inbox: &Inbox) -> ScanReport {
+        tokio::time::timeout(Duration::from_secs(60), inbox.scan_once())
+            .await
+            .expect("the scan returned (it did not block)")
+            .unwrap()
+    }
+
+    fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_plain_request_file_becomes_a_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = inbox(dir.path()).await;
+        std::fs::write(dir.path().join("requests/plain.json"), REQUEST).unwrap();
+        let report = scan(&inbox).await;
+        assert_eq!(report.accepted, vec!["plain".to_string()], "{report:?}");
+        assert!(inbox.store.find("plain").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_fifo_swapped_in_after_the_claim_is_rejected_unread_and_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = inbox(dir.path()).await;
+        std::fs::write(dir.path().join("requests/x.json"), REQUEST).unwrap();
+        // Between the claim and the open, another writer replaces the file
+        // by a FIFO holding a valid request, and keeps its write end open:
+        // a reader would get the request and then wait for the end forever.
+        let writer = Arc::new(std::sync::Mutex::new(None));
+        let held = writer.clone();
+        inbox.after_claim = Some(Box::new(move |claimed: &Path| {
+            std::fs::remove_file(claimed).unwrap();
+            mkfifo(claimed);
+            let mut pipe = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(claimed)
+                .unwrap();
+            pipe.write_all(REQUEST.as_bytes()).unwrap();
+            *held.lock().unwrap() = Some(pipe);
+        }));
+        let report = scan(&inbox).await;
+        assert_eq!(report.rejected.len(), 1, "{report:?}");
+        assert_eq!(report.rejected[0].0, "x.json");
+        assert!(
+            report.rejected[0].1.contains("not a regular file"),
+            "{report:?}"
+        );
+        assert!(inbox.store.find("x").await.unwrap().is_none());
+        let rejected = dir.path().join("requests/rejected");
+        let moved = std::fs::symlink_metadata(rejected.join("x.json")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&moved.file_type()));
+        let note = std::fs::read_to_string(rejected.join("x.error.txt")).unwrap();
+        assert!(note.contains("not a regular file"), "{note}");
+        // Every byte is still in the pipe: the daemon never read from it.
+        let mut unread = Vec::new();
+        let mut pipe = writer.lock().unwrap().take().unwrap();
+        let _ = pipe.read_to_end(&mut unread); // ends with EAGAIN once empty
+        assert_eq!(unread, REQUEST.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_symlink_swapped_in_after_the_claim_is_rejected_and_its_target_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = inbox(dir.path()).await;
+        // A request the writer may not read themselves, but the daemon could.
+        let secret = dir.path().join("elsewhere.json");
+        std::fs::write(
+            &secret,
+            r#"{"account": "fresh", "operation": "tax_usn_calculator", "name": "stolen"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("requests/y.json"), REQUEST).unwrap();
+        let target = secret.clone();
+        inbox.after_claim = Some(Box::new(move |claimed: &Path| {
+            std::fs::remove_file(claimed).unwrap();
+            std::os::unix::fs::symlink(&target, claimed).unwrap();
+        }));
+        let report = scan(&inbox).await;
+        assert_eq!(report.rejected.len(), 1, "{report:?}");
+        assert!(report.rejected[0].1.contains("symbolic link"), "{report:?}");
+        assert!(inbox.store.find("stolen").await.unwrap().is_none());
+        assert!(inbox.store.find("y").await.unwrap().is_none());
+        let moved = dir.path().join("requests/rejected/y.json");
+        assert!(
+            std::fs::symlink_metadata(&moved)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(secret.exists(), "the link's target stays where it was");
+    }
+
+    #[tokio::test]
+    async fn a_file_grown_past_the_limit_after_the_scan_is_rejected_by_its_opened_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = inbox(dir.path()).await;
+        std::fs::write(dir.path().join("requests/z.json"), REQUEST).unwrap();
+        let limit = inbox.settings.inbox.max_request_size;
+        inbox.after_claim = Some(Box::new(move |claimed: &Path| {
+            let big = vec![b' '; usize::try_from(limit).unwrap() + 1];
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(claimed)
+                .unwrap()
+                .write_all(&big)
+                .unwrap();
+        }));
+        let report = scan(&inbox).await;
+        assert_eq!(report.rejected.len(), 1, "{report:?}");
+        assert!(report.rejected[0].1.contains("limited"), "{report:?}");
+        assert!(inbox.store.find("z").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_link_put_in_place_of_the_rejected_folder_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = inbox(dir.path()).await;
+        // A writer of the drop directory swaps `rejected/` for a link to a
+        // folder the daemon can write (here: a stand-in for schedules.d).
+        let elsewhere = dir.path().join("schedules.d");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let rejected = dir.path().join("requests/rejected");
+        std::fs::remove_dir(&rejected).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &rejected).unwrap();
+        std::fs::write(dir.path().join("requests/evil.toml"), "name = 1\n").unwrap();
+        let report = scan(&inbox).await;
+        assert!(report.rejected.is_empty(), "{report:?}");
+        assert_eq!(report.deferred, 1, "{report:?}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        let e = inbox.prepare_dirs().unwrap_err();
+        assert!(crate::beneath::is_refused(&e), "{e}");
+        // Nothing lost: the request is back under its name for a person.
+        assert!(dir.path().join("requests/evil.toml").exists());
     }
 }

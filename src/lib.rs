@@ -23,6 +23,7 @@
 //! - [`store`]: the durable queue (SQLite), with compare-and-set transitions.
 //! - [`scheduler`]: `step()` claims and runs due work; `run()` is the thin driver.
 //! - [`inbox`]: the drop directory scanner; one bad file never stops a scan.
+//! - [`beneath`]: files below a configured folder, opened through its descriptor.
 //! - [`download`]: streamed, hashed, size-checked, fsynced, atomic file saves.
 //! - [`receipt`]: `job.json`, written last, meaning "this job is finished".
 //! - [`providers`]: one module per service, all behind [`providers::Provider`].
@@ -37,6 +38,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod beneath;
 pub mod cli;
 pub mod config;
 pub mod download;

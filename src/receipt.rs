@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::beneath::Subfolder;
 use crate::download;
 use crate::filename::RECEIPT_NAME;
 use crate::job::{Job, JobState, SavedFile, rfc3339};
@@ -60,23 +61,29 @@ impl<'a> Receipt<'a> {
     }
 }
 
-/// `output/NAME/`.
+/// `output/NAME/`, as a path (for messages, hooks and listings).
 pub fn job_dir(output_root: &Path, job: &Job) -> PathBuf {
     output_root.join(&job.name)
+}
+
+/// `output/NAME/`, as the folder files are written to: reached through the
+/// output root, never through a symbolic link at `NAME`.
+pub fn job_folder(output_root: &Path, job: &Job) -> Subfolder {
+    Subfolder::new(output_root, job.name.clone())
 }
 
 /// Writes the receipt of `job` (which should be in a finished state) and
 /// sweeps leftovers of interrupted downloads from its folder.
 pub async fn write(output_root: &Path, job: &Job) -> std::io::Result<PathBuf> {
-    let dir = job_dir(output_root, job);
+    let folder = job_folder(output_root, job);
     let mut text = serde_json::to_vec_pretty(&Receipt::of(job)).map_err(std::io::Error::other)?;
     text.push(b'\n');
     // One hand-off to a blocking thread for the whole receipt.
     download::blocking(move || {
-        download::ensure_dir_durable(&dir)?;
+        let dir = folder.open(true)?;
         download::remove_stale_parts(&dir);
-        download::write_atomic_blocking(&dir, RECEIPT_NAME, &text)?;
-        Ok(dir.join(RECEIPT_NAME))
+        dir.write_atomic(RECEIPT_NAME, &text)?;
+        Ok(folder.path().join(RECEIPT_NAME))
     })
     .await
 }
@@ -84,7 +91,10 @@ pub async fn write(output_root: &Path, job: &Job) -> std::io::Result<PathBuf> {
 /// Removes a receipt when a job is queued again (its appearance would
 /// otherwise claim the job is finished).
 pub fn remove(output_root: &Path, job: &Job) -> std::io::Result<()> {
-    match std::fs::remove_file(job_dir(output_root, job).join(RECEIPT_NAME)) {
+    let removed = job_folder(output_root, job)
+        .open(false)
+        .and_then(|dir| dir.remove_file(std::ffi::OsStr::new(RECEIPT_NAME)));
+    match removed {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }

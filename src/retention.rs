@@ -54,16 +54,27 @@ pub async fn prune(store: &Store, settings: &Settings, now: i64) -> Result<Prune
         }
     }
     let cutoff = SystemTime::now() - r.requests;
+    let cutoff = cutoff
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     for folder in [crate::inbox::ACCEPTED, crate::inbox::REJECTED] {
-        let Ok(entries) = std::fs::read_dir(settings.paths.requests.join(folder)) else {
-            continue;
+        // Through the drop directory's descriptor: writers of the drop
+        // directory could put a link under these names, and retention
+        // must not delete old files wherever it points.
+        let folder = crate::beneath::Subfolder::new(&settings.paths.requests, folder);
+        let opened = match folder.open(false) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                warn!(dir = %folder.path().display(), error = %e, "cannot clean up old request files");
+                continue;
+            }
         };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_file()
-                && meta.modified().is_ok_and(|m| m < cutoff)
-                && std::fs::remove_file(entry.path()).is_ok()
-            {
+        for (name, _) in opened.entries().unwrap_or_default() {
+            let Ok((modified, is_file)) = opened.modified(&name) else {
+                continue;
+            };
+            if is_file && modified < cutoff && opened.remove_file(&name).is_ok() {
                 pruned.request_files += 1;
             }
         }

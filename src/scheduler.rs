@@ -251,7 +251,7 @@ impl Scheduler {
             lease_lost.clone(),
         ));
         let _stop_renewer = AbortOnDrop(renewer);
-        let output_dir = receipt::job_dir(&self.settings.paths.output, &job);
+        let output_dir = receipt::job_folder(&self.settings.paths.output, &job);
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(job.deadline_at - now_ms()).unwrap_or(0));
         let mut continues = 0;

@@ -313,7 +313,9 @@ async fn a_disk_that_fills_up_mid_download_is_retried_and_a_file_too_big_fails_c
     let disk = match Tmpfs::mount(&output, "1m") {
         Ok(disk) => disk,
         Err(why) => {
-            println!("SKIPPED: no small file system for the disk-full test: {why}");
+            crate::support::evidence::skip(&format!(
+                "no small file system for the disk-full test: {why}"
+            ));
             return;
         }
     };

@@ -352,7 +352,7 @@ async fn a_crash_between_starting_the_build_and_saving_it_adopts_the_running_bui
         let ctx = StepContext {
             job: &job,
             http: &http,
-            output_dir: app.output("crash"),
+            output_dir: docfetch::beneath::Subfolder::new(&app.settings.paths.output, "crash"),
             attachments_dir: app.settings.paths.attachments.clone(),
             max_file_size: app.settings.scheduler.max_file_size,
             timeout: app.settings.http.timeout,
@@ -1039,7 +1039,7 @@ async fn a_crash_after_a_document_was_created_finds_it_again_after_the_restart()
         let ctx = StepContext {
             job: &job,
             http: &http,
-            output_dir: app.output("lost"),
+            output_dir: docfetch::beneath::Subfolder::new(&app.settings.paths.output, "lost"),
             attachments_dir: app.settings.paths.attachments.clone(),
             max_file_size: app.settings.scheduler.max_file_size,
             timeout: app.settings.http.timeout,

@@ -11,6 +11,7 @@ mod atol;
 mod crash;
 mod daemon;
 mod faults;
+mod files;
 mod fresh;
 mod fuzz;
 mod hostile;

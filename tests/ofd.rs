@@ -647,7 +647,7 @@ async fn a_crash_between_the_order_and_its_commit_finds_the_report_by_name_inste
     let context = StepContext {
         job: &job,
         http: &http,
-        output_dir: app.output("crash"),
+        output_dir: docfetch::beneath::Subfolder::new(&app.settings.paths.output, "crash"),
         attachments_dir: app.settings.paths.attachments.clone(),
         max_file_size: app.settings.scheduler.max_file_size,
         timeout: app.settings.http.timeout,

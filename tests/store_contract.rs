@@ -43,7 +43,7 @@ impl TestDb {
     /// A fresh database, or `None` (after saying so) when no server is configured.
     pub async fn create() -> Option<TestDb> {
         let Ok(admin_url) = std::env::var(PG_ENV) else {
-            println!("skipped: {PG_ENV} is not set");
+            crate::support::evidence::skip(&format!("{PG_ENV} is not set"));
             return None;
         };
         let created = std::time::SystemTime::now()
@@ -1427,7 +1427,7 @@ async fn pg_the_listener_comes_back_after_its_connection_is_killed() {
 #[tokio::test]
 async fn pg_the_password_never_appears_in_errors() {
     let Ok(admin) = std::env::var(PG_ENV) else {
-        println!("skipped: {PG_ENV} is not set");
+        crate::support::evidence::skip(&format!("{PG_ENV} is not set"));
         return;
     };
     let mut url = url::Url::parse(&admin).unwrap();

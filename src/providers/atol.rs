@@ -853,10 +853,13 @@ async fn save_file(
     crate::download::write_atomic(&ctx.output_dir, name, bytes)
         .await
         .map_err(|e| {
-            ProviderError::transient(format!(
-                "cannot write {}: {e}",
-                ctx.output_dir.join(name).display()
-            ))
+            ProviderError::disk(
+                format!(
+                    "cannot write {}: {e}",
+                    ctx.output_dir.path().join(name).display()
+                ),
+                &e,
+            )
         })?;
     Ok(SavedFile {
         name: name.to_string(),

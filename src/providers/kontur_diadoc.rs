@@ -605,10 +605,13 @@ impl KonturDiadoc {
         let name = disposition_name(response.headers())
             .unwrap_or_else(|| format!("{}.pdf", target.file_stem()));
         let saved = ctx.save(response, Some(&name)).await?;
-        let path = ctx.output_dir.join(&saved.name);
-        if !starts_with_pdf(&path).await {
+        if !starts_with_pdf(&ctx.output_dir, &saved.name).await {
             // Never leave a file the job did not deliver.
-            let _ = tokio::fs::remove_file(&path).await;
+            let (folder, name) = (ctx.output_dir.clone(), saved.name.clone());
+            let _ = crate::download::blocking(move || {
+                folder.open(false)?.remove_file(std::ffi::OsStr::new(&name))
+            })
+            .await;
             return Err(ProviderError::permanent(format!(
                 "{what}: the print form Diadoc sent is not a PDF; nothing was saved"
             )));
@@ -1015,10 +1018,13 @@ async fn save_bytes(
         .await
         .map_err(|e| {
             // A full or failing disk may pass: retried.
-            ProviderError::transient(format!(
-                "cannot write {}: {e}",
-                ctx.output_dir.join(name).display()
-            ))
+            ProviderError::disk(
+                format!(
+                    "cannot write {}: {e}",
+                    ctx.output_dir.path().join(name).display()
+                ),
+                &e,
+            )
         })?;
     Ok(SavedFile {
         name: name.to_string(),
@@ -1028,13 +1034,16 @@ async fn save_bytes(
 }
 
 /// Whether a saved file starts with `%PDF`.
-async fn starts_with_pdf(path: &std::path::Path) -> bool {
-    use tokio::io::AsyncReadExt;
-    let Ok(mut file) = tokio::fs::File::open(path).await else {
-        return false;
-    };
-    let mut head = [0u8; 4];
-    file.read_exact(&mut head).await.is_ok() && &head == b"%PDF"
+async fn starts_with_pdf(folder: &crate::beneath::Subfolder, name: &str) -> bool {
+    use std::io::Read as _;
+    let (folder, name) = (folder.clone(), name.to_string());
+    crate::download::blocking(move || {
+        let mut head = [0u8; 4];
+        let mut file = folder.open(false)?.open_file(&name)?;
+        Ok(file.read_exact(&mut head).is_ok() && &head == b"%PDF")
+    })
+    .await
+    .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -31,8 +31,11 @@
 //! Authentication is an OpenID Connect bearer token ([`super::oidc`]), kept in
 //! memory only and fetched again once when the API answers 401. Files to
 //! upload must lie inside `paths.attachments`: request paths are checked
-//! syntactically when the request is accepted and against the file system
-//! (symbolic links resolved) every time a file is opened.
+//! syntactically when the request is accepted, and every file is opened
+//! through the folder's descriptor with the kernel resolving the path
+//! strictly beneath it ([`crate::beneath::Folder::open_beneath`]), so a
+//! symbolic link swapped in between a check and the open cannot lead
+//! outside. Parts are read from that one open file, never by path again.
 //!
 //! # Creating things once
 //!
@@ -60,8 +63,8 @@
 //! Where the seed is ambiguous, the reading chosen is noted next to the code.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Seek, SeekFrom};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Component, Path};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -71,7 +74,6 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use url::Url;
 
@@ -1005,58 +1007,107 @@ fn file_key(document_id: &str, f: usize) -> String {
 // Attachments on disk
 // ---------------------------------------------------------------------------
 
-/// Resolves an attachment path against the file system: symbolic links are
-/// followed, and the result must still lie inside `paths.attachments` and
-/// be a regular file.
-async fn resolve_attachment(
+/// An attachment opened for reading beneath `paths.attachments`.
+struct Attachment {
+    file: Arc<std::fs::File>,
+    /// From `fstat` of the opened file.
+    size: u64,
+}
+
+/// Opens an attachment path strictly beneath `paths.attachments`: links
+/// inside the folder are followed, anything leading outside is refused,
+/// and only a regular file is accepted (a FIFO does not block the open).
+async fn open_attachment(
     root: &Path,
     path: &str,
     field: &str,
-) -> Result<PathBuf, ProviderError> {
+) -> Result<Attachment, ProviderError> {
     check_relative(path).map_err(|m| ProviderError::permanent(format!("{field}: {m}")))?;
-    let root = tokio::fs::canonicalize(root).await.map_err(|e| {
-        ProviderError::permanent(format!(
+    /// Where opening went wrong: the configured folder, or the file.
+    enum Failed {
+        Root(std::io::Error),
+        File(std::io::Error),
+    }
+    let (root, relative) = (root.to_path_buf(), path.to_string());
+    let opened = tokio::task::spawn_blocking(move || {
+        let folder = crate::beneath::Folder::open_root(&root, false).map_err(Failed::Root)?;
+        let file = folder.open_beneath(&relative).map_err(Failed::File)?;
+        let size = file.metadata().map_err(Failed::File)?.len();
+        Ok(Attachment {
+            file: Arc::new(file),
+            size,
+        })
+    })
+    .await
+    .map_err(|e| ProviderError::transient(format!("{field}: cannot open {path:?}: {e}")))?;
+    opened.map_err(|failed| match failed {
+        Failed::Root(e) => ProviderError::permanent(format!(
             "{field}: paths.attachments cannot be opened ({e}); {path:?} cannot be read"
-        ))
-    })?;
-    let full = match tokio::fs::canonicalize(root.join(path)).await {
-        Ok(full) => full,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ProviderError::permanent(format!(
-                "{field}: {path:?} does not exist in paths.attachments"
-            )));
+        )),
+        Failed::File(e) if e.kind() == std::io::ErrorKind::NotFound => ProviderError::permanent(
+            format!("{field}: {path:?} does not exist in paths.attachments"),
+        ),
+        Failed::File(e) => {
+            use crate::beneath::RefusedKind;
+            match crate::beneath::refused(&e).map(|r| r.kind) {
+                Some(RefusedKind::Escapes) => ProviderError::permanent(format!(
+                    "{field}: {path:?} leads outside paths.attachments (through a symbolic link); refused"
+                )),
+                Some(RefusedKind::Link) => ProviderError::permanent(format!(
+                    "{field}: {path:?} passes through a symbolic link, which this system cannot follow safely; refused"
+                )),
+                Some(RefusedKind::WrongType) => ProviderError::permanent(format!(
+                    "{field}: {path:?} is not a regular file"
+                )),
+                None => ProviderError::transient(format!(
+                    "{field}: cannot open {path:?} in paths.attachments: {e}"
+                )),
+            }
         }
-        Err(e) => {
-            return Err(ProviderError::transient(format!(
-                "{field}: cannot open {path:?} in paths.attachments: {e}"
-            )));
-        }
-    };
-    if !full.starts_with(&root) {
-        return Err(ProviderError::permanent(format!(
-            "{field}: {path:?} leads outside paths.attachments (through a symbolic link); refused"
-        )));
-    }
-    let metadata = tokio::fs::metadata(&full)
-        .await
-        .map_err(|e| ProviderError::transient(format!("{field}: cannot read {path:?}: {e}")))?;
-    if !metadata.is_file() {
-        return Err(ProviderError::permanent(format!(
-            "{field}: {path:?} is not a regular file"
-        )));
-    }
-    Ok(full)
+    })
 }
 
-/// A part of a file as a streamed request body (one part is never held in
-/// memory whole).
-fn part_body(path: &Path, from: u64, len: u64) -> std::io::Result<reqwest::Body> {
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::Start(from))?;
-    let reader = tokio::fs::File::from_std(file).take(len);
-    Ok(reqwest::Body::wrap_stream(
-        tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024),
-    ))
+/// Bytes read from an attachment at a time while a part is uploaded.
+const UPLOAD_CHUNK: u64 = 256 * 1024;
+
+/// A part of an opened file as a streamed request body (one part is never
+/// held in memory whole). Reads are positional, so two bodies of the same
+/// file (a retried request while the first is still being torn down) never
+/// disturb each other.
+fn part_body(file: &Arc<std::fs::File>, from: u64, len: u64) -> reqwest::Body {
+    reqwest::Body::wrap_stream(part_chunks(file, from, len))
+}
+
+/// The bytes `from..from + len` of `file`, in chunks read on a blocking thread.
+fn part_chunks(
+    file: &Arc<std::fs::File>,
+    from: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    let state = (file.clone(), from, from + len);
+    futures_util::stream::try_unfold(state, |(file, at, end)| async move {
+        if at >= end {
+            return Ok(None);
+        }
+        let want = (end - at).min(UPLOAD_CHUNK) as usize;
+        let reader = file.clone();
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            let got = reader.read_at(&mut buf, at)?;
+            buf.truncate(got);
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if chunk.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file became shorter while it was being uploaded",
+            ));
+        }
+        let next = at + chunk.len() as u64;
+        Ok(Some((bytes::Bytes::from(chunk), (file, next, end))))
+    })
 }
 
 /// The limit of concurrent requests shared by every account using the
@@ -1435,13 +1486,8 @@ impl KonturExtern {
             .and_then(|doc| doc.files.get_mut(f))
             .ok_or_else(|| ProviderError::permanent("the job's saved progress is out of step"))?;
         let field = format!("params.documents[{d}].files[{f}].path");
-        let path = resolve_attachment(&ctx.attachments_dir, &spec.path, &field).await?;
-        let size = tokio::fs::metadata(&path)
-            .await
-            .map_err(|e| {
-                ProviderError::transient(format!("{field}: cannot read {:?}: {e}", spec.path))
-            })?
-            .len();
+        let attachment = open_attachment(&ctx.attachments_dir, &spec.path, &field).await?;
+        let size = attachment.size;
         if size == 0 {
             return Err(ProviderError::permanent(format!(
                 "{field}: {:?} is empty; Kontur.Extern takes no empty files",
@@ -1471,9 +1517,7 @@ impl KonturExtern {
         let timeout = ctx.timeout + Duration::from_secs(len / MIN_UPLOAD_RATE);
         let answer = self
             .call(ctx, &what, |token| {
-                let body = part_body(&path, from, len).map_err(|e| {
-                    ProviderError::transient(format!("{what}: cannot read the file: {e}"))
-                })?;
+                let body = part_body(&attachment.file, from, len);
                 Ok(ctx
                     .http
                     .request(method.clone(), url.clone())
@@ -1859,13 +1903,12 @@ async fn check_all_attachments(
             let state = cursor.documents.get(d).and_then(|doc| doc.files.get(f));
             let field = format!("params.documents[{d}].files[{f}]");
             if !state.is_some_and(FileCursor::uploaded_fully) {
-                resolve_attachment(&ctx.attachments_dir, &file.path, &format!("{field}.path"))
-                    .await?;
+                open_attachment(&ctx.attachments_dir, &file.path, &format!("{field}.path")).await?;
             }
             if let Some(signature) = &file.signature_path
                 && state.is_none_or(|s| s.file_id.is_none())
             {
-                resolve_attachment(
+                open_attachment(
                     &ctx.attachments_dir,
                     signature,
                     &format!("{field}.signature_path"),
@@ -1878,16 +1921,20 @@ async fn check_all_attachments(
 }
 
 async fn read_signature(root: &Path, path: &str, field: &str) -> Result<Vec<u8>, ProviderError> {
-    let full = resolve_attachment(root, path, field).await?;
-    let file = tokio::fs::File::open(&full)
-        .await
-        .map_err(|e| ProviderError::transient(format!("{field}: cannot open {path:?}: {e}")))?;
-    let mut bytes = Vec::new();
-    // One byte more than allowed tells an oversized file from a full one.
-    file.take(MAX_SIGNATURE + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| ProviderError::transient(format!("{field}: cannot read {path:?}: {e}")))?;
+    let attachment = open_attachment(root, path, field).await?;
+    let bytes = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        // One byte more than allowed tells an oversized file from a full one.
+        (&*attachment.file)
+            .take(MAX_SIGNATURE + 1)
+            .read_to_end(&mut bytes)
+            .map(|_| bytes)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|read| read)
+    .map_err(|e| ProviderError::transient(format!("{field}: cannot read {path:?}: {e}")))?;
     if bytes.len() as u64 > MAX_SIGNATURE {
         return Err(ProviderError::permanent(format!(
             "{field}: {path:?} is larger than {MAX_SIGNATURE} bytes, too large for a signature"
@@ -1902,13 +1949,17 @@ async fn read_signature(root: &Path, path: &str, field: &str) -> Result<Vec<u8>,
 }
 
 /// Saves a JSON document atomically and describes it for the receipt.
-async fn save_json(dir: &Path, name: &str, value: &Value) -> Result<SavedFile, ProviderError> {
+async fn save_json(
+    dir: &crate::beneath::Subfolder,
+    name: &str,
+    value: &Value,
+) -> Result<SavedFile, ProviderError> {
     let mut bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| ProviderError::permanent(format!("cannot encode {name}: {e}")))?;
     bytes.push(b'\n');
     crate::download::write_atomic(dir, name, &bytes)
         .await
-        .map_err(|e| ProviderError::transient(format!("cannot write {name}: {e}")))?;
+        .map_err(|e| ProviderError::disk(format!("cannot write {name}: {e}"), &e))?;
     Ok(SavedFile {
         name: name.to_string(),
         size: bytes.len() as u64,
@@ -2029,25 +2080,53 @@ mod tests {
         std::fs::write(dir.path().join("secret"), b"s").unwrap();
         std::fs::write(root.join("sub/ok.pdf"), b"ok").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), root.join("out")).unwrap();
-        std::os::unix::fs::symlink(root.join("sub/ok.pdf"), root.join("in")).unwrap();
-        let err = resolve_attachment(&root, "out", "f").await.unwrap_err();
-        assert_eq!(err.class, ErrorClass::Permanent);
-        assert!(err.message.contains("outside"), "{}", err.message);
-        assert!(
-            resolve_attachment(&root, "in", "f").await.is_ok(),
-            "links inside are fine"
-        );
-        assert!(resolve_attachment(&root, "sub/ok.pdf", "f").await.is_ok());
-        let missing = resolve_attachment(&root, "nope.pdf", "f")
-            .await
-            .unwrap_err();
+        std::os::unix::fs::symlink("../../secret", root.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("parent")).unwrap();
+        std::os::unix::fs::symlink("sub/ok.pdf", root.join("in")).unwrap();
+        for path in ["out", "sub/up", "parent/secret"] {
+            let err = open_attachment(&root, path, "f").await.err().unwrap();
+            assert_eq!(err.class, ErrorClass::Permanent, "{path}");
+            assert!(err.message.contains("outside"), "{path}: {}", err.message);
+        }
+        let inside = open_attachment(&root, "in", "f").await.ok().unwrap();
+        assert_eq!(inside.size, 2, "links inside are fine");
+        assert!(open_attachment(&root, "sub/ok.pdf", "f").await.is_ok());
+        let missing = open_attachment(&root, "nope.pdf", "f").await.err().unwrap();
         assert!(
             missing.message.contains("does not exist"),
             "{}",
             missing.message
         );
-        let folder = resolve_attachment(&root, "sub", "f").await.unwrap_err();
+        let folder = open_attachment(&root, "sub", "f").await.err().unwrap();
         assert!(folder.message.contains("not a regular file"));
+    }
+
+    #[tokio::test]
+    async fn an_upload_reads_the_file_it_opened_even_when_a_link_is_swapped_in_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("attachments");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(dir.path().join("secret"), b"SECRET-SECRET").unwrap();
+        std::fs::write(root.join("scan.pdf"), b"%PDF-1.7 body").unwrap();
+        let opened = open_attachment(&root, "scan.pdf", "f").await.ok().unwrap();
+        // Between the check and the upload, the file is replaced by a link
+        // to a secret outside: the parts still come from the opened file.
+        std::fs::remove_file(root.join("scan.pdf")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("scan.pdf")).unwrap();
+        let mut sent = Vec::new();
+        let mut chunks = std::pin::pin!(part_chunks(&opened.file, 0, opened.size));
+        while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
+            sent.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(sent, b"%PDF-1.7 body");
+        let mut tail = Vec::new();
+        let mut chunks = std::pin::pin!(part_chunks(&opened.file, 9, 4));
+        while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
+            tail.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(tail, b"body", "a later part starts where it says");
+        let again = open_attachment(&root, "scan.pdf", "f").await.err().unwrap();
+        assert!(again.message.contains("outside"), "{}", again.message);
     }
 
     #[test]
@@ -2333,14 +2412,14 @@ mod tests {
     #[test]
     fn endpoints_put_the_account_first() {
         let account = keys(
-            "client_id = \"c\"\napi_key = \"k\"\naccount_id = \"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"\nbase_url = \"http://h/extern/\"\n",
+            "client_id = \"c\"\napi_key = \"k\"\naccount_id = \"6f9619ff-8b86-d011-b42d-00cf4fc964ff\"\nbase_url = \"https://h/extern/\"\n",
         )
         .unwrap();
         let p = KonturExtern::new("ke", account);
         assert_eq!(
             p.endpoint(&["drafts", "builders", "b1", "tasks", "t/1"])
                 .as_str(),
-            "http://h/extern/v1/6f9619ff-8b86-d011-b42d-00cf4fc964ff/drafts/builders/b1/tasks/t%2F1"
+            "https://h/extern/v1/6f9619ff-8b86-d011-b42d-00cf4fc964ff/drafts/builders/b1/tasks/t%2F1"
         );
     }
 }

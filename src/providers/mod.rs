@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::beneath::Subfolder;
 use crate::config::{AccountKeys, ConfigError, Settings};
 use crate::download::{self, DownloadError};
 use crate::job::request::RequestError;
@@ -96,6 +97,16 @@ impl ProviderError {
         }
     }
 
+    /// A file could not be written or read: a full or failing disk may
+    /// pass (transient), a path refused as unsafe will not (permanent).
+    pub fn disk(message: impl Into<String>, error: &std::io::Error) -> Self {
+        if crate::beneath::is_refused(error) {
+            ProviderError::permanent(message)
+        } else {
+            ProviderError::transient(message)
+        }
+    }
+
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         if retry_after.is_some() {
             self.retry_after = retry_after;
@@ -162,6 +173,11 @@ impl From<DownloadError> for ProviderError {
         match error {
             // The same file will be just as large next time.
             DownloadError::TooLarge { .. } => ProviderError::permanent(error.to_string()),
+            // A symbolic link where the job's folder or file belongs stays
+            // there until a person removes it.
+            DownloadError::Disk { ref source, .. } if crate::beneath::is_refused(source) => {
+                ProviderError::permanent(error.to_string())
+            }
             // Network trouble and a full or failing disk may pass: the job
             // waits and retries, and nothing half-written stays behind.
             DownloadError::Truncated { .. }
@@ -176,8 +192,9 @@ impl From<DownloadError> for ProviderError {
 pub struct StepContext<'a> {
     pub job: &'a Job,
     pub http: &'a reqwest::Client,
-    /// `output/NAME/`: the only place a step may write.
-    pub output_dir: PathBuf,
+    /// `output/NAME/`: the only place a step may write, reached through
+    /// `paths.output` and never through a symbolic link.
+    pub output_dir: Subfolder,
     /// `paths.attachments`: the only place a step may read files to upload.
     pub attachments_dir: PathBuf,
     pub max_file_size: u64,

@@ -1858,6 +1858,11 @@ mod tests {
         );
         let e = p.resolve("https://evil.example/steal", "x").unwrap_err();
         assert_eq!(e.class, ErrorClass::Permanent);
+        // Same host, but plain http: the token would cross the network in clear.
+        let e = p
+            .resolve("http://ofd.ru/api/customer/reports/a", "x")
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Permanent);
         assert_eq!(
             p.endpoint(
                 "api/customer/reports",

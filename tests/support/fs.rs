@@ -89,3 +89,16 @@ pub fn drop_request(requests: &Path, file_name: &str, contents: &[u8]) {
     std::fs::write(&tmp, contents).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
     std::fs::rename(&tmp, requests.join(file_name)).expect("rename request into place");
 }
+
+/// Makes a FIFO at `path` (no external tool needed, so it cannot be
+/// missing on a machine and quietly skip a check).
+pub fn mkfifo(path: &std::path::Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
+}

@@ -3,6 +3,7 @@
 //! file-system helpers.
 
 pub mod daemon;
+pub mod evidence;
 pub mod fs;
 pub mod hostile;
 pub mod proxy;
