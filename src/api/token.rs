@@ -115,7 +115,9 @@ pub fn load_or_create(path: &Path) -> Result<Secret, TokenError> {
         }
         Err(e) => return Err(create(e.error)),
     }
-    crate::download::sync_dir(dir).map_err(create)?;
+    crate::beneath::Folder::open_root(dir, false)
+        .and_then(|folder| folder.sync())
+        .map_err(create)?;
     tracing::info!(path = %shown, "made a new API token (mode 0600); clients send it as Authorization: Bearer TOKEN");
     Ok(Secret::new(token))
 }
