@@ -604,14 +604,14 @@ async fn leases_are_released_by_owner_or_for_all_and_only_expired_ones_are_taken
     let b = f.store.claim_due("b", t, t - 1, 1).await.unwrap();
     assert_eq!((a.len(), b.len()), (2, 1));
 
-    assert_eq!(f.store.reclaim_expired(t).await.unwrap(), 1);
+    assert_eq!(f.store.reclaim_expired(t, &[]).await.unwrap(), 1);
     let taken_back = job(&f.store, &b[0].id).await;
     assert_eq!(taken_back.state, JobState::Waiting);
     assert_eq!(taken_back.next_run_at, t);
     assert_eq!(taken_back.updated_at, t);
     assert_eq!(taken_back.lease_owner, None);
     assert_eq!(
-        f.store.reclaim_expired(t).await.unwrap(),
+        f.store.reclaim_expired(t, &[]).await.unwrap(),
         0,
         "live leases stay"
     );

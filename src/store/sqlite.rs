@@ -21,7 +21,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
-use super::{JobFilter, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row};
+use super::{
+    JobFilter, Settlement, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row,
+};
 use crate::job::{Job, JobEvent, JobState, Millis, NewJob};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -53,7 +55,9 @@ pub const FINISH_JOBS: &str = "UPDATE jobs
              SET state = j.value ->> 'state', cursor = j.value ->> 'cursor',
                  next_run_at = j.value ->> 'next_run_at', attempts = j.value ->> 'attempts',
                  polls = j.value ->> 'polls', last_error = j.value ->> 'last_error',
-                 result = j.value ->> 'result', finished_at = j.value ->> 'finished_at',
+                 result = j.value ->> 'result',
+                 finished_at = CASE WHEN j.value ->> 'finished_at' IS NULL THEN NULL
+                                    ELSE COALESCE(jobs.finished_at, j.value ->> 'finished_at') END,
                  updated_at = ?2, lease_owner = NULL, lease_until = NULL,
                  hooks_state = CASE WHEN j.value ->> 'hooks' THEN 'pending' ELSE hooks_state END,
                  hooks_next_at = CASE WHEN j.value ->> 'hooks' THEN ?2 ELSE hooks_next_at END,
@@ -61,6 +65,17 @@ pub const FINISH_JOBS: &str = "UPDATE jobs
              FROM json_each(?1) AS j
              WHERE jobs.id = j.value ->> 'id' AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 'owner'
              RETURNING *";
+
+/// The outcomes settled in a batch (see [`crate::job::Job::settled`]), `?1`
+/// a JSON array of objects: the job stays running under its lease. A
+/// primary-key lookup per element, as [`CHECKPOINT_JOBS`].
+pub const SETTLE_JOBS: &str = "UPDATE jobs
+             SET cursor = j.value ->> 'cursor', result = j.value ->> 'result',
+                 last_error = j.value ->> 'last_error', attempts = j.value ->> 'attempts',
+                 finished_at = j.value ->> 'finished_at', updated_at = ?2
+             FROM json_each(?1) AS j
+             WHERE jobs.id = j.value ->> 'id' AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 'owner'
+             RETURNING id";
 
 /// SQLite-backed job store.
 #[derive(Clone)]
@@ -77,6 +92,33 @@ pub struct SqliteStore {
     path: PathBuf,
     wakeup: Arc<Notify>,
     hooks_wakeup: Arc<Notify>,
+    /// Why the last group commit failed, while the store cannot commit (a
+    /// full disk, an I/O error); `None` once a commit succeeds again.
+    trouble: Trouble,
+}
+
+/// The reason the store's commits fail, shared by the write loop (which
+/// sets and clears it) and [`SqliteStore::ping`] (which reports it).
+type Trouble = Arc<std::sync::Mutex<Option<String>>>;
+
+/// Records how a commit went: a failure for want of space or an I/O error
+/// is kept as the store's trouble; any success clears it.
+fn note_commit<T>(trouble: &Trouble, result: &Result<T, StoreError>) {
+    let mut kept = trouble.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match result {
+        Ok(_) => {
+            if kept.take().is_some() {
+                tracing::info!("the job store commits again");
+            }
+        }
+        Err(e) if e.is_unavailable() => {
+            if kept.is_none() {
+                tracing::error!(error = %e, "the job store cannot commit; work that needs it waits and tries again");
+            }
+            *kept = Some(e.to_string());
+        }
+        Err(_) => {}
+    }
 }
 
 /// The file path inside a `sqlite://path` or `sqlite:path` URL.
@@ -221,8 +263,10 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(&path, e))?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(writer.clone(), queue));
+        let trouble = Trouble::default();
+        tokio::spawn(write_loop(writer.clone(), queue, trouble.clone()));
         Ok(SqliteStore {
+            trouble,
             writes,
             writer,
             reader,
@@ -415,6 +459,25 @@ impl SqliteStore {
         }
     }
 
+    pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
+        let result = s
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let op = WriteOp::Settle {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            settlement: Box::new(s.clone()),
+            result,
+        };
+        match self.write(op).await? {
+            Written::Nothing => expect_one(0, id, "settling the outcome"),
+            Written::Job(_) | Written::Row | Written::Jobs(_) => Ok(()),
+        }
+    }
+
     pub async fn finish_step(
         &self,
         id: &str,
@@ -487,13 +550,16 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
-    pub async fn reclaim_expired(&self, now: Millis) -> Result<u64, StoreError> {
+    pub async fn reclaim_expired(&self, now: Millis, keep: &[String]) -> Result<u64, StoreError> {
+        let keep = serde_json::to_string(keep).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
                              next_run_at = ?1, updated_at = ?1
-             WHERE state = 'running' AND lease_until < ?1",
+             WHERE state = 'running' AND lease_until < ?1
+               AND id NOT IN (SELECT value FROM json_each(?2))",
         )
         .bind(now)
+        .bind(keep)
         .execute(&self.writer)
         .await?;
         if done.rows_affected() > 0 {
@@ -622,6 +688,27 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let trouble = self
+            .trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(reason) = trouble {
+            // Whether space came back is only known by committing: a small
+            // write of its own, which clears the trouble when it lands.
+            let probe = sqlx::query(
+                "INSERT INTO store_probe (id, at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )
+            .bind(crate::job::now_ms())
+            .execute(&self.writer)
+            .await
+            .map_err(StoreError::from);
+            note_commit(&self.trouble, &probe);
+            if probe.is_err() {
+                return Err(StoreError::Unavailable(reason));
+            }
+        }
         let applied: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(&self.reader)
             .await?;
@@ -895,6 +982,12 @@ enum WriteOp {
         transition: Box<Transition>,
         result: Option<String>,
     },
+    Settle {
+        id: String,
+        owner: String,
+        settlement: Box<Settlement>,
+        result: Option<String>,
+    },
     Claim {
         owner: String,
         now: Millis,
@@ -926,7 +1019,7 @@ struct PendingWrite {
 /// durable (`synchronous=FULL`), so the promises hold exactly as with one
 /// transaction each. Nothing waits on purpose: the batch is what queued up
 /// while the previous commit was being synced.
-async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
+async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>, trouble: Trouble) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -939,6 +1032,7 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
         let started = std::time::Instant::now();
         let applied = apply_batch(&pool, &batch).await;
         crate::metrics::store_commit(batch.len(), started.elapsed());
+        note_commit(&trouble, &applied);
         match applied {
             Ok(results) => {
                 for (pending, result) in batch.drain(..).zip(results) {
@@ -959,6 +1053,7 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
             Err(_) => {
                 for pending in batch.drain(..) {
                     let result = apply_alone(&pool, &pending.op).await;
+                    note_commit(&trouble, &result);
                     let _ = pending.reply.send(result);
                 }
             }
@@ -1002,7 +1097,9 @@ async fn apply(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Writ
         let id = match op {
             WriteOp::Claim { .. } => None,
             WriteOp::Insert { job, .. } => Some(job.id.as_str()),
-            WriteOp::Checkpoint { id, .. } | WriteOp::Finish { id, .. } => Some(id.as_str()),
+            WriteOp::Checkpoint { id, .. }
+            | WriteOp::Finish { id, .. }
+            | WriteOp::Settle { id, .. } => Some(id.as_str()),
         };
         // Writes take effect in the order they were queued where it can
         // matter: a claim sees every write queued before it, and a job
@@ -1027,6 +1124,12 @@ async fn apply(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Writ
                 transition,
                 result,
             } => group.finishes.push((i, id, owner, transition, result)),
+            WriteOp::Settle {
+                id,
+                owner,
+                settlement,
+                result,
+            } => group.settles.push((i, id, owner, settlement, result)),
         }
         if let Some(id) = id {
             group.ids.insert(id);
@@ -1051,6 +1154,13 @@ struct Group<'a> {
         &'a Transition,
         &'a Option<String>,
     )>,
+    settles: Vec<(
+        usize,
+        &'a String,
+        &'a String,
+        &'a Settlement,
+        &'a Option<String>,
+    )>,
     /// The jobs written in this group.
     ids: HashSet<&'a str>,
 }
@@ -1065,6 +1175,7 @@ impl Group<'_> {
         let inserts = std::mem::take(&mut self.inserts);
         let checkpoints = std::mem::take(&mut self.checkpoints);
         let finishes = std::mem::take(&mut self.finishes);
+        let settles = std::mem::take(&mut self.settles);
         self.ids.clear();
         let mut events = Vec::new();
         if !inserts.is_empty() {
@@ -1125,6 +1236,31 @@ impl Group<'_> {
             let updated: HashSet<&str> = updated.iter().map(String::as_str).collect();
             for (i, id, _, _) in &checkpoints {
                 // The caller needs no row back, only whether the lease held.
+                results[*i] = Some(if updated.contains(id.as_str()) {
+                    Written::Row
+                } else {
+                    Written::Nothing
+                });
+            }
+        }
+        if !settles.is_empty() {
+            let rows: Vec<serde_json::Value> = settles
+                .iter()
+                .map(|(_, id, owner, s, result)| {
+                    serde_json::json!({
+                        "id": id, "owner": owner, "cursor": s.cursor.to_string(),
+                        "result": result, "last_error": s.last_error,
+                        "attempts": s.attempts, "finished_at": s.finished_at,
+                    })
+                })
+                .collect();
+            let updated: Vec<String> = sqlx::query_scalar(SETTLE_JOBS)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .bind(crate::job::now_ms())
+                .fetch_all(&mut *conn)
+                .await?;
+            let updated: HashSet<&str> = updated.iter().map(String::as_str).collect();
+            for (i, id, _, _, _) in &settles {
                 results[*i] = Some(if updated.contains(id.as_str()) {
                     Written::Row
                 } else {
