@@ -102,9 +102,12 @@ pub async fn run_until_stopped(
             source,
         }
     })?;
-    crate::download::ensure_dir(&settings.paths.output).map_err(|source| AppError::Directory {
-        path: settings.paths.output.clone(),
-        source,
+    // Durably: the folders of finished jobs hang from it.
+    crate::download::ensure_dir_durable(&settings.paths.output).map_err(|source| {
+        AppError::Directory {
+            path: settings.paths.output.clone(),
+            source,
+        }
     })?;
     if matches!(store, Store::Sqlite(_)) {
         // The only daemon on this store: claims left in the drop directory

@@ -42,20 +42,30 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// [`ensure_dir`] for a folder that will hold durable files: when it is new,
-/// its parent is `fsync`ed too, so the folder's own entry survives a power
-/// cut (on a file system without a journal, an `fsync` of a file does not
-/// make the folder that holds it durable). Blocking: call it from a blocking
-/// thread.
+/// [`ensure_dir`] for a folder that will hold durable files: each folder it
+/// creates has its parent `fsync`ed too, so the folder's own entry
+/// survives a power cut (on a file system without a journal, an `fsync` of
+/// a file does not make the folder that holds it durable). Blocking: call
+/// it from a blocking thread.
 pub fn ensure_dir_durable(dir: &Path) -> std::io::Result<()> {
-    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+    let is_dir = |d: &Path| std::fs::metadata(d).is_ok_and(|m| m.is_dir());
+    if is_dir(dir) {
         return Ok(());
     }
-    ensure_dir(dir)?;
-    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
+    // The folders missing on the way, innermost first.
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(d) = next.filter(|d| !d.as_os_str().is_empty() && !is_dir(d)) {
+        missing.push(d);
+        next = d.parent();
     }
+    ensure_dir(dir)?;
+    for made in missing.iter().rev() {
+        if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// `fsync`s a folder so a rename inside it survives a power cut. Blocking.

@@ -10,6 +10,7 @@ mod api;
 mod atol;
 mod crash;
 mod daemon;
+mod durability;
 mod faults;
 mod fresh;
 mod fuzz;

@@ -148,10 +148,15 @@ impl Daemon {
             .append(true)
             .open(log)
             .expect("log file");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .arg("run")
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(config).arg("run");
+        Daemon::spawn(command, log, rust_log, env)
+    }
+
+    /// Starts `command` (`docfetch … run`, or a tracer running it) with
+    /// the daemon's environment, appending its stderr to `log`.
+    pub fn spawn(mut command: Command, log: std::fs::File, rust_log: &str, env: &[(&str, &str)]) -> Daemon {
+        let child = command
             .env("RUST_LOG", rust_log)
             .env_remove("DOCFETCH_CONFIG")
             .envs(env.iter().copied())
@@ -161,6 +166,16 @@ impl Daemon {
             .spawn()
             .expect("docfetch starts");
         Daemon { child: Some(child) }
+    }
+
+    /// Waits (with a deadline) for the process to end on its own.
+    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("a running process");
+        wait_until(limit, "the process to exit", || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await
     }
 
     pub fn pid(&self) -> u32 {
