@@ -179,21 +179,34 @@ async fn traced_run(
             .arg("-E")
             .arg(format!("DOCFETCH_SKIP_SYNC_NTH={}", skip.nth));
     }
-    command.arg(BIN).arg("--config").arg(&config_path).arg("run");
+    command
+        .arg(BIN)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("run");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut tracer = Daemon::spawn(command, log, "docfetch=info", &[]);
     let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    wait_until(Duration::from_secs(60), "the traced daemon to start", || {
-        let up = log_text().contains("docfetch is running");
-        async move { up.then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the traced daemon to start",
+        || {
+            let up = log_text().contains("docfetch is running");
+            async move { up.then_some(()) }
+        },
+    )
     .await;
     let store = Store::open(&config.store_url()).await.unwrap();
     let names: Vec<&String> = requests.iter().map(|(n, _)| n).collect();
-    let finished = wait_until(Duration::from_secs(120), "every traced job to finish", || async {
-        let jobs = store.list(&JobFilter::default()).await.ok()?;
-        (jobs.len() == names.len() && jobs.iter().all(|j| j.state.is_finished())).then_some(jobs)
-    })
+    let finished = wait_until(
+        Duration::from_secs(120),
+        "every traced job to finish",
+        || async {
+            let jobs = store.list(&JobFilter::default()).await.ok()?;
+            (jobs.len() == names.len() && jobs.iter().all(|j| j.state.is_finished()))
+                .then_some(jobs)
+        },
+    )
     .await;
     // SIGTERM to the daemon itself (strace's child), not to strace.
     let children = std::fs::read_to_string(format!(
@@ -208,7 +221,11 @@ async fn traced_run(
         .unwrap();
     assert!(sent.success());
     let status = tracer.wait(Duration::from_secs(60)).await;
-    assert!(status.success(), "the traced daemon stops cleanly: {status}\n{}", log_text());
+    assert!(
+        status.success(),
+        "the traced daemon stops cleanly: {status}\n{}",
+        log_text()
+    );
     let jobs = finished
         .iter()
         .map(|j| TracedJob {
@@ -218,7 +235,13 @@ async fn traced_run(
         })
         .collect();
     for job in &finished {
-        assert_eq!(job.state, JobState::Done, "{}: {:?}", job.name, job.last_error);
+        assert_eq!(
+            job.state,
+            JobState::Done,
+            "{}: {:?}",
+            job.name,
+            job.last_error
+        );
     }
     store.close().await.unwrap();
     Traced {
@@ -251,8 +274,13 @@ async fn every_output_file_is_synced_before_its_rename_and_its_folder_before_the
     for job in &run.jobs {
         let dir = run.config.output().join(&job.name);
         let names = crate::support::fs::names(&dir);
-        assert!(names.len() >= 2 && names.iter().any(|n| n == "job.json"), "{}: {names:?}", job.name);
-        let receipt: Value = serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
+        assert!(
+            names.len() >= 2 && names.iter().any(|n| n == "job.json"),
+            "{}: {names:?}",
+            job.name
+        );
+        let receipt: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
         assert_eq!(receipt["state"], "done");
         for file in receipt["files"].as_array().unwrap() {
             let name = file["name"].as_str().unwrap();
@@ -298,7 +326,9 @@ async fn every_output_file_is_synced_before_its_rename_and_its_folder_before_the
                                 .iter()
                                 .find(|p| p.file == proof.file)
                                 .and_then(|p| calls_of(p).get(k).copied())
-                                .unwrap_or_else(|| panic!("{}: no proof after a removal", proof.file));
+                                .unwrap_or_else(|| {
+                                    panic!("{}: no proof after a removal", proof.file)
+                                });
                             assert!(
                                 !gone.contains(&other) && gone.len() < 16,
                                 "{}: the proof holds without its {what} sync (line {})",
@@ -340,16 +370,34 @@ async fn a_real_run_with_any_one_fsync_taken_away_fails_the_proof() {
     }
     let build = tempfile::tempdir().unwrap();
     let Some(library) = skip_sync_library(build.path()) else {
-        return cannot_run("the skipped-fsync runs", "cc cannot build tests/support/skip_sync.c");
+        return cannot_run(
+            "the skipped-fsync runs",
+            "cc cannot build tests/support/skip_sync.c",
+        );
     };
     let sim = sim().await;
     // Where each sync lives, relative to the test's folder, and what the
     // proof must then say about which file.
     let cases: [(&str, u32, &str, &str); 5] = [
         ("output/t-one/.one.bin.part", 1, "t-one/one.bin", "its data"),
-        ("output/t-one", 1, "t-one/one.bin", "its folder was not fsynced"),
-        ("output/t-one/.job.json.part", 1, "t-one/job.json", "its data"),
-        ("output/t-one", 2, "t-one/job.json", "its folder was not fsynced"),
+        (
+            "output/t-one",
+            1,
+            "t-one/one.bin",
+            "its folder was not fsynced",
+        ),
+        (
+            "output/t-one/.job.json.part",
+            1,
+            "t-one/job.json",
+            "its data",
+        ),
+        (
+            "output/t-one",
+            2,
+            "t-one/job.json",
+            "its folder was not fsynced",
+        ),
         ("output", 1, "t-one/", "was made"),
     ];
     for (path, nth, file, rule) in cases {
@@ -361,9 +409,485 @@ async fn a_real_run_with_any_one_fsync_taken_away_fails_the_proof() {
         let run = traced_run(&sim, |_| one_fresh_job(), Some(skip)).await;
         let broken = run.proof().check().broken;
         assert!(
-            broken.iter().any(|b| b.starts_with(file) && b.contains(rule)),
+            broken
+                .iter()
+                .any(|b| b.starts_with(file) && b.contains(rule)),
             "sync #{nth} of {path} taken away: expected '{file}: … {rule}', got {broken:?}"
         );
         println!("sync #{nth} of {path} taken away: {}", broken.join(" | "));
     }
+}
+
+/// Hand-written traces: each rule and each way strace prints a call, on a
+/// job `j` whose file `f.bin` and receipt sit in a temporary `out/`.
+mod checker {
+    use std::path::{Path, PathBuf};
+
+    use crate::support::strace::{Proof, TracedJob, parse};
+
+    /// `\xNN` for every byte, as `strace -xx` prints strings and paths.
+    fn x(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("\\x{b:02x}")).collect()
+    }
+
+    struct Scene {
+        root: tempfile::TempDir,
+    }
+
+    impl Scene {
+        fn new() -> Scene {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(root.path().join("out/j")).unwrap();
+            std::fs::write(root.path().join("out/j/f.bin"), b"hello").unwrap();
+            std::fs::write(root.path().join("out/j/job.json"), b"{}").unwrap();
+            Scene { root }
+        }
+
+        fn p(&self, rel: &str) -> PathBuf {
+            self.root.path().join(rel)
+        }
+
+        /// `N</path>`.
+        fn fd(&self, n: u32, rel: &str) -> String {
+            format!("{n}<{}>", x(self.p(rel).as_os_str().as_encoded_bytes()))
+        }
+
+        /// `"path"`.
+        fn s(&self, rel: &str) -> String {
+            format!("\"{}\"", x(self.p(rel).as_os_str().as_encoded_bytes()))
+        }
+
+        /// The two writes of one WAL frame that commits, holding `content`.
+        fn commit(&self, frame: u64, content: &[u8]) -> [String; 2] {
+            let offset = 32 + frame * (4096 + 24);
+            let mut header = vec![0u8; 24];
+            header[3] = 1;
+            header[7] = 9; // database size: a commit frame
+            let mut page = content.to_vec();
+            page.resize(4096, 0);
+            [
+                format!(
+                    "11 pwrite64({}, \"{}\", 24, {offset}) = 24",
+                    self.fd(6, "s.db-wal"),
+                    x(&header)
+                ),
+                format!(
+                    "11 pwrite64({}, \"{}\"..., 4096, {}) = 4096",
+                    self.fd(6, "s.db-wal"),
+                    x(&page[..64]).to_string() + &x(&page[64..]),
+                    offset + 24
+                ),
+            ]
+        }
+
+        /// A run done right: folder made and its parent synced, data
+        /// written, synced, renamed, folder synced, the result committed,
+        /// the receipt the same way (fd-relative), then the done event.
+        fn good(&self) -> Vec<String> {
+            let sha = crate::support::fs::sha256_hex(b"hello");
+            let mut t = vec![
+                format!("10 mkdir({}, 0750) = 0", self.s("out/j")),
+                format!("10 fsync({}) = 0", self.fd(3, "out")),
+                format!(
+                    "10 openat(AT_FDCWD<{}>, {}, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0640) = {}",
+                    x(self.root.path().as_os_str().as_encoded_bytes()),
+                    self.s("out/j/.f.bin.part"),
+                    self.fd(4, "out/j/.f.bin.part")
+                ),
+                format!(
+                    "10 write({}, \"{}\", 5) = 5",
+                    self.fd(4, "out/j/.f.bin.part"),
+                    x(b"hello")
+                ),
+                format!("10 fsync({}) = 0", self.fd(4, "out/j/.f.bin.part")),
+                format!(
+                    "10 rename({}, {}) = 0",
+                    self.s("out/j/.f.bin.part"),
+                    self.s("out/j/f.bin")
+                ),
+                format!("10 fsync({}) = 0", self.fd(5, "out/j")),
+            ];
+            t.extend(self.commit(0, format!("{{\"sha256\":\"{sha}\"}}").as_bytes()));
+            t.push(format!("11 fsync({}) = 0", self.fd(6, "s.db-wal")));
+            t.extend([
+                format!(
+                    "10 openat({}, \"{}\", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0640) = {}",
+                    self.fd(8, "out/j"),
+                    x(b".job.json.part"),
+                    self.fd(7, "out/j/.job.json.part")
+                ),
+                format!(
+                    "10 write({}, \"{}\", 2) = 2",
+                    self.fd(7, "out/j/.job.json.part"),
+                    x(b"{}")
+                ),
+                format!("10 fsync({}) = 0", self.fd(7, "out/j/.job.json.part")),
+                format!(
+                    "10 renameat2({}, \"{}\", {}, \"{}\", RENAME_NOREPLACE) = 0",
+                    self.fd(8, "out/j"),
+                    x(b".job.json.part"),
+                    self.fd(8, "out/j"),
+                    x(b"job.json")
+                ),
+                format!("10 fsync({}) = 0", self.fd(8, "out/j")),
+            ]);
+            t.extend(self.commit(1, b"ID-1\x01\x02\x03\x04\x05\x06donedone: f.bin (5 bytes)"));
+            t.push(format!("11 fsync({}) = 0", self.fd(6, "s.db-wal")));
+            t
+        }
+
+        fn broken(&self, trace: &[String]) -> Vec<String> {
+            let text = trace.join("\n");
+            let jobs = [TracedJob {
+                name: "j".into(),
+                id: "ID-1".into(),
+                state: "done".into(),
+            }];
+            Proof::new(
+                &parse(&text),
+                &self.p("out"),
+                &self.p("s.db-wal"),
+                Path::new("/"),
+                &jobs,
+            )
+            .check()
+            .broken
+        }
+    }
+
+    /// The index of the first line containing `needle`.
+    fn at(trace: &[String], needle: &str) -> usize {
+        trace.iter().position(|l| l.contains(needle)).unwrap()
+    }
+
+    #[test]
+    fn a_run_in_the_right_order_passes_with_plain_and_fd_relative_calls() {
+        let scene = Scene::new();
+        assert_eq!(scene.broken(&scene.good()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_call_printed_in_two_halves_counts_from_its_entry_to_its_exit() {
+        let scene = Scene::new();
+        let mut t = scene.good();
+        // The data's fsync starts, another thread runs, then it returns:
+        // still before the rename.
+        let sync = at(&t, &format!("{}>) = 0", x(b".f.bin.part")));
+        let head = t[sync].replace(") = 0", " <unfinished ...>");
+        t[sync] = head;
+        t.insert(sync + 1, "12 write(2<\\x2f>, \"\\x61\", 1) = 1".into());
+        t.insert(sync + 2, "10 <... fsync resumed>) = 0".into());
+        assert_eq!(scene.broken(&t), Vec::<String>::new());
+        // Resumed only after the rename started: too late.
+        let mut late = scene.good();
+        let sync = at(&late, &format!("{}>) = 0", x(b".f.bin.part")));
+        late[sync] = late[sync].replace(") = 0", " <unfinished ...>");
+        let rename = at(&late, "10 rename(");
+        late[rename] = late[rename].replacen("10 ", "12 ", 1);
+        late.insert(rename + 1, "10 <... fsync resumed>) = 0".into());
+        let broken = scene.broken(&late);
+        assert!(
+            broken.iter().any(|b| b.starts_with("j/f.bin: its data")),
+            "{broken:?}"
+        );
+    }
+
+    #[test]
+    fn an_injected_a_failed_or_an_unfinished_sync_counts_for_nothing() {
+        let scene = Scene::new();
+        let needle = format!("{}>) = 0", x(b".f.bin.part"));
+        for (how, line) in [
+            ("injected", |l: &str| l.replace(") = 0", ") = 0 (INJECTED)")),
+            ("failed", |l: &str| {
+                l.replace(") = 0", ") = -1 EIO (Input/output error)")
+            }),
+            ("killed", |l: &str| l.replace(") = 0", " <unfinished ...>")),
+        ] as [(&str, fn(&str) -> String); 3]
+        {
+            let mut t = scene.good();
+            let sync = at(&t, &needle);
+            t[sync] = line(&t[sync]);
+            let broken = scene.broken(&t);
+            assert!(
+                broken.iter().any(|b| b.starts_with("j/f.bin: its data")),
+                "{how}: {broken:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sync_file_range_is_not_a_sync_but_syncfs_is() {
+        let scene = Scene::new();
+        let mut t = scene.good();
+        let sync = at(&t, &format!("{}>) = 0", x(b".f.bin.part")));
+        t[sync] = t[sync]
+            .replace("fsync(", "sync_file_range(")
+            .replace(">) = 0", ">, 0, 0, SYNC_FILE_RANGE_WRITE) = 0");
+        assert!(
+            scene
+                .broken(&t)
+                .iter()
+                .any(|b| b.starts_with("j/f.bin: its data"))
+        );
+        let mut t = scene.good();
+        let sync = at(&t, &format!("{}>) = 0", x(b"/out/j")));
+        t[sync] = t[sync].replace("fsync(", "syncfs(");
+        assert_eq!(scene.broken(&t), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_folder_synced_after_the_commit_frame_is_written_is_too_late_even_before_the_wal_sync() {
+        let scene = Scene::new();
+        let mut t = scene.good();
+        // Move the folder's sync between the commit frame's page and the
+        // WAL's fsync: the kernel may write that frame back first.
+        let sync = at(&t, &format!("{}>) = 0", x(b"/out/j")));
+        let line = t.remove(sync);
+        let wal_sync = at(&t, &format!("{}>) = 0", x(b"s.db-wal")));
+        t.insert(wal_sync, line);
+        let broken = scene.broken(&t);
+        assert!(
+            broken
+                .iter()
+                .any(|b| b.starts_with("j/f.bin: its folder was not fsynced")),
+            "{broken:?}"
+        );
+    }
+
+    #[test]
+    fn a_receipt_renamed_before_the_result_is_durable_in_the_store_is_caught() {
+        let scene = Scene::new();
+        let mut t = scene.good();
+        // The result's WAL sync only after job.json's rename.
+        let first_wal_sync = at(&t, &format!("{}>) = 0", x(b"s.db-wal")));
+        let line = t.remove(first_wal_sync);
+        let rename = at(&t, "renameat2(");
+        t.insert(rename + 1, line);
+        let broken = scene.broken(&t);
+        assert!(
+            broken
+                .iter()
+                .any(|b| b.starts_with("j/job.json: job.json was renamed into place")),
+            "{broken:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_written_under_its_final_name_or_never_recorded_is_caught() {
+        let scene = Scene::new();
+        let mut t = scene.good();
+        let rename = at(&t, "10 rename(");
+        t.remove(rename);
+        assert!(
+            scene
+                .broken(&t)
+                .iter()
+                .any(|b| b.contains("j/f.bin: never renamed into place"))
+        );
+        let t: Vec<String> = scene
+            .good()
+            .into_iter()
+            .filter(|l| !l.contains("pwrite64"))
+            .collect();
+        let broken = scene.broken(&t);
+        assert!(
+            broken
+                .iter()
+                .any(|b| b.contains("no commit of the store records job j done")),
+            "{broken:?}"
+        );
+    }
+
+    #[test]
+    fn the_new_folder_needs_its_parent_synced_after_it_was_made() {
+        let scene = Scene::new();
+        let mut t = scene.good();
+        let mkdir = at(&t, "mkdir(");
+        let sync = t.remove(mkdir + 1);
+        t.insert(mkdir, sync);
+        let broken = scene.broken(&t);
+        assert!(
+            broken
+                .iter()
+                .any(|b| b.contains("j/f.bin: the folder") && b.contains("was made")),
+            "{broken:?}"
+        );
+    }
+}
+
+/// The window between the two final commits of a job: its outcome is
+/// committed, its `job.json` not yet written. strace kills the daemon
+/// (SIGKILL) at its first write into `.job.json.part`, exactly there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_the_outcome_commit_and_job_json_is_repaired_at_restart_and_nothing_said_done_before()
+ {
+    if !has_tool("strace") {
+        return cannot_run("the receipt-window kill", "strace is not installed");
+    }
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("hook-runs");
+    // The account's hook notes whether job.json said done when it ran.
+    let hook = format!(
+        "on_done = [\"sh\", \"-c\", \"if grep -q '\\\"state\\\": \\\"done\\\"' \\\"$DOCFETCH_RECEIPT\\\"; then echo receipt-done; else echo no-receipt; fi >> {}\"]\n",
+        marks.display()
+    );
+    let accounts = sim.accounts_toml().replace(
+        "[accounts.fresh-sim-plain]\n",
+        &format!("[accounts.fresh-sim-plain]\n{hook}"),
+    );
+    let config = DaemonConfig::new(dir.path(), accounts);
+    let config_path = config.write();
+    std::fs::create_dir_all(config.requests()).unwrap();
+    let request = json!({"account": "fresh-sim-plain", "operation": "sales_book", "name": "t-kill",
+                         "params": {"_sim": {"pending": 0, "size": 50_000, "filename": "kill.bin"}}});
+    drop_request(
+        &config.requests(),
+        "t-kill.json",
+        &serde_json::to_vec(&request).unwrap(),
+    );
+    let job_dir = config.output().join("t-kill");
+    let log_path = dir.path().join("daemon.log");
+
+    // The first life, killed in the window.
+    let mut command = Command::new("strace");
+    command
+        .args(["-f", "-o", "/dev/null", "-P"])
+        .arg(job_dir.join(".job.json.part"))
+        .args([
+            "--trace=write,pwrite64,writev",
+            "--inject=write,pwrite64,writev:signal=KILL",
+        ])
+        .arg(BIN)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("run");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut tracer = Daemon::spawn(command, log, "docfetch=info", &[]);
+    tracer.wait(Duration::from_secs(60)).await;
+    let log_text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log_text.contains("job done"),
+        "the daemon got past the window:\n{log_text}"
+    );
+
+    // Frozen: the outcome is in the store, nothing says done.
+    let store = Store::open(&config.store_url()).await.unwrap();
+    let job = store.find("t-kill").await.unwrap().unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Running,
+        "the store does not say done yet"
+    );
+    assert_eq!(
+        job.settled(),
+        Some(JobState::Done),
+        "the outcome was committed"
+    );
+    let result = job.result.clone().expect("the settled result");
+    assert_eq!(result.files.len(), 1);
+    assert_eq!(
+        job.summary_json()["result"],
+        Value::Null,
+        "the API shows no result yet"
+    );
+    assert_eq!(job.summary_json()["state"], "running");
+    let names = crate::support::fs::names(&job_dir);
+    assert!(names.contains(&"kill.bin".to_string()), "{names:?}");
+    assert!(!names.contains(&"job.json".to_string()), "{names:?}");
+    assert!(
+        names.contains(&".job.json.part".to_string()),
+        "killed while writing it: {names:?}"
+    );
+    assert_eq!(
+        sha256_file(&job_dir.join("kill.bin")),
+        result.files[0].sha256
+    );
+    let cli = Command::new(BIN)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["jobs", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let listed = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        listed.contains("t-kill") && listed.contains("\"running\"") && !listed.contains("\"done\""),
+        "the CLI says done before job.json exists: {listed}"
+    );
+    assert!(!marks.exists(), "no hook ran before job.json existed");
+    let (orders, downloads) = (
+        sim.fresh.orders(),
+        sim.fresh
+            .counters
+            .downloads
+            .load(std::sync::atomic::Ordering::SeqCst),
+    );
+    assert_eq!((orders, downloads), (1, 1));
+
+    // The restart writes the receipt and commits done; the service is not
+    // asked again, and the hook runs once, with job.json there.
+    let mut daemon = Daemon::start(&config_path, &log_path, "docfetch=info");
+    let done = wait_until(Duration::from_secs(60), "the job to be done", || async {
+        let job = store.find("t-kill").await.ok()??;
+        (job.state == JobState::Done).then_some(job)
+    })
+    .await;
+    let runs = wait_until(Duration::from_secs(60), "the hook to run", || {
+        // A line is whole once it ends (the shell creates the file first).
+        let runs = std::fs::read_to_string(&marks)
+            .ok()
+            .filter(|r| r.ends_with('\n'));
+        async move { runs }
+    })
+    .await;
+    assert_eq!(daemon.terminate().await.code(), Some(0));
+    assert_eq!(
+        runs, "receipt-done\n",
+        "the hook ran after job.json said done"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marks).unwrap(),
+        runs,
+        "and only once"
+    );
+    let receipt: Value =
+        serde_json::from_slice(&std::fs::read(job_dir.join("job.json")).unwrap()).unwrap();
+    assert_eq!(receipt["state"], "done");
+    assert_eq!(
+        receipt["files"][0]["sha256"],
+        result.files[0].sha256.as_str()
+    );
+    assert_eq!(
+        done.result,
+        Some(result),
+        "the result is the one settled before the kill"
+    );
+    assert_eq!(done.finished_at, job.finished_at, "and so is its end time");
+    assert_eq!(
+        crate::support::fs::names(&job_dir),
+        ["job.json", "kill.bin"],
+        "the half-written receipt was swept"
+    );
+    assert_eq!(sim.fresh.orders(), 1, "not ordered again");
+    assert_eq!(
+        sim.fresh
+            .counters
+            .downloads
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "not downloaded again"
+    );
+    let events = store.events(&done.id).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "done").count(),
+        1,
+        "{kinds:?}"
+    );
+    store.close().await.unwrap();
 }

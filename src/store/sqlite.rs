@@ -104,7 +104,9 @@ type Trouble = Arc<std::sync::Mutex<Option<String>>>;
 /// Records how a commit went: a failure for want of space or an I/O error
 /// is kept as the store's trouble; any success clears it.
 fn note_commit<T>(trouble: &Trouble, result: &Result<T, StoreError>) {
-    let mut kept = trouble.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut kept = trouble
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match result {
         Ok(_) => {
             if kept.take().is_some() {

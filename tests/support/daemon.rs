@@ -155,7 +155,12 @@ impl Daemon {
 
     /// Starts `command` (`docfetch … run`, or a tracer running it) with
     /// the daemon's environment, appending its stderr to `log`.
-    pub fn spawn(mut command: Command, log: std::fs::File, rust_log: &str, env: &[(&str, &str)]) -> Daemon {
+    pub fn spawn(
+        mut command: Command,
+        log: std::fs::File,
+        rust_log: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let child = command
             .env("RUST_LOG", rust_log)
             .env_remove("DOCFETCH_CONFIG")

@@ -173,7 +173,9 @@ fn finish(name: &str, body: &str, entry: usize, exit: usize) -> Option<Call> {
     let after = body[close + 1..].trim_start();
     let after = after.strip_prefix('=')?.trim_start();
     let injected = after.contains("(INJECTED)");
-    let (value, ret_text) = match after.find(|c: char| !(c.is_ascii_digit() || c == '-' || c == 'x' || c.is_ascii_hexdigit())) {
+    let (value, ret_text) = match after
+        .find(|c: char| !(c.is_ascii_digit() || c == '-' || c == 'x' || c.is_ascii_hexdigit()))
+    {
         Some(end) => (&after[..end], after[end..].to_string()),
         None => (after, String::new()),
     };
@@ -343,7 +345,9 @@ fn string_arg(arg: &str) -> Option<Vec<u8>> {
 fn fd_path(arg: &str) -> Option<PathBuf> {
     let start = arg.find('<')?;
     let inner = arg[start + 1..].strip_suffix('>')?;
-    Some(PathBuf::from(String::from_utf8_lossy(&unescape(inner)).into_owned()))
+    Some(PathBuf::from(
+        String::from_utf8_lossy(&unescape(inner)).into_owned(),
+    ))
 }
 
 /// A path argument resolved against a directory descriptor (or the working
@@ -422,10 +426,15 @@ fn effects(calls: &[Call], wal: &Path, cwd: &Path) -> Effects {
             }
             "open" | "creat" | "openat" | "openat2" => {
                 // A file created or truncated has changed.
-                let flags = a.iter().any(|x| x.contains("O_CREAT") || x.contains("O_TRUNC"))
+                let flags = a
+                    .iter()
+                    .any(|x| x.contains("O_CREAT") || x.contains("O_TRUNC"))
                     || c.name == "creat";
                 if let (true, Some(p)) = (flags, fd_path(&c.ret_text)) {
-                    e.writes.entry(normalise(&p)).or_default().push((c.entry, c.exit));
+                    e.writes
+                        .entry(normalise(&p))
+                        .or_default()
+                        .push((c.entry, c.exit));
                 }
             }
             "fsync" | "fdatasync" => {
@@ -450,8 +459,10 @@ fn effects(calls: &[Call], wal: &Path, cwd: &Path) -> Effects {
             }
             "renameat" | "renameat2" => {
                 if let (Some(from), Some(to)) = (
-                    a.get(1).and_then(|x| resolve(a.first().map(String::as_str), x, cwd)),
-                    a.get(3).and_then(|x| resolve(a.get(2).map(String::as_str), x, cwd)),
+                    a.get(1)
+                        .and_then(|x| resolve(a.first().map(String::as_str), x, cwd)),
+                    a.get(3)
+                        .and_then(|x| resolve(a.get(2).map(String::as_str), x, cwd)),
                 ) {
                     e.renames.push((from, to, c.entry, c.exit));
                 }
@@ -462,7 +473,10 @@ fn effects(calls: &[Call], wal: &Path, cwd: &Path) -> Effects {
                 }
             }
             "mkdirat" => {
-                if let Some(p) = a.get(1).and_then(|x| resolve(a.first().map(String::as_str), x, cwd)) {
+                if let Some(p) = a
+                    .get(1)
+                    .and_then(|x| resolve(a.first().map(String::as_str), x, cwd))
+                {
                     e.mkdirs.entry(p).or_default().push((c.entry, c.exit));
                 }
             }
@@ -568,7 +582,9 @@ fn holds_event(bytes: &[u8], job_id: &str, kind: &str) -> bool {
     let mut from = 0;
     while let Some(pos) = bytes[from..].windows(id.len()).position(|w| w == id) {
         let after = from + pos + id.len();
-        if (0..=8).any(|gap| bytes.get(after + gap..after + gap + wanted.len()) == Some(&wanted[..])) {
+        if (0..=8)
+            .any(|gap| bytes.get(after + gap..after + gap + wanted.len()) == Some(&wanted[..]))
+        {
             return true;
         }
         from += pos + 1;
@@ -783,7 +799,9 @@ impl Proof {
         // 1. Renamed into place.
         let Some((from, _, r_entry, r_exit)) = e.renames.iter().rev().find(|r| r.1 == *f).cloned()
         else {
-            return Err(vec!["never renamed into place (written under its final name)".into()]);
+            return Err(vec![
+                "never renamed into place (written under its final name)".into(),
+            ]);
         };
         // 2. Data synced before the rename.
         let last_write = e
