@@ -24,3 +24,4 @@ mod schedules;
 mod secrets;
 mod store;
 mod store_contract;
+mod store_full;

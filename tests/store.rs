@@ -120,6 +120,7 @@ async fn grouped_updates_find_each_job_by_its_key() {
     for statement in [
         docfetch::store::sqlite::CHECKPOINT_JOBS,
         docfetch::store::sqlite::FINISH_JOBS,
+        docfetch::store::sqlite::SETTLE_JOBS,
     ] {
         let explain = format!("EXPLAIN QUERY PLAN {statement}");
         let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))

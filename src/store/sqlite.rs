@@ -102,17 +102,20 @@ pub struct SqliteStore {
 type Trouble = Arc<std::sync::Mutex<Option<String>>>;
 
 /// Records how a commit went: a failure for want of space or an I/O error
-/// is kept as the store's trouble; any success clears it.
-fn note_commit<T>(trouble: &Trouble, result: &Result<T, StoreError>) {
+/// is kept as the store's trouble; a commit that wrote something clears it
+/// (one that changed nothing, such as a claim that found no due job, needs
+/// no space and proves nothing).
+fn note_commit(trouble: &Trouble, result: Result<bool, &StoreError>) {
     let mut kept = trouble
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match result {
-        Ok(_) => {
+        Ok(true) => {
             if kept.take().is_some() {
                 tracing::info!("the job store commits again");
             }
         }
+        Ok(false) => {}
         Err(e) if e.is_unavailable() => {
             if kept.is_none() {
                 tracing::error!(error = %e, "the job store cannot commit; work that needs it waits and tries again");
@@ -120,6 +123,15 @@ fn note_commit<T>(trouble: &Trouble, result: &Result<T, StoreError>) {
             *kept = Some(e.to_string());
         }
         Err(_) => {}
+    }
+}
+
+/// Whether a write changed a row.
+fn wrote(written: &Written) -> bool {
+    match written {
+        Written::Job(_) | Written::Row => true,
+        Written::Jobs(jobs) => !jobs.is_empty(),
+        Written::Nothing => false,
     }
 }
 
@@ -571,7 +583,7 @@ impl SqliteStore {
     }
 
     pub async fn cancel(&self, key: &str, now: Millis) -> Result<Job, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let row = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_until = NULL,
                              finished_at = ?2, updated_at = ?2, last_error = 'cancelled by a user'
@@ -590,7 +602,7 @@ impl SqliteStore {
                 Ok(job)
             }
             None => {
-                drop(tx);
+                tx.rollback().await;
                 Err(self
                     .not_in_state(key, "cancel", "queued, waiting or running")
                     .await)
@@ -604,7 +616,7 @@ impl SqliteStore {
         now: Millis,
         deadline_at: Millis,
     ) -> Result<Job, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let row = sqlx::query(
             "UPDATE jobs SET state = 'queued', cursor = '{}', attempts = 0, next_run_at = ?2,
                              last_error = NULL, result = NULL, finished_at = NULL,
@@ -626,7 +638,7 @@ impl SqliteStore {
                 Ok(job)
             }
             None => {
-                drop(tx);
+                tx.rollback().await;
                 Err(self.not_in_state(key, "retry", "failed or cancelled").await)
             }
         }
@@ -706,7 +718,7 @@ impl SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(StoreError::from);
-            note_commit(&self.trouble, &probe);
+            note_commit(&self.trouble, probe.as_ref().map(|_| true));
             if probe.is_err() {
                 return Err(StoreError::Unavailable(reason));
             }
@@ -896,7 +908,7 @@ impl SqliteStore {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         // No conflict target: an existing id or name both mean "already there".
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
@@ -937,6 +949,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
+            tx.rollback().await;
             return Ok(false);
         }
         for event in events {
@@ -1034,7 +1047,10 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>, t
         let started = std::time::Instant::now();
         let applied = apply_batch(&pool, &batch).await;
         crate::metrics::store_commit(batch.len(), started.elapsed());
-        note_commit(&trouble, &applied);
+        note_commit(
+            &trouble,
+            applied.as_ref().map(|results| results.iter().any(wrote)),
+        );
         match applied {
             Ok(results) => {
                 for (pending, result) in batch.drain(..).zip(results) {
@@ -1055,11 +1071,82 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>, t
             Err(_) => {
                 for pending in batch.drain(..) {
                     let result = apply_alone(&pool, &pending.op).await;
-                    note_commit(&trouble, &result);
+                    note_commit(&trouble, result.as_ref().map(wrote));
                     let _ = pending.reply.send(result);
                 }
             }
         }
+    }
+}
+
+/// A write transaction on the writer connection, begun and ended by hand.
+///
+/// sqlx's own transactions are not used for writes: when SQLite fails a
+/// `COMMIT` for want of space or with an I/O error it rolls the
+/// transaction back itself, and sqlx 0.9 can be left believing one is
+/// still open; its next `begin()` is then a `SAVEPOINT` inside nothing,
+/// and every later "commit" returns success without writing a byte (seen
+/// in `store_full`: jobs reported done with no write to the WAL). Here a
+/// transaction is `BEGIN IMMEDIATE` … `COMMIT`, and a connection whose
+/// transaction did not end cleanly is closed rather than reused.
+struct WriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    open: bool,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<WriteTx, StoreError> {
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+        Ok(WriteTx { conn, open: true })
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        let committed = sqlx::query("COMMIT").execute(&mut *self.conn).await;
+        self.open = false;
+        if committed.is_err() {
+            // SQLite may have rolled back already; if not, closing does.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+            self.conn.close_on_drop();
+        }
+        committed.map(|_| ()).map_err(StoreError::from)
+    }
+
+    /// Ends the transaction without keeping anything.
+    async fn rollback(mut self) {
+        if sqlx::query("ROLLBACK")
+            .execute(&mut *self.conn)
+            .await
+            .is_ok()
+        {
+            self.open = false;
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            // Ended by an error before its commit: closing the connection
+            // rolls the transaction back, and the pool opens a fresh one.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
     }
 }
 
@@ -1068,14 +1155,14 @@ async fn apply_batch(
     batch: &[PendingWrite],
 ) -> Result<Vec<Written>, StoreError> {
     let ops: Vec<&WriteOp> = batch.iter().map(|pending| &pending.op).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = WriteTx::begin(pool).await?;
     let results = apply(&mut tx, &ops).await?;
     tx.commit().await?;
     Ok(results)
 }
 
 async fn apply_alone(pool: &SqlitePool, op: &WriteOp) -> Result<Written, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = WriteTx::begin(pool).await?;
     let mut written = apply(&mut tx, &[op]).await?;
     tx.commit().await?;
     written

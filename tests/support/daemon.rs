@@ -26,6 +26,10 @@ pub struct DaemonConfig {
     pub poll_max: String,
     pub retry_initial: String,
     pub output: Option<PathBuf>,
+    /// Where the database file lives (`docfetch.db` in `dir` by default).
+    pub store: Option<PathBuf>,
+    /// `api.listen` (`""`: no API).
+    pub api_listen: String,
 }
 
 impl DaemonConfig {
@@ -43,11 +47,15 @@ impl DaemonConfig {
             poll_max: "200ms".into(),
             retry_initial: "20ms".into(),
             output: None,
+            store: None,
+            api_listen: String::new(),
         }
     }
 
     pub fn store_path(&self) -> PathBuf {
-        self.dir.join("docfetch.db")
+        self.store
+            .clone()
+            .unwrap_or_else(|| self.dir.join("docfetch.db"))
     }
 
     pub fn store_url(&self) -> String {
@@ -94,7 +102,7 @@ settle = "0s"
 timeout = "{http_timeout}"
 connect_timeout = "2s"
 [api]
-listen = ""
+listen = "{api_listen}"
 
 {accounts}
 "#,
@@ -111,6 +119,7 @@ listen = ""
             max_file_size = self.max_file_size,
             http_timeout = self.http_timeout,
             accounts = self.accounts,
+            api_listen = self.api_listen,
         )
     }
 
