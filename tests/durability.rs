@@ -307,7 +307,7 @@ async fn every_output_file_is_synced_before_its_rename_and_its_folder_before_the
     let mut removals = 0;
     let mut covered_twice = 0;
     for proof in &checked.proofs {
-        let roles: Vec<(&str, fn(&strace::FileProof) -> Vec<(usize, usize)>)> = vec![
+        let roles: Vec<(&str, CallsOf)> = vec![
             ("data", |p| vec![p.data_sync]),
             ("folder", |p| vec![p.dir_sync]),
             ("new folder's parent", |p| p.folder_syncs.clone()),
@@ -348,6 +348,9 @@ async fn every_output_file_is_synced_before_its_rename_and_its_folder_before_the
     );
     assert!(removals >= 2 * files.len());
 }
+
+/// The calls of one role (data, folder, new folder's parent) in a file's proof.
+type CallsOf = fn(&strace::FileProof) -> Vec<(usize, usize)>;
 
 /// Compiles `tests/support/skip_sync.c` into `dir`.
 fn skip_sync_library(dir: &Path) -> Option<PathBuf> {
