@@ -99,8 +99,8 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// How a job's outcome is being committed: the tokens that end the wait
-/// for a store that cannot take writes.
+/// What ends the wait of a job's task for a store that cannot take its
+/// writes (see [`Scheduler::patiently`]).
 struct Commit {
     /// The job's lease was lost (it was cancelled or taken back), or
     /// shutdown's grace ran out.
