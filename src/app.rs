@@ -74,7 +74,7 @@ pub async fn run_until_stopped(
             Some(lock)
         }
         Store::Postgres(_) => {
-            let reclaimed = store.reclaim_expired(now_ms()).await?;
+            let reclaimed = store.reclaim_expired(now_ms(), &[]).await?;
             if reclaimed > 0 {
                 info!(jobs = reclaimed, "took back jobs whose lease expired");
             }
@@ -114,9 +114,12 @@ pub async fn run_until_stopped(
             source,
         }
     })?;
-    crate::download::ensure_dir(&settings.paths.output).map_err(|source| AppError::Directory {
-        path: settings.paths.output.clone(),
-        source,
+    // Durably: the folders of finished jobs hang from it.
+    crate::download::ensure_dir_durable(&settings.paths.output).map_err(|source| {
+        AppError::Directory {
+            path: settings.paths.output.clone(),
+            source,
+        }
     })?;
     if matches!(store, Store::Sqlite(_)) {
         // The only daemon on this store: claims left in the drop directory
@@ -143,7 +146,8 @@ pub async fn run_until_stopped(
         Ok(_) => {}
         Err(e) => warn!(error = %e, "cannot scan the requests directory"),
     }
-    let housekeeping = start_housekeeping(store.clone(), settings.clone()).await?;
+    let housekeeping =
+        start_housekeeping(store.clone(), settings.clone(), scheduler.in_flight()).await?;
     let hooks = crate::hooks::HookRunner::new(store.clone(), settings.clone(), http.clone());
     let schedules = crate::schedule::Schedules::load(store.clone(), settings.clone());
     let api_task = api.map(|bound| {
@@ -246,10 +250,13 @@ mod systemd {
 }
 
 /// Periodic chores through tokio-cron-scheduler: take back leases that
-/// expired (a hung or dead holder), and prune old jobs hourly.
+/// expired (a hung or dead holder; never those of the jobs this process is
+/// still working on, see [`crate::scheduler::InFlight`]), and prune old
+/// jobs hourly.
 async fn start_housekeeping(
     store: Store,
     settings: Arc<Settings>,
+    in_flight: crate::scheduler::InFlight,
 ) -> Result<tokio_cron_scheduler::JobScheduler, AppError> {
     use tokio_cron_scheduler::{Job, JobScheduler};
     let err = |e: tokio_cron_scheduler::JobSchedulerError| AppError::Housekeeping(e.to_string());
@@ -258,8 +265,9 @@ async fn start_housekeeping(
     let leases = store.clone();
     let job = Job::new_repeated_async(period, move |_id, _sched| {
         let store = leases.clone();
+        let keep = in_flight.ids();
         Box::pin(async move {
-            match store.reclaim_expired(now_ms()).await {
+            match store.reclaim_expired(now_ms(), &keep).await {
                 Ok(0) => {}
                 Ok(n) => warn!(jobs = n, "took back jobs whose lease expired"),
                 Err(e) => warn!(error = %e, "housekeeping: cannot check leases"),

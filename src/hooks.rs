@@ -14,8 +14,9 @@
 //! "TIMESTAMP.BODY"))`, so a receiver that checks the timestamp is recent
 //! cannot be fed a captured call again later.
 //!
-//! Hooks run *at least once*: the store marks them pending in the same
-//! commit that finishes the job, and they are marked done only after they
+//! Hooks run *at least once*, and only once `job.json` is on disk: the store
+//! marks them pending in the same commit that finishes the job, which comes
+//! after the receipt is durable, and they are marked done only after they
 //! succeeded, so a crash in between runs them again. A failing hook is logged
 //! to the job's history and retried with backoff up to `hooks.max_attempts`,
 //! and it never changes the job's outcome.

@@ -1,6 +1,14 @@
 //! The receipt, `output/NAME/job.json`: written last, atomically, when a job
 //! finishes (done, failed or cancelled). Its appearance is the signal that a
 //! job is over; scripts can wait for it. It never contains a secret.
+//!
+//! A job's receipt is written between its two final commits (see
+//! [`Job::settled`](crate::job::Job::settled)): after the commit that
+//! stores its outcome, so it never says done for an outcome the store
+//! could lose, and before the commit that moves the job to `done` or
+//! `failed`, so nothing reads the job as finished before its receipt is on
+//! disk. It is made durable the same way as a downloaded file (`.part`,
+//! `fsync`, rename, `fsync` of the folder).
 
 use std::path::{Path, PathBuf};
 

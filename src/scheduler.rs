@@ -14,6 +14,7 @@
 //! off separately and fail the job after `max_attempts` in a row; permanent
 //! errors fail it at once; the deadline bounds everything.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::config::Settings;
 use crate::job::{Job, JobResult, JobState, Millis, RetryPolicy, now_ms};
 use crate::providers::{Account, ErrorClass, ProviderError, Providers, Step, StepContext};
 use crate::receipt;
-use crate::store::{SlotGrant, Store, StoreError, Transition};
+use crate::store::{Settlement, SlotGrant, Store, StoreError, Transition};
 use crate::units::format_duration;
 
 /// Steps that may follow each other without a wait in one claim; a guard
@@ -35,6 +36,9 @@ const MAX_CONTINUES: u32 = 16;
 /// How long a claimed job waits for its account's concurrency limit before
 /// stepping aside.
 const ACCOUNT_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest wait between two tries of a write the store refused.
+const STORE_PATIENCE_MAX: Duration = Duration::from_secs(5);
 
 /// How often the idle driver asks whether another process (the CLI) added work.
 const CROSS_PROCESS_CHECK: Duration = Duration::from_secs(1);
@@ -48,6 +52,59 @@ pub struct Scheduler {
     policy: RetryPolicy,
     /// This process's lease-owner id.
     owner: String,
+    /// The jobs this process is working on.
+    in_flight: InFlight,
+}
+
+/// The ids of the jobs this process is working on right now. Housekeeping
+/// leaves their leases alone even when they expired: a lease lapses while
+/// its job is still here only when the store refused the renewals (a full
+/// disk), and the job's task is holding an outcome it will commit as soon
+/// as the store takes writes again. Taking the job back would run its step
+/// a second time at the service.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<std::sync::Mutex<HashSet<String>>>);
+
+impl InFlight {
+    /// The ids, in no order.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks `id` as in flight until the returned guard is dropped (when its
+    /// task ends in any way: returning, panicking or being aborted).
+    fn enter(&self, id: &str) -> InFlightGuard {
+        self.lock().insert(id.to_string());
+        InFlightGuard {
+            set: self.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+struct InFlightGuard {
+    set: InFlight,
+    id: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
+}
+
+/// What ends the wait of a job's task for a store that cannot take its
+/// writes (see [`Scheduler::patiently`]).
+struct Commit {
+    /// The job's lease was lost (it was cancelled or taken back), or
+    /// shutdown's grace ran out.
+    lease_lost: CancellationToken,
 }
 
 /// What became of one claimed job, for tests and the driver's bookkeeping.
@@ -92,7 +149,13 @@ impl Scheduler {
             settings,
             policy,
             owner,
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// The jobs this process is working on, for housekeeping.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
     }
 
     pub fn owner(&self) -> &str {
@@ -146,20 +209,41 @@ impl Scheduler {
     /// the job or left to its lease.
     pub async fn run_job(self: Arc<Self>, job: Job, stop: CancellationToken) -> Outcome {
         let span = info_span!("job", job = %job.name, job_id = %job.id, provider = %job.provider, account = %job.account, attempt = job.attempts + 1);
+        let _working = self.in_flight.enter(&job.id);
         self.run_job_inner(job, stop).instrument(span).await
     }
 
     async fn run_job_inner(self: Arc<Self>, job: Job, stop: CancellationToken) -> Outcome {
+        // The lease is renewed in the background until the job's outcome is
+        // committed; losing it (a user cancelled the job) stops the step.
+        let lease_lost = stop.child_token();
+        let renewer = tokio::spawn(renew_lease(
+            self.store.clone(),
+            job.id.clone(),
+            self.owner.clone(),
+            self.settings.scheduler.lease,
+            lease_lost.clone(),
+        ));
+        let _stop_renewer = AbortOnDrop(renewer);
+        let commit = Commit {
+            lease_lost: lease_lost.clone(),
+        };
+        // Its outcome is committed already (a crash came before its
+        // receipt): no provider call, no deadline, only the receipt and the
+        // final state.
+        if job.settled().is_some() {
+            return self.publish(job, &commit).await;
+        }
         if now_ms() >= job.deadline_at {
             let message = format!(
                 "timed out: not finished within scheduler.deadline ({}) of being accepted",
                 format_duration(self.settings.scheduler.deadline)
             );
-            return self.fail(&job, message).await;
+            return self.fail(&job, message, &commit).await;
         }
         let Some(account) = self.providers.get(&job.account) else {
             let message = format!("account {:?} is no longer configured", job.account);
-            return self.fail(&job, message).await;
+            return self.fail(&job, message, &commit).await;
         };
         // A 429 pauses the whole account: its jobs wait without spending a
         // request or an attempt.
@@ -204,7 +288,7 @@ impl Scheduler {
             Err(e) => return self.abandoned(&job, e).await,
         }
         let (account_name, job_id) = (job.account.clone(), job.id.clone());
-        let (job, end) = self.run_steps(job, &account, stop).await;
+        let (job, end) = self.run_steps(job, &account, &stop, &commit).await;
         // The account's permit and slot cover the provider's calls, not what
         // follows them: the commit, the receipt and their `fsync`s leave both
         // to the account's next job.
@@ -223,10 +307,10 @@ impl Scheduler {
                 hint,
                 poll,
                 note,
-            } => self.wait(&job, cursor, hint, poll, note).await,
-            StepsEnd::Done(result) => self.done(job, result).await,
-            StepsEnd::Error(e) => self.error(&job, e).await,
-            StepsEnd::Fail(message) => self.fail(&job, message).await,
+            } => self.wait(&job, cursor, hint, poll, note, &commit).await,
+            StepsEnd::Done(result) => self.done(job, result, &commit).await,
+            StepsEnd::Error(e) => self.error(&job, e, &commit).await,
+            StepsEnd::Fail(message) => self.fail(&job, message, &commit).await,
             StepsEnd::Over(outcome) => outcome,
         }
     }
@@ -238,19 +322,10 @@ impl Scheduler {
         self: &Arc<Self>,
         mut job: Job,
         account: &Account,
-        stop: CancellationToken,
+        stop: &CancellationToken,
+        commit: &Commit,
     ) -> (Job, StepsEnd) {
-        // The lease is renewed in the background while the step runs; losing
-        // it (a user cancelled the job) stops the step.
-        let lease_lost = stop.child_token();
-        let renewer = tokio::spawn(renew_lease(
-            self.store.clone(),
-            job.id.clone(),
-            self.owner.clone(),
-            self.settings.scheduler.lease,
-            lease_lost.clone(),
-        ));
-        let _stop_renewer = AbortOnDrop(renewer);
+        let lease_lost = &commit.lease_lost;
         let output_dir = receipt::job_folder(&self.settings.paths.output, &job);
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(job.deadline_at - now_ms()).unwrap_or(0));
@@ -288,7 +363,12 @@ impl Scheduler {
             match result {
                 Ok(Step::Continue(cursor)) if continues < MAX_CONTINUES => {
                     continues += 1;
-                    if let Err(e) = self.store.checkpoint(&job.id, &self.owner, &cursor).await {
+                    let saved = self
+                        .patiently("the progress of a step", commit, || {
+                            self.store.checkpoint(&job.id, &self.owner, &cursor)
+                        })
+                        .await;
+                    if let Err(e) = saved {
                         let outcome = self.abandoned(&job, e).await;
                         return (job, StepsEnd::Over(outcome));
                     }
@@ -336,6 +416,7 @@ impl Scheduler {
         hint: Option<Duration>,
         poll: bool,
         note: String,
+        commit: &Commit,
     ) -> Outcome {
         let polls = job.polls + u32::from(poll);
         let delay = self.policy.poll_delay(polls, hint, fastrand::f64());
@@ -355,52 +436,101 @@ impl Scheduler {
             ),
             hooks_pending: false,
         };
-        self.persist(job, t).await
+        self.persist(job, t, commit).await
     }
 
-    async fn done(&self, mut job: Job, result: JobResult) -> Outcome {
-        let files: Vec<String> = result
-            .files
-            .iter()
-            .map(|f| format!("{} ({} bytes)", f.name, f.size))
-            .collect();
+    async fn done(&self, mut job: Job, result: JobResult, commit: &Commit) -> Outcome {
         for warning in &result.warnings {
             warn!(warning = %warning, "the provider reported a warning");
         }
-        let event = format!("done: {}", files.join(", "));
-        let cursor = job.cursor.clone();
-        let polls = job.polls;
-        job.state = JobState::Done;
-        job.result = Some(result.clone());
+        job.result = Some(result);
         job.attempts = 0;
         job.last_error = None;
-        job.finished_at = Some(now_ms());
-        // The receipt is written before the commit: a job is done only once
-        // its files and receipt are on disk. A crash in between re-runs the
-        // last step, which rewrites both.
-        if let Err(e) = receipt::write(&self.settings.paths.output, &job).await {
-            let error = ProviderError::transient(format!("cannot write the receipt: {e}"));
-            return self.error(&job, error).await;
-        }
-        let t = Transition {
-            state: JobState::Done,
-            cursor,
-            next_run_at: now_ms(),
-            attempts: 0,
-            polls,
-            last_error: None,
-            result: Some(result),
-            event: ("done".into(), event),
-            hooks_pending: self.hooks_for(&job).applies_to(JobState::Done),
+        self.settle(job, commit).await
+    }
+
+    /// The first of a job's two final commits: its outcome (the result, or
+    /// the error) is stored while the job stays running under the lease, so
+    /// a crash from here on never repeats a step at the service. Then
+    /// [`Scheduler::publish`].
+    async fn settle(&self, mut job: Job, commit: &Commit) -> Outcome {
+        let finished_at = now_ms();
+        let settlement = Settlement {
+            cursor: job.cursor.clone(),
+            result: job.result.clone(),
+            last_error: job.last_error.clone(),
+            attempts: job.attempts,
+            finished_at,
         };
-        let outcome = self.persist(&job, t).await;
+        let settled = self
+            .patiently("the job's outcome", commit, || {
+                self.store.settle(&job.id, &self.owner, &settlement)
+            })
+            .await;
+        if let Err(e) = settled {
+            return self.abandoned(&job, e).await;
+        }
+        job.finished_at = Some(finished_at);
+        self.publish(job, commit).await
+    }
+
+    /// The second: writes `job.json` durably, then moves the settled job to
+    /// `done` or `failed` (and makes its hooks due). Nothing reads the job
+    /// as finished before its receipt is on disk; a crash in between finds
+    /// the job settled and comes back here.
+    async fn publish(&self, job: Job, commit: &Commit) -> Outcome {
+        let Some(state) = job.settled() else {
+            return Outcome::Abandoned("publish called for a job that is not settled".into());
+        };
+        let mut finished = job.clone();
+        finished.state = state;
+        if let Err(e) = receipt::write(&self.settings.paths.output, &finished).await {
+            // The outcome is committed: the job never goes back to the
+            // service; only its receipt is tried again.
+            let delay = self.policy.retry_initial.mul_f64(1.0 + fastrand::f64());
+            error!(error = %e, retry_in = %format_duration(delay), "cannot write the receipt; the outcome is kept and the receipt is tried again");
+            return self.postpone(&job, delay).await;
+        }
+        let event = match state {
+            JobState::Done => {
+                let files: Vec<String> = job
+                    .result
+                    .iter()
+                    .flat_map(|r| r.files.iter())
+                    .map(|f| format!("{} ({} bytes)", f.name, f.size))
+                    .collect();
+                ("done".to_string(), format!("done: {}", files.join(", ")))
+            }
+            _ => (
+                "failed".to_string(),
+                job.last_error.clone().unwrap_or_default(),
+            ),
+        };
+        let t = Transition {
+            state,
+            cursor: job.cursor.clone(),
+            next_run_at: now_ms(),
+            attempts: job.attempts,
+            polls: job.polls,
+            last_error: job.last_error.clone(),
+            result: job.result.clone(),
+            event,
+            hooks_pending: self.hooks_for(&job).applies_to(state),
+        };
+        let outcome = self.persist(&job, t, commit).await;
         if outcome == Outcome::Persisted(JobState::Done) {
-            info!(files = %files.join(", "), polls, "job done");
+            let files: Vec<&str> = job
+                .result
+                .iter()
+                .flat_map(|r| r.files.iter())
+                .map(|f| f.name.as_str())
+                .collect();
+            info!(files = %files.join(", "), polls = job.polls, "job done");
         }
         outcome
     }
 
-    async fn error(&self, job: &Job, e: ProviderError) -> Outcome {
+    async fn error(&self, job: &Job, e: ProviderError, commit: &Commit) -> Outcome {
         let class = match e.class {
             ErrorClass::Transient => "transient",
             ErrorClass::Permanent => "permanent",
@@ -419,7 +549,7 @@ impl Scheduler {
             }
         }
         if e.class == ErrorClass::Permanent {
-            return self.fail(job, e.message).await;
+            return self.fail(job, e.message, commit).await;
         }
         let attempts = job.attempts + 1;
         match self
@@ -446,40 +576,23 @@ impl Scheduler {
                     ),
                     hooks_pending: false,
                 };
-                self.persist(job, t).await
+                self.persist(job, t, commit).await
             }
             None => {
                 let message = format!("gave up after {attempts} attempts in a row: {}", e.message);
                 let mut job = job.clone();
                 job.attempts = attempts;
-                self.fail(&job, message).await
+                self.fail(&job, message, commit).await
             }
         }
     }
 
-    async fn fail(&self, job: &Job, message: String) -> Outcome {
+    async fn fail(&self, job: &Job, message: String, commit: &Commit) -> Outcome {
         error!(error = %message, "job failed");
         let mut failed = job.clone();
-        failed.state = JobState::Failed;
-        failed.last_error = Some(message.clone());
-        failed.finished_at = Some(now_ms());
-        if let Err(e) = receipt::write(&self.settings.paths.output, &failed).await {
-            // The failure is still recorded in the store; the receipt is
-            // rewritten if the job is retried and fails again.
-            error!(error = %e, "cannot write the receipt of a failed job");
-        }
-        let t = Transition {
-            state: JobState::Failed,
-            cursor: job.cursor.clone(),
-            next_run_at: now_ms(),
-            attempts: job.attempts,
-            polls: job.polls,
-            last_error: Some(message.clone()),
-            result: None,
-            event: ("failed".into(), message),
-            hooks_pending: self.hooks_for(job).applies_to(JobState::Failed),
-        };
-        self.persist(job, t).await
+        failed.result = None;
+        failed.last_error = Some(message);
+        self.settle(failed, commit).await
     }
 
     /// The hooks that apply to `job`: its request's, then its account's.
@@ -520,37 +633,75 @@ impl Scheduler {
             .min(job.deadline_at)
     }
 
-    /// Persists a transition, retrying briefly when the store is busy.
-    async fn persist(&self, job: &Job, t: Transition) -> Outcome {
+    /// Persists a transition, waiting out a store that cannot take it now.
+    async fn persist(&self, job: &Job, t: Transition, commit: &Commit) -> Outcome {
+        let started = std::time::Instant::now();
+        let finished = self
+            .patiently("the outcome of a step", commit, || {
+                self.store.finish_step(&job.id, &self.owner, &t)
+            })
+            .await;
+        crate::metrics::store_op("finish", started.elapsed());
+        match finished {
+            Ok(saved) => {
+                let outcome = match t.event.0.as_str() {
+                    "poll" => {
+                        crate::metrics::poll(&job.provider, &job.account);
+                        "waiting"
+                    }
+                    "error" => "retry",
+                    "done" => "done",
+                    "failed" => "failed",
+                    _ => "waiting",
+                };
+                crate::metrics::step(&job.provider, &job.account, outcome);
+                Outcome::Persisted(saved.state)
+            }
+            Err(e) => self.abandoned(job, e).await,
+        }
+    }
+
+    /// Runs `write` (a store write that carries what a step learned from
+    /// the service) until it lands. A busy store, a full disk or an I/O
+    /// error is waited out, however long it lasts, while the lease is kept:
+    /// an outcome dropped here would send the step to the service again at
+    /// the next claim (for 1C:Fresh, a second order). Gives up only when
+    /// the job moved under us (conflict), on another kind of error, or when
+    /// the lease is lost (cancelled, or shutdown's grace ran out).
+    async fn patiently<T, F, Fut>(
+        &self,
+        what: &str,
+        commit: &Commit,
+        mut write: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let mut wait = Duration::from_millis(100);
-        for _ in 0..5 {
-            let started = std::time::Instant::now();
-            let finished = self.store.finish_step(&job.id, &self.owner, &t).await;
-            crate::metrics::store_op("finish", started.elapsed());
-            match finished {
-                Ok(saved) => {
-                    let outcome = match t.event.0.as_str() {
-                        "poll" => {
-                            crate::metrics::poll(&job.provider, &job.account);
-                            "waiting"
-                        }
-                        "error" => "retry",
-                        "done" => "done",
-                        "failed" => "failed",
-                        _ => "waiting",
-                    };
-                    crate::metrics::step(&job.provider, &job.account, outcome);
-                    return Outcome::Persisted(saved.state);
+        let mut failures = 0u32;
+        loop {
+            match write().await {
+                Ok(written) => {
+                    if failures > 0 {
+                        info!(failures, "the store took {what} after all");
+                    }
+                    return Ok(written);
                 }
-                Err(e) if e.is_transient() => {
-                    warn!(error = %e, "store busy, retrying");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
+                Err(e) if e.is_transient() || e.is_unavailable() => {
+                    if failures == 0 {
+                        warn!(error = %e, "cannot commit {what}; keeping it and trying again");
+                    }
+                    failures += 1;
+                    tokio::select! {
+                        _ = commit.lease_lost.cancelled() => return Err(e),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(STORE_PATIENCE_MAX);
                 }
-                Err(e) => return self.abandoned(job, e).await,
+                Err(e) => return Err(e),
             }
         }
-        Outcome::Abandoned("the store stayed busy; the lease will bring the job back".into())
     }
 
     /// The row moved under us: usually a user cancelled the job. Make sure the

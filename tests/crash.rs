@@ -1,8 +1,11 @@
 //! Crash consistency: the real `docfetch run` against the simulator, killed
-//! with SIGKILL at random moments and restarted, while request files keep
-//! arriving. At the end every job must be `done` exactly once, with the
-//! bytes the simulator served, nothing half-written left anywhere, and
-//! duplicate remote work within what the README admits.
+//! with SIGKILL at random moments and restarted, while request files for
+//! all five providers keep arriving (1C:Fresh in both flows, OFD.ru,
+//! Kontur.Extern, ATOL Online, Kontur.Diadoc). At the end every job must be
+//! `done` exactly once, with the bytes the simulator served, nothing
+//! half-written left anywhere, and duplicate remote work within what the
+//! README admits. At every kill, a `job.json` that says done must belong to
+//! a job whose outcome the store has committed.
 //!
 //! The simulator sits behind the fault proxy ([`crate::support::proxy`]),
 //! which holds every answer back for a while and drips file downloads:
@@ -12,7 +15,8 @@
 //! records which windows the kill hit, so the report says how often each
 //! was exercised rather than hoping it was.
 //!
-//! `cargo test` runs a short version; `scripts/crash-soak` (or
+//! `cargo test` runs a short version (20 kills), CI a 50-kill one
+//! (`scripts/crash-soak 50`); `scripts/crash-soak` (or
 //! `DOCFETCH_CRASH_KILLS=200 cargo test --release --test integration
 //! crash::long -- --ignored --nocapture`) runs the long one. The seed is
 //! printed; `DOCFETCH_CRASH_SEED=N` replays a run's choices.
@@ -74,15 +78,22 @@ enum Kind {
     FreshPlain,
     Ofd,
     Extern,
+    /// ATOL Online's register list, walked page by page.
+    Atol,
+    /// Kontur.Diadoc's transfer protocol (PDF and signature), polled.
+    Diadoc,
 }
+
+/// Registers the ATOL simulator holds: several pages at the limits used.
+const ATOL_REGISTERS: usize = 45;
 
 /// A submitted job and what it should end with.
 #[derive(Debug, Clone)]
 struct Submitted {
     name: String,
     kind: Kind,
-    /// The file the job saves (`build-result.json` for Extern).
-    file: String,
+    /// The files the job saves (`build-result.json` for Extern).
+    files: Vec<String>,
     /// For Extern: the SHA-256 of the attachment that must be uploaded.
     attachment_sha256: Option<String>,
 }
@@ -101,11 +112,14 @@ struct Snapshot {
     parts: u32,
     /// `.job.json.part`: killed while writing a receipt.
     receipt_parts: u32,
-    /// A downloaded file in place but no receipt, job not done (killed
-    /// between the rename and the receipt).
+    /// A downloaded file in place, the job's outcome not yet committed
+    /// (killed between the rename and the commit that settles it).
     file_without_receipt: u32,
+    /// The outcome committed (settled), no receipt yet (killed between
+    /// that commit and `job.json`).
+    settled_without_receipt: u32,
     /// A receipt on disk, job not yet done in the store (killed between
-    /// the receipt and the commit).
+    /// the receipt and the commit that moves the job to done).
     receipt_not_committed: u32,
     /// Running 1C jobs without a remote job id (an order in flight).
     fresh_ordering: u32,
@@ -133,6 +147,7 @@ impl Snapshot {
         self.parts += other.parts;
         self.receipt_parts += other.receipt_parts;
         self.file_without_receipt += other.file_without_receipt;
+        self.settled_without_receipt += other.settled_without_receipt;
         self.receipt_not_committed += other.receipt_not_committed;
         self.fresh_ordering += other.fresh_ordering;
         self.ofd_ordering += other.ofd_ordering;
@@ -158,6 +173,7 @@ const WINDOWS: &[&str] = &[
     MID_DOWNLOAD,
     RECEIPT_WRITE,
     RENAME_RECEIPT,
+    SETTLE_RECEIPT,
     RECEIPT_COMMIT,
     FRESH_ORDER,
     OFD_ORDER,
@@ -171,8 +187,9 @@ const SUBMIT: &str = "during submit (request file not yet stored)";
 const COMMIT_MOVE: &str = "between commit and drop-dir move";
 const MID_DOWNLOAD: &str = "mid-download (.part present)";
 const RECEIPT_WRITE: &str = "while writing a receipt (.job.json.part)";
-const RENAME_RECEIPT: &str = "between rename and receipt";
-const RECEIPT_COMMIT: &str = "between receipt and commit";
+const RENAME_RECEIPT: &str = "between rename and outcome commit";
+const SETTLE_RECEIPT: &str = "between outcome commit and receipt";
+const RECEIPT_COMMIT: &str = "between receipt and done commit";
 const FRESH_ORDER: &str = "1C order in flight (claimed, no job id stored)";
 const OFD_ORDER: &str = "OFD order in flight (claimed, no report stored)";
 const EXTERN_UPLOAD: &str = "Extern upload in flight";
@@ -215,6 +232,7 @@ async fn services() -> (Sim, Proxy) {
     config.fresh.pending_polls = 1;
     config.ofd.assumptive_delay = Duration::from_millis(300);
     config.kontur_extern.build_polls = 1;
+    config.atol.registers = ATOL_REGISTERS;
     let sim = Sim::start_local(config).await.unwrap();
     let proxy = Proxy::serve(listener, sim.addr);
     point_at(&sim, &origin);
@@ -269,7 +287,7 @@ fn batch(b: u32, rng: &mut fastrand::Rng, attachments: &Path) -> Vec<(Submitted,
             Submitted {
                 name,
                 kind,
-                file,
+                files: vec![file],
                 attachment_sha256: None,
             },
             request,
@@ -290,7 +308,7 @@ fn batch(b: u32, rng: &mut fastrand::Rng, attachments: &Path) -> Vec<(Submitted,
         Submitted {
             name,
             kind: Kind::Ofd,
-            file,
+            files: vec![file],
             attachment_sha256: None,
         },
         request,
@@ -323,8 +341,53 @@ fn batch(b: u32, rng: &mut fastrand::Rng, attachments: &Path) -> Vec<(Submitted,
             Submitted {
                 name,
                 kind: Kind::Extern,
-                file: "build-result.json".into(),
+                files: vec!["build-result.json".into()],
                 attachment_sha256: Some(sha256_hex(&bytes)),
+            },
+            request,
+        ));
+    } else {
+        // ATOL and Diadoc on the batches without Extern: read-only services,
+        // so a repeated step costs nothing but must still end with the
+        // exact bytes.
+        let name = format!("b{b:03}-atol");
+        let request = json!({
+            "account": "atol-sim", "operation": "cash-registers", "name": name,
+            "params": {"limit": rng.u32(5..=20)},
+        });
+        out.push((
+            Submitted {
+                name,
+                kind: Kind::Atol,
+                files: vec!["cash-registers.csv".into(), "cash-registers.json".into()],
+                attachment_sha256: None,
+            },
+            request,
+        ));
+        let name = format!("b{b:03}-diadoc");
+        let document = format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            rng.u32(..),
+            rng.u16(..),
+            rng.u16(..0x1000),
+            rng.u16(..0x1000),
+            rng.u64(..1 << 48)
+        );
+        let request = json!({
+            "account": "kontur-diadoc-sim", "operation": "document-protocol", "name": name,
+            "params": {"boxId": "0f4bb5a6-6c1d-4c2c-9a57-7a6f7d1f0b31",
+                       "messageId": "b1e9c0d2-2f4a-4f5e-8d43-6f3c1a9e7b20",
+                       "documentId": document},
+        });
+        out.push((
+            Submitted {
+                name,
+                kind: Kind::Diadoc,
+                files: vec![
+                    format!("{document}.protocol.pdf"),
+                    format!("{document}.protocol.sig"),
+                ],
+                attachment_sha256: None,
             },
             request,
         ));
@@ -369,10 +432,27 @@ async fn snapshot(store: &Store, config: &DaemonConfig, life: u32) -> Snapshot {
         }
         let receipt = names.iter().any(|f| f == "job.json");
         let data = names.iter().any(|f| !f.starts_with('.') && f != "job.json");
+        if receipt {
+            // The promise of the two final commits, at every kill: a
+            // receipt that says done belongs to a job whose outcome is
+            // committed.
+            let text: Value =
+                serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
+            if text["state"] == "done" {
+                assert!(
+                    job.state == JobState::Done || job.settled() == Some(JobState::Done),
+                    "{name}: job.json says done but the store holds the job {} with no committed outcome",
+                    job.state
+                );
+            }
+        }
         if job.state != JobState::Done {
             if receipt {
                 s.receipt_not_committed += 1;
                 s.marks.push((RECEIPT_COMMIT, stamp(&dir.join("job.json"))));
+            } else if job.settled().is_some() {
+                s.settled_without_receipt += 1;
+                s.marks.push((SETTLE_RECEIPT, format!("{life}:{name}")));
             } else if data {
                 s.file_without_receipt += 1;
                 let file = names.iter().find(|f| !f.starts_with('.')).unwrap();
@@ -478,6 +558,8 @@ struct Figures {
     /// Files attached more than once to the documents of a builder that
     /// was then built (the attach step repeated after a kill).
     extern_repeated_attachments: usize,
+    atol_pages: u64,
+    diadoc_protocol_requests: u64,
     windows: WindowHits,
     totals: Snapshot,
     seconds: f64,
@@ -673,33 +755,76 @@ async fn check(
             "{}: steps = claims that ended ({ended}) + claims cut by a kill ({cut}); events {kinds:?}",
             s.name
         );
-        // The file and its receipt.
+        // The files and the receipt.
         let dir = config.output().join(&s.name);
-        let file = dir.join(&s.file);
-        let sha = sha256_file(&file);
         let receipt: Value =
             serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
         assert_eq!(receipt["state"], "done", "{}", s.name);
-        assert_eq!(receipt["files"][0]["name"], s.file.as_str(), "{}", s.name);
-        assert_eq!(receipt["files"][0]["sha256"], sha.as_str(), "{}", s.name);
-        assert_eq!(
-            receipt["files"][0]["size"].as_u64(),
-            Some(std::fs::metadata(&file).unwrap().len())
-        );
         let result = job.result.as_ref().expect("a done job has a result");
-        assert_eq!(result.files.len(), 1, "{}", s.name);
-        assert_eq!(result.files[0].sha256, sha, "{}", s.name);
+        let mut saved: Vec<&str> = result.files.iter().map(|f| f.name.as_str()).collect();
+        saved.sort_unstable();
+        assert_eq!(saved, s.files, "{}", s.name);
+        let listed = receipt["files"].as_array().unwrap();
+        assert_eq!(listed.len(), s.files.len(), "{}", s.name);
+        for saved in &result.files {
+            let path = dir.join(&saved.name);
+            let sha = sha256_file(&path);
+            assert_eq!(saved.sha256, sha, "{}: {}", s.name, saved.name);
+            assert_eq!(saved.size, std::fs::metadata(&path).unwrap().len());
+            let in_receipt = listed.iter().find(|f| f["name"] == saved.name.as_str());
+            assert_eq!(
+                in_receipt.map(|f| f["sha256"].clone()),
+                Some(Value::from(sha.as_str())),
+                "{}: {}",
+                s.name,
+                saved.name
+            );
+        }
+        let file = dir.join(&s.files[0]);
+        let sha = sha256_file(&file);
         match s.kind {
             Kind::FreshIbSession | Kind::FreshPlain => assert!(
-                fresh_served.contains(&(s.file.clone(), sha.clone())),
+                fresh_served.contains(&(s.files[0].clone(), sha.clone())),
                 "{}: the file is not what 1C served",
                 s.name
             ),
             Kind::Ofd => assert!(
-                ofd_served.contains(&(s.file.clone(), sha.clone())),
+                ofd_served.contains(&(s.files[0].clone(), sha.clone())),
                 "{}: the file is not what OFD served",
                 s.name
             ),
+            Kind::Atol => {
+                let doc: Value = serde_json::from_slice(
+                    &std::fs::read(dir.join("cash-registers.json")).unwrap(),
+                )
+                .unwrap();
+                let registers = doc["cashRegisters"].as_array().unwrap();
+                assert_eq!(registers.len(), ATOL_REGISTERS, "{}", s.name);
+                for (i, register) in registers.iter().enumerate() {
+                    assert_eq!(
+                        register,
+                        &docfetch::sim::atol::register_value(i),
+                        "{}: register {i}",
+                        s.name
+                    );
+                }
+            }
+            Kind::Diadoc => {
+                let document = s.files[0].trim_end_matches(".protocol.pdf");
+                let served = docfetch::sim::kontur_diadoc::KonturDiadocSim::protocol_of(document);
+                assert_eq!(
+                    std::fs::read(&file).unwrap(),
+                    served.print_form,
+                    "{}",
+                    s.name
+                );
+                assert_eq!(
+                    std::fs::read(dir.join(&s.files[1])).unwrap(),
+                    served.signature,
+                    "{}",
+                    s.name
+                );
+            }
             Kind::Extern => {
                 let built: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
                 assert!(built.to_string().contains("draft"), "{}: {built}", s.name);
@@ -773,6 +898,8 @@ async fn check(
         extern_contents: load(&c.contents),
         extern_conflicts: load(&c.conflicts),
         extern_repeated_attachments: repeated_attachments,
+        atol_pages: sim.atol.counters.pages.load(Ordering::SeqCst),
+        diadoc_protocol_requests: load(&sim.kontur_diadoc.counters.protocol_requests),
         ..Default::default()
     };
     assert!(sim.fresh.orders() >= fresh_jobs);
@@ -813,6 +940,13 @@ fn report(plan: &Plan, f: &Figures) {
         f.extern_contents,
         f.extern_conflicts,
         f.extern_repeated_attachments
+    );
+    println!(
+        "  ATOL: {} list pages served for {} jobs; Diadoc: {} protocol requests for {} jobs",
+        f.atol_pages,
+        f.by_kind.get("Atol").unwrap_or(&0),
+        f.diadoc_protocol_requests,
+        f.by_kind.get("Diadoc").unwrap_or(&0)
     );
     println!("  windows hit (kills whose frozen state showed it):");
     for (window, kills) in &f.windows.kills {

@@ -273,50 +273,15 @@ async fn redirects_to_another_host_never_carry_the_credentials() {
     );
 }
 
-/// A small tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0750")])
-            .arg("tmpfs")
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(Tmpfs(path.to_path_buf()))
-        } else {
-            Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_fills_up_mid_download_is_retried_and_a_file_too_big_fails_cleanly() {
     let root = tempfile::tempdir().unwrap();
     let output = root.path().join("small-disk");
     // A 1 MiB file system for output/: tmpfs needs root and mount(8).
-    let disk = match Tmpfs::mount(&output, "1m") {
+    let disk = match crate::support::fs::Tmpfs::mount(&output, "1m") {
         Ok(disk) => disk,
         Err(why) => {
-            crate::support::evidence::skip(&format!(
-                "no small file system for the disk-full test: {why}"
-            ));
-            return;
+            return crate::support::cannot_run("the output disk-full test", &why);
         }
     };
     let mut rig = Rig::start(SimConfig::default(), |c, _| {

@@ -278,7 +278,7 @@ async fn three_daemons_share_one_queue_and_one_dying_loses_nothing_and_steals_no
             let mut every = tokio::time::interval(lease / 2);
             loop {
                 every.tick().await;
-                store.reclaim_expired(now_ms()).await.expect("reclaim");
+                store.reclaim_expired(now_ms(), &[]).await.expect("reclaim");
             }
         })
     };

@@ -77,7 +77,7 @@ fn start(dir: &Path, config: &Path) -> Daemon {
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log);
-    Daemon::spawn(command)
+    Daemon::spawn_prepared(command)
 }
 
 async fn healthy(base: &str) {
@@ -266,7 +266,7 @@ async fn the_unix_socket_has_mode_0660_whatever_the_umask() {
             .arg("run")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut daemon = Daemon::spawn(command);
+        let mut daemon = Daemon::spawn_prepared(command);
         let answer = wait_until(Duration::from_secs(30), "the socket to answer", || async {
             let mut stream = tokio::net::UnixStream::connect(&socket).await.ok()?;
             stream

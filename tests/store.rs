@@ -120,6 +120,7 @@ async fn grouped_updates_find_each_job_by_its_key() {
     for statement in [
         docfetch::store::sqlite::CHECKPOINT_JOBS,
         docfetch::store::sqlite::FINISH_JOBS,
+        docfetch::store::sqlite::SETTLE_JOBS,
     ] {
         let explain = format!("EXPLAIN QUERY PLAN {statement}");
         let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(explain))
@@ -197,7 +198,7 @@ async fn expired_leases_are_taken_back_and_live_ones_are_not() {
         .claim_due("alive", now, now + 60_000, 1)
         .await
         .unwrap();
-    assert_eq!(app.store.reclaim_expired(now_ms()).await.unwrap(), 1);
+    assert_eq!(app.store.reclaim_expired(now_ms(), &[]).await.unwrap(), 1);
     let states: Vec<JobState> = futures_states(&app, &["l1", "l2"]).await;
     assert!(
         states.contains(&JobState::Waiting) && states.contains(&JobState::Running),
@@ -260,7 +261,7 @@ async fn processes_opening_a_new_store_together_migrate_it_once() {
                 .unwrap();
         assert_eq!(
             applied,
-            [(1,), (2,), (3,)],
+            [(1,), (2,), (3,), (4,)],
             "round {round}: each migration once"
         );
     }

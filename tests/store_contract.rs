@@ -11,7 +11,7 @@ use std::time::Duration;
 use docfetch::job::{
     HookRef, Hooks, Job, JobEvent, JobResult, JobState, Millis, NewJob, SavedFile, now_ms,
 };
-use docfetch::store::{JobFilter, Store, StoreError, StoredJob, Transition};
+use docfetch::store::{JobFilter, Settlement, Store, StoreError, StoredJob, Transition};
 use serde_json::json;
 
 use crate::helpers::wait_until;
@@ -220,6 +220,7 @@ contracts!(
     a_transition_under_someone_elses_lease_is_refused_and_changes_nothing,
     a_finished_step_saves_its_outcome_and_history_and_frees_the_lease,
     a_checkpoint_saves_the_cursor_keeps_the_lease_and_clears_attempts,
+    a_settled_outcome_keeps_the_lease_and_the_final_state_keeps_its_end_time,
     a_postponed_job_gives_its_step_back_and_waits,
     leases_are_released_by_owner_or_for_all_and_only_expired_ones_are_taken_back,
     cancel_and_retry_follow_the_state_machine,
@@ -574,6 +575,72 @@ async fn a_checkpoint_saves_the_cursor_keeps_the_lease_and_clears_attempts(f: Fi
     );
 }
 
+async fn a_settled_outcome_keeps_the_lease_and_the_final_state_keeps_its_end_time(f: Fixture) {
+    let t = now_ms();
+    let j = insert(&f.store, "settled", t - 1000).await;
+    claim_one(&f.store, "o", t, 60_000).await;
+    let done = finished(JobState::Done, true);
+    let settlement = Settlement {
+        cursor: done.cursor.clone(),
+        result: done.result.clone(),
+        last_error: None,
+        attempts: 0,
+        finished_at: t - 5,
+    };
+    assert_conflict(
+        f.store.settle(&j.id, "someone-else", &settlement).await,
+        "settle",
+    );
+    f.store.settle(&j.id, "o", &settlement).await.unwrap();
+    let settled = job(&f.store, &j.id).await;
+    assert_eq!(
+        settled.state,
+        JobState::Running,
+        "still running under the lease"
+    );
+    assert_eq!(settled.lease_owner.as_deref(), Some("o"));
+    assert_eq!(settled.result, done.result);
+    assert_eq!(settled.finished_at, Some(t - 5));
+    assert_eq!(settled.settled(), Some(JobState::Done));
+    assert_eq!(settled.summary_json()["result"], serde_json::Value::Null);
+    assert!(
+        f.store
+            .events(&j.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.kind != "done")
+    );
+    // A crash here: the lease is taken back, the job is claimed again and
+    // still settled.
+    f.store.release_leases(None, t).await.unwrap();
+    let again = claim_one(&f.store, "p", t, 60_000).await;
+    assert_eq!(again.settled(), Some(JobState::Done));
+    let finished = f.store.finish_step(&j.id, "p", &done).await.unwrap();
+    assert_eq!(finished.state, JobState::Done);
+    assert_eq!(
+        finished.finished_at,
+        Some(t - 5),
+        "the end time it was settled with"
+    );
+    assert_eq!(finished.settled(), None);
+    assert_eq!(finished.hooks_state.as_deref(), Some("pending"));
+    // A failure settles the same way, without a result.
+    let k = insert(&f.store, "settled-failed", t - 1000).await;
+    claim_one(&f.store, "o", t, 60_000).await;
+    let failure = Settlement {
+        cursor: json!({}),
+        result: None,
+        last_error: Some("it broke".into()),
+        attempts: 3,
+        finished_at: t,
+    };
+    f.store.settle(&k.id, "o", &failure).await.unwrap();
+    let k = job(&f.store, &k.id).await;
+    assert_eq!(k.settled(), Some(JobState::Failed));
+    assert_eq!((k.attempts, k.last_error.as_deref()), (3, Some("it broke")));
+}
+
 async fn a_postponed_job_gives_its_step_back_and_waits(f: Fixture) {
     let j = insert(&f.store, "later", now_ms()).await;
     let claimed = claim_one(&f.store, "o", now_ms(), 60_000).await;
@@ -609,14 +676,19 @@ async fn leases_are_released_by_owner_or_for_all_and_only_expired_ones_are_taken
     let b = f.store.claim_due("b", t, t - 1, 1).await.unwrap();
     assert_eq!((a.len(), b.len()), (2, 1));
 
-    assert_eq!(f.store.reclaim_expired(t).await.unwrap(), 1);
+    // An expired lease of a job its daemon is still working on (the store
+    // refused its renewals) is left alone.
+    let in_flight = [b[0].id.clone()];
+    assert_eq!(f.store.reclaim_expired(t, &in_flight).await.unwrap(), 0);
+    assert_eq!(job(&f.store, &b[0].id).await.state, JobState::Running);
+    assert_eq!(f.store.reclaim_expired(t, &[]).await.unwrap(), 1);
     let taken_back = job(&f.store, &b[0].id).await;
     assert_eq!(taken_back.state, JobState::Waiting);
     assert_eq!(taken_back.next_run_at, t);
     assert_eq!(taken_back.updated_at, t);
     assert_eq!(taken_back.lease_owner, None);
     assert_eq!(
-        f.store.reclaim_expired(t).await.unwrap(),
+        f.store.reclaim_expired(t, &[]).await.unwrap(),
         0,
         "live leases stay"
     );

@@ -341,9 +341,34 @@ impl Hooks {
 }
 
 impl Job {
+    /// The outcome a step already committed for this job while its receipt
+    /// is not yet on disk: `Done` (it has a result) or `Failed`.
+    ///
+    /// A job ends in two commits. The first *settles* it: the result (or
+    /// the error) and `finished_at` are stored while the job is still
+    /// `running` under its lease, so no provider step runs again. Then
+    /// `job.json` is written and made durable, and only then does the
+    /// second commit move the job to `done` or `failed`. So the state
+    /// readers see (API, CLI, hooks, other daemons) never says finished
+    /// before the receipt is on disk, and the receipt never says finished
+    /// before the outcome is committed. A job found settled (after a crash
+    /// between the two) only has its receipt written and its state moved.
+    pub fn settled(&self) -> Option<JobState> {
+        if self.state.is_finished() || self.finished_at.is_none() {
+            return None;
+        }
+        Some(if self.result.is_some() {
+            JobState::Done
+        } else {
+            JobState::Failed
+        })
+    }
+
     /// The job as the CLI's `--json` and the API show it (no cursor, no
-    /// lease details).
+    /// lease details). A settled job (see [`Job::settled`]) shows no result
+    /// and no end time until its receipt is written and its state moved.
     pub fn summary_json(&self) -> serde_json::Value {
+        let finished = self.state.is_finished();
         serde_json::json!({
             "id": self.id,
             "name": self.name,
@@ -356,9 +381,9 @@ impl Job {
             "steps": self.steps,
             "next_run_at": rfc3339(self.next_run_at),
             "created_at": rfc3339(self.created_at),
-            "finished_at": self.finished_at.map(rfc3339),
+            "finished_at": self.finished_at.filter(|_| finished).map(rfc3339),
             "last_error": self.last_error,
-            "result": self.result,
+            "result": self.result.as_ref().filter(|_| finished),
             "source": self.source,
         })
     }

@@ -39,9 +39,37 @@ pub enum StoreError {
     /// A transient failure shared by every write of one group commit.
     #[error("job store busy: {0}")]
     Busy(String),
+    /// The store's last commit failed for want of space or an I/O error
+    /// (see [`StoreError::is_unavailable`]); `/readyz` shows the reason.
+    #[error("the job store cannot commit: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
+    /// The store cannot take writes for now, through no fault of the
+    /// write: its disk is full, it reports an I/O error, or the database
+    /// server is out of space or unreachable. Whoever holds an outcome
+    /// keeps it and tries again (an outcome dropped here would repeat its
+    /// step at the service: a second order).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    // 53: insufficient resources (53100 disk full); 58: system
+                    // error (58030 I/O error).
+                    return pg.code().starts_with("53") || pg.code().starts_with("58");
+                }
+                // SQLITE_IOERR (10), SQLITE_FULL (13), SQLITE_CANTOPEN (14),
+                // including extended codes.
+                let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
+                matches!(code & 0xff, 10 | 13 | 14)
+            }
+            StoreError::Database(sqlx::Error::Io(_)) => true,
+            _ => false,
+        }
+    }
+
     /// Errors worth retrying (a busy or briefly unavailable database).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -93,6 +121,20 @@ pub struct Transition {
     pub event: (String, String),
     /// Completion hooks are due (the job finished and has some).
     pub hooks_pending: bool,
+}
+
+/// The outcome of a job, committed before its receipt is written (see
+/// [`Job::settled`](crate::job::Job::settled)): the job stays `running`
+/// under its lease, with its result or error and its end time stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    pub cursor: serde_json::Value,
+    /// `Some` for a job that is done, `None` for one that failed.
+    pub result: Option<JobResult>,
+    /// Why the job failed (`None` when it is done).
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    pub finished_at: Millis,
 }
 
 /// What `/metrics` reports about the store, read in one go.
@@ -219,7 +261,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         dispatch!(self.checkpoint(id, owner, cursor))
     }
-    /// Ends a step: running → waiting/done/failed, releasing the lease.
+    /// Commits a job's outcome while it stays running under `owner`'s
+    /// lease (the first of a job's two final commits; see
+    /// [`Job::settled`](crate::job::Job::settled)).
+    pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
+        dispatch!(self.settle(id, owner, s))
+    }
+    /// Ends a step: running → waiting/done/failed, releasing the lease. A
+    /// settled job keeps the end time it was settled with.
     pub async fn finish_step(
         &self,
         id: &str,
@@ -247,9 +296,12 @@ impl Store {
     ) -> Result<u64, StoreError> {
         dispatch!(self.release_leases(owner, now))
     }
-    /// Takes back leases that expired (their holder died or hung).
-    pub async fn reclaim_expired(&self, now: Millis) -> Result<u64, StoreError> {
-        dispatch!(self.reclaim_expired(now))
+    /// Takes back leases that expired (their holder died or hung), except
+    /// those of the jobs in `keep`: the jobs this process is still working
+    /// on, whose lease could only lapse because the store refused its
+    /// renewals (a full disk), and whose outcome is waiting to be committed.
+    pub async fn reclaim_expired(&self, now: Millis, keep: &[String]) -> Result<u64, StoreError> {
+        dispatch!(self.reclaim_expired(now, keep))
     }
     /// queued/waiting/running → cancelled.
     pub async fn cancel(&self, key: &str, now: Millis) -> Result<Job, StoreError> {
@@ -272,7 +324,9 @@ impl Store {
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         dispatch!(self.snapshot())
     }
-    /// A cheap query that proves the store answers (for `/readyz`).
+    /// A cheap query that proves the store answers (for `/readyz`). While
+    /// the store's last commit failed for want of space or an I/O error, it
+    /// tries a small commit and fails with the reason until one succeeds.
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self.ping())
     }

@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
-    JobFilter, SlotGrant, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row,
+    JobFilter, Settlement, SlotGrant, Snapshot, StoreError, StoredJob, Transition, expect_one,
+    job_from_row,
 };
 use crate::job::{Job, JobEvent, JobState, Millis, NewJob};
 
@@ -506,6 +507,31 @@ impl PgStore {
         expect_one(done.rows_affected(), id, "checkpoint")
     }
 
+    pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
+        let result = s
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE jobs SET cursor = $3::json, result = $4::json, last_error = $5,
+                             attempts = $6, finished_at = $7, updated_at = $8
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(s.cursor.to_string())
+        .bind(result)
+        .bind(s.last_error.as_deref())
+        .bind(i64::from(s.attempts))
+        .bind(s.finished_at)
+        .bind(crate::job::now_ms())
+        .execute(&self.inner.pool)
+        .await?;
+        expect_one(done.rows_affected(), id, "settling the outcome")
+    }
+
     pub async fn finish_step(
         &self,
         id: &str,
@@ -533,7 +559,10 @@ impl PgStore {
             "WITH moved AS (
                  UPDATE jobs
                  SET state = $3, cursor = $4::json, next_run_at = $5, attempts = $6, polls = $7,
-                     last_error = $8, result = $9::json, finished_at = $10, updated_at = $11,
+                     last_error = $8, result = $9::json,
+                     finished_at = CASE WHEN $10::bigint IS NULL THEN NULL
+                                        ELSE COALESCE(finished_at, $10) END,
+                     updated_at = $11,
                      lease_owner = NULL, lease_until = NULL,
                      hooks_state = CASE WHEN $12 THEN 'pending' ELSE hooks_state END,
                      hooks_next_at = CASE WHEN $12 THEN $11 ELSE hooks_next_at END,
@@ -630,12 +659,12 @@ impl PgStore {
         Ok(u64::try_from(released).unwrap_or(0))
     }
 
-    pub async fn reclaim_expired(&self, now: Millis) -> Result<u64, StoreError> {
+    pub async fn reclaim_expired(&self, now: Millis, keep: &[String]) -> Result<u64, StoreError> {
         // A lease renewed meanwhile is re-checked under the row lock and kept.
         let (reclaimed, _): (i64, i64) = sqlx::query_as(count_and_announce!(
             "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
                              next_run_at = $1, updated_at = $1
-             WHERE state = 'running' AND lease_until < $1
+             WHERE state = 'running' AND lease_until < $1 AND NOT (id = ANY($4))
              RETURNING id",
             "$2",
             "$3"
@@ -643,6 +672,7 @@ impl PgStore {
         .bind(now)
         .bind(self.payload(DUE_NOW))
         .bind(&[JOBS_CHANNEL][..])
+        .bind(keep)
         .fetch_one(&self.inner.pool)
         .await?;
         if reclaimed > 0 {

@@ -21,7 +21,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
-use super::{JobFilter, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row};
+use super::{
+    JobFilter, Settlement, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row,
+};
 use crate::job::{Job, JobEvent, JobState, Millis, NewJob};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -53,7 +55,9 @@ pub const FINISH_JOBS: &str = "UPDATE jobs
              SET state = j.value ->> 'state', cursor = j.value ->> 'cursor',
                  next_run_at = j.value ->> 'next_run_at', attempts = j.value ->> 'attempts',
                  polls = j.value ->> 'polls', last_error = j.value ->> 'last_error',
-                 result = j.value ->> 'result', finished_at = j.value ->> 'finished_at',
+                 result = j.value ->> 'result',
+                 finished_at = CASE WHEN j.value ->> 'finished_at' IS NULL THEN NULL
+                                    ELSE COALESCE(jobs.finished_at, j.value ->> 'finished_at') END,
                  updated_at = ?2, lease_owner = NULL, lease_until = NULL,
                  hooks_state = CASE WHEN j.value ->> 'hooks' THEN 'pending' ELSE hooks_state END,
                  hooks_next_at = CASE WHEN j.value ->> 'hooks' THEN ?2 ELSE hooks_next_at END,
@@ -61,6 +65,17 @@ pub const FINISH_JOBS: &str = "UPDATE jobs
              FROM json_each(?1) AS j
              WHERE jobs.id = j.value ->> 'id' AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 'owner'
              RETURNING *";
+
+/// The outcomes settled in a batch (see [`crate::job::Job::settled`]), `?1`
+/// a JSON array of objects: the job stays running under its lease. A
+/// primary-key lookup per element, as [`CHECKPOINT_JOBS`].
+pub const SETTLE_JOBS: &str = "UPDATE jobs
+             SET cursor = j.value ->> 'cursor', result = j.value ->> 'result',
+                 last_error = j.value ->> 'last_error', attempts = j.value ->> 'attempts',
+                 finished_at = j.value ->> 'finished_at', updated_at = ?2
+             FROM json_each(?1) AS j
+             WHERE jobs.id = j.value ->> 'id' AND +jobs.state = 'running' AND jobs.lease_owner = j.value ->> 'owner'
+             RETURNING id";
 
 /// SQLite-backed job store.
 #[derive(Clone)]
@@ -77,6 +92,47 @@ pub struct SqliteStore {
     path: PathBuf,
     wakeup: Arc<Notify>,
     hooks_wakeup: Arc<Notify>,
+    /// Why the last group commit failed, while the store cannot commit (a
+    /// full disk, an I/O error); `None` once a commit succeeds again.
+    trouble: Trouble,
+}
+
+/// The reason the store's commits fail, shared by the write loop (which
+/// sets and clears it) and [`SqliteStore::ping`] (which reports it).
+type Trouble = Arc<std::sync::Mutex<Option<String>>>;
+
+/// Records how a commit went: a failure for want of space or an I/O error
+/// is kept as the store's trouble; a commit that wrote something clears it
+/// (one that changed nothing, such as a claim that found no due job, needs
+/// no space and proves nothing).
+fn note_commit(trouble: &Trouble, result: Result<bool, &StoreError>) {
+    let mut kept = trouble
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match result {
+        Ok(true) => {
+            if kept.take().is_some() {
+                tracing::info!("the job store commits again");
+            }
+        }
+        Ok(false) => {}
+        Err(e) if e.is_unavailable() => {
+            if kept.is_none() {
+                tracing::error!(error = %e, "the job store cannot commit; work that needs it waits and tries again");
+            }
+            *kept = Some(e.to_string());
+        }
+        Err(_) => {}
+    }
+}
+
+/// Whether a write changed a row.
+fn wrote(written: &Written) -> bool {
+    match written {
+        Written::Job(_) | Written::Row => true,
+        Written::Jobs(jobs) => !jobs.is_empty(),
+        Written::Nothing => false,
+    }
 }
 
 /// The file path inside a `sqlite://path` or `sqlite:path` URL.
@@ -221,8 +277,10 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(&path, e))?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(writer.clone(), queue));
+        let trouble = Trouble::default();
+        tokio::spawn(write_loop(writer.clone(), queue, trouble.clone()));
         Ok(SqliteStore {
+            trouble,
             writes,
             writer,
             reader,
@@ -415,6 +473,25 @@ impl SqliteStore {
         }
     }
 
+    pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
+        let result = s
+            .result
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let op = WriteOp::Settle {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            settlement: Box::new(s.clone()),
+            result,
+        };
+        match self.write(op).await? {
+            Written::Nothing => expect_one(0, id, "settling the outcome"),
+            Written::Job(_) | Written::Row | Written::Jobs(_) => Ok(()),
+        }
+    }
+
     pub async fn finish_step(
         &self,
         id: &str,
@@ -487,13 +564,16 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
-    pub async fn reclaim_expired(&self, now: Millis) -> Result<u64, StoreError> {
+    pub async fn reclaim_expired(&self, now: Millis, keep: &[String]) -> Result<u64, StoreError> {
+        let keep = serde_json::to_string(keep).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
                              next_run_at = ?1, updated_at = ?1
-             WHERE state = 'running' AND lease_until < ?1",
+             WHERE state = 'running' AND lease_until < ?1
+               AND id NOT IN (SELECT value FROM json_each(?2))",
         )
         .bind(now)
+        .bind(keep)
         .execute(&self.writer)
         .await?;
         if done.rows_affected() > 0 {
@@ -503,7 +583,7 @@ impl SqliteStore {
     }
 
     pub async fn cancel(&self, key: &str, now: Millis) -> Result<Job, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let row = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_until = NULL,
                              finished_at = ?2, updated_at = ?2, last_error = 'cancelled by a user'
@@ -522,7 +602,7 @@ impl SqliteStore {
                 Ok(job)
             }
             None => {
-                drop(tx);
+                tx.rollback().await;
                 Err(self
                     .not_in_state(key, "cancel", "queued, waiting or running")
                     .await)
@@ -536,7 +616,7 @@ impl SqliteStore {
         now: Millis,
         deadline_at: Millis,
     ) -> Result<Job, StoreError> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let row = sqlx::query(
             "UPDATE jobs SET state = 'queued', cursor = '{}', attempts = 0, next_run_at = ?2,
                              last_error = NULL, result = NULL, finished_at = NULL,
@@ -558,7 +638,7 @@ impl SqliteStore {
                 Ok(job)
             }
             None => {
-                drop(tx);
+                tx.rollback().await;
                 Err(self.not_in_state(key, "retry", "failed or cancelled").await)
             }
         }
@@ -622,6 +702,27 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let trouble = self
+            .trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(reason) = trouble {
+            // Whether space came back is only known by committing: a small
+            // write of its own, which clears the trouble when it lands.
+            let probe = sqlx::query(
+                "INSERT INTO store_probe (id, at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )
+            .bind(crate::job::now_ms())
+            .execute(&self.writer)
+            .await
+            .map_err(StoreError::from);
+            note_commit(&self.trouble, probe.as_ref().map(|_| true));
+            if probe.is_err() {
+                return Err(StoreError::Unavailable(reason));
+            }
+        }
         let applied: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(&self.reader)
             .await?;
@@ -807,7 +908,7 @@ impl SqliteStore {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         // No conflict target: an existing id or name both mean "already there".
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
@@ -848,6 +949,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
+            tx.rollback().await;
             return Ok(false);
         }
         for event in events {
@@ -895,6 +997,12 @@ enum WriteOp {
         transition: Box<Transition>,
         result: Option<String>,
     },
+    Settle {
+        id: String,
+        owner: String,
+        settlement: Box<Settlement>,
+        result: Option<String>,
+    },
     Claim {
         owner: String,
         now: Millis,
@@ -926,7 +1034,7 @@ struct PendingWrite {
 /// durable (`synchronous=FULL`), so the promises hold exactly as with one
 /// transaction each. Nothing waits on purpose: the batch is what queued up
 /// while the previous commit was being synced.
-async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
+async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>, trouble: Trouble) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -939,6 +1047,10 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
         let started = std::time::Instant::now();
         let applied = apply_batch(&pool, &batch).await;
         crate::metrics::store_commit(batch.len(), started.elapsed());
+        note_commit(
+            &trouble,
+            applied.as_ref().map(|results| results.iter().any(wrote)),
+        );
         match applied {
             Ok(results) => {
                 for (pending, result) in batch.drain(..).zip(results) {
@@ -959,10 +1071,82 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
             Err(_) => {
                 for pending in batch.drain(..) {
                     let result = apply_alone(&pool, &pending.op).await;
+                    note_commit(&trouble, result.as_ref().map(wrote));
                     let _ = pending.reply.send(result);
                 }
             }
         }
+    }
+}
+
+/// A write transaction on the writer connection, begun and ended by hand.
+///
+/// sqlx's own transactions are not used for writes: when SQLite fails a
+/// `COMMIT` for want of space or with an I/O error it rolls the
+/// transaction back itself, and sqlx 0.9 can be left believing one is
+/// still open; its next `begin()` is then a `SAVEPOINT` inside nothing,
+/// and every later "commit" returns success without writing a byte (seen
+/// in `store_full`: jobs reported done with no write to the WAL). Here a
+/// transaction is `BEGIN IMMEDIATE` … `COMMIT`, and a connection whose
+/// transaction did not end cleanly is closed rather than reused.
+struct WriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    open: bool,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<WriteTx, StoreError> {
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+        Ok(WriteTx { conn, open: true })
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        let committed = sqlx::query("COMMIT").execute(&mut *self.conn).await;
+        self.open = false;
+        if committed.is_err() {
+            // SQLite may have rolled back already; if not, closing does.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+            self.conn.close_on_drop();
+        }
+        committed.map(|_| ()).map_err(StoreError::from)
+    }
+
+    /// Ends the transaction without keeping anything.
+    async fn rollback(mut self) {
+        if sqlx::query("ROLLBACK")
+            .execute(&mut *self.conn)
+            .await
+            .is_ok()
+        {
+            self.open = false;
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            // Ended by an error before its commit: closing the connection
+            // rolls the transaction back, and the pool opens a fresh one.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
     }
 }
 
@@ -971,14 +1155,14 @@ async fn apply_batch(
     batch: &[PendingWrite],
 ) -> Result<Vec<Written>, StoreError> {
     let ops: Vec<&WriteOp> = batch.iter().map(|pending| &pending.op).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = WriteTx::begin(pool).await?;
     let results = apply(&mut tx, &ops).await?;
     tx.commit().await?;
     Ok(results)
 }
 
 async fn apply_alone(pool: &SqlitePool, op: &WriteOp) -> Result<Written, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = WriteTx::begin(pool).await?;
     let mut written = apply(&mut tx, &[op]).await?;
     tx.commit().await?;
     written
@@ -1002,7 +1186,9 @@ async fn apply(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Writ
         let id = match op {
             WriteOp::Claim { .. } => None,
             WriteOp::Insert { job, .. } => Some(job.id.as_str()),
-            WriteOp::Checkpoint { id, .. } | WriteOp::Finish { id, .. } => Some(id.as_str()),
+            WriteOp::Checkpoint { id, .. }
+            | WriteOp::Finish { id, .. }
+            | WriteOp::Settle { id, .. } => Some(id.as_str()),
         };
         // Writes take effect in the order they were queued where it can
         // matter: a claim sees every write queued before it, and a job
@@ -1027,6 +1213,12 @@ async fn apply(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<Writ
                 transition,
                 result,
             } => group.finishes.push((i, id, owner, transition, result)),
+            WriteOp::Settle {
+                id,
+                owner,
+                settlement,
+                result,
+            } => group.settles.push((i, id, owner, settlement, result)),
         }
         if let Some(id) = id {
             group.ids.insert(id);
@@ -1051,6 +1243,13 @@ struct Group<'a> {
         &'a Transition,
         &'a Option<String>,
     )>,
+    settles: Vec<(
+        usize,
+        &'a String,
+        &'a String,
+        &'a Settlement,
+        &'a Option<String>,
+    )>,
     /// The jobs written in this group.
     ids: HashSet<&'a str>,
 }
@@ -1065,6 +1264,7 @@ impl Group<'_> {
         let inserts = std::mem::take(&mut self.inserts);
         let checkpoints = std::mem::take(&mut self.checkpoints);
         let finishes = std::mem::take(&mut self.finishes);
+        let settles = std::mem::take(&mut self.settles);
         self.ids.clear();
         let mut events = Vec::new();
         if !inserts.is_empty() {
@@ -1125,6 +1325,31 @@ impl Group<'_> {
             let updated: HashSet<&str> = updated.iter().map(String::as_str).collect();
             for (i, id, _, _) in &checkpoints {
                 // The caller needs no row back, only whether the lease held.
+                results[*i] = Some(if updated.contains(id.as_str()) {
+                    Written::Row
+                } else {
+                    Written::Nothing
+                });
+            }
+        }
+        if !settles.is_empty() {
+            let rows: Vec<serde_json::Value> = settles
+                .iter()
+                .map(|(_, id, owner, s, result)| {
+                    serde_json::json!({
+                        "id": id, "owner": owner, "cursor": s.cursor.to_string(),
+                        "result": result, "last_error": s.last_error,
+                        "attempts": s.attempts, "finished_at": s.finished_at,
+                    })
+                })
+                .collect();
+            let updated: Vec<String> = sqlx::query_scalar(SETTLE_JOBS)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .bind(crate::job::now_ms())
+                .fetch_all(&mut *conn)
+                .await?;
+            let updated: HashSet<&str> = updated.iter().map(String::as_str).collect();
+            for (i, id, _, _, _) in &settles {
                 results[*i] = Some(if updated.contains(id.as_str()) {
                     Written::Row
                 } else {

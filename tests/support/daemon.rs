@@ -26,6 +26,8 @@ pub struct DaemonConfig {
     pub poll_max: String,
     pub retry_initial: String,
     pub output: Option<PathBuf>,
+    /// Where the database file lives (`docfetch.db` in `dir` by default).
+    pub store: Option<PathBuf>,
     /// `api.listen` (`""`: no API).
     pub api_listen: String,
 }
@@ -45,12 +47,15 @@ impl DaemonConfig {
             poll_max: "200ms".into(),
             retry_initial: "20ms".into(),
             output: None,
+            store: None,
             api_listen: String::new(),
         }
     }
 
     pub fn store_path(&self) -> PathBuf {
-        self.dir.join("docfetch.db")
+        self.store
+            .clone()
+            .unwrap_or_else(|| self.dir.join("docfetch.db"))
     }
 
     pub fn store_url(&self) -> String {
@@ -152,10 +157,20 @@ impl Daemon {
             .append(true)
             .open(log)
             .expect("log file");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .arg("run")
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(config).arg("run");
+        Daemon::spawn(command, log, rust_log, env)
+    }
+
+    /// Starts `command` (`docfetch … run`, or a tracer running it) with
+    /// the daemon's environment, appending its stderr to `log`.
+    pub fn spawn(
+        mut command: Command,
+        log: std::fs::File,
+        rust_log: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let child = command
             .env("RUST_LOG", rust_log)
             .env_remove("DOCFETCH_CONFIG")
             .envs(env.iter().copied())
@@ -169,13 +184,23 @@ impl Daemon {
 
     /// Starts a prepared command (arguments, folder, environment chosen by
     /// the test); it is reaped like any other.
-    pub fn spawn(mut command: Command) -> Daemon {
+    pub fn spawn_prepared(mut command: Command) -> Daemon {
         let child = command
             .env_remove("DOCFETCH_CONFIG")
             .stdin(Stdio::null())
             .spawn()
             .expect("docfetch starts");
         Daemon { child: Some(child) }
+    }
+
+    /// Waits (with a deadline) for the process to end on its own.
+    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("a running process");
+        wait_until(limit, "the process to exit", || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await
     }
 
     pub fn pid(&self) -> u32 {

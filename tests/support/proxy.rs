@@ -37,6 +37,57 @@ pub enum Fault {
     /// The request reaches the server; its answer is never forwarded and
     /// the connection stays open (half-open from the client's view).
     Stall,
+    /// The request reaches the server; its answer waits until the gate is
+    /// opened, then goes through whole.
+    Hold(Gate),
+}
+
+/// Holds answers back until opened (see [`Fault::Hold`]).
+#[derive(Clone, Default)]
+pub struct Gate(Arc<GateState>);
+
+#[derive(Default)]
+struct GateState {
+    open: AtomicBool,
+    opened: tokio::sync::Notify,
+    held: AtomicU64,
+}
+
+impl Gate {
+    /// Lets every held answer (and every later one) through.
+    pub fn open(&self) {
+        self.0.open.store(true, Ordering::SeqCst);
+        self.0.opened.notify_waiters();
+    }
+
+    /// Answers that reached the gate so far (their requests reached the
+    /// server before).
+    pub fn held(&self) -> u64 {
+        self.0.held.load(Ordering::SeqCst)
+    }
+
+    async fn pass(&self) {
+        self.0.held.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let opened = self.0.opened.notified();
+            if self.0.open.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
+        }
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Gate) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gate(held {})", self.held())
+    }
 }
 
 /// A fault for requests whose bytes contain `pattern`, `times` times (or
@@ -249,6 +300,15 @@ async fn connection(state: Arc<State>, client: TcpStream) {
                 let chunk = &buf[..n];
                 match fault {
                     None | Some(Fault::ResetBeforeRequest) => {
+                        if client_write.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                    Some(Fault::Hold(gate)) => {
+                        if sent == 0 {
+                            gate.pass().await;
+                        }
                         if client_write.write_all(chunk).await.is_err() {
                             break;
                         }
