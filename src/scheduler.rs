@@ -484,14 +484,23 @@ impl Scheduler {
         };
         let mut finished = job.clone();
         finished.state = state;
+        let mut unwritable = None;
         if let Err(e) = receipt::write(&self.settings.paths.output, &finished).await {
-            // The outcome is committed: the job never goes back to the
-            // service; only its receipt is tried again.
-            let delay = self.policy.retry_initial.mul_f64(1.0 + fastrand::f64());
-            error!(error = %e, retry_in = %format_duration(delay), "cannot write the receipt; the outcome is kept and the receipt is tried again");
-            return self.postpone(&job, delay).await;
+            if crate::beneath::is_refused(&e) {
+                // The job's folder is not one docfetch may write to (a link
+                // was planted there): trying again changes nothing, so the
+                // job finishes without its receipt and says why.
+                error!(error = %e, "the receipt cannot be written where it belongs; the job finishes without it");
+                unwritable = Some(e.to_string());
+            } else {
+                // The outcome is committed: the job never goes back to the
+                // service; only its receipt is tried again.
+                let delay = self.policy.retry_initial.mul_f64(1.0 + fastrand::f64());
+                error!(error = %e, retry_in = %format_duration(delay), "cannot write the receipt; the outcome is kept and the receipt is tried again");
+                return self.postpone(&job, delay).await;
+            }
         }
-        let event = match state {
+        let mut event = match state {
             JobState::Done => {
                 let files: Vec<String> = job
                     .result
@@ -506,6 +515,9 @@ impl Scheduler {
                 job.last_error.clone().unwrap_or_default(),
             ),
         };
+        if let Some(why) = unwritable {
+            event.1 = format!("{} (job.json not written: {why})", event.1);
+        }
         let t = Transition {
             state,
             cursor: job.cursor.clone(),
