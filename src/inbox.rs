@@ -159,6 +159,7 @@ impl Inbox {
             }
             self.consider(&name, &mut report).await;
         }
+        crate::metrics::inbox_scanned();
         Ok(report)
     }
 

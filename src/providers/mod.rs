@@ -443,6 +443,7 @@ impl Account {
             .unwrap_or_else(|e| e.into_inner());
         if guard.is_none_or(|current| current < until) {
             *guard = Some(until);
+            crate::metrics::account_paused(&self.name, pause);
         }
     }
 }
