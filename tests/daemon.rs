@@ -217,8 +217,9 @@ async fn configuration_errors_exit_with_code_2_and_name_the_key() {
     assert_eq!(out.status.code(), Some(0), "no config file at all is fine");
 }
 
-/// The Debian package's config, with the commented account examples made real.
-fn packaged_config_with_its_accounts() -> String {
+/// The Debian package's config, with the commented account examples made
+/// real and their secrets read from `secrets`.
+fn packaged_config_with_its_accounts(secrets: &Path) -> String {
     let shipped = include_str!("../deploy/debian/docfetch.toml");
     let mut out = String::new();
     let mut in_account = false;
@@ -228,7 +229,7 @@ fn packaged_config_with_its_accounts() -> String {
         out.push_str(if in_account { &line[2..] } else { line });
         out.push('\n');
     }
-    out
+    out.replace("/etc/docfetch/secrets/", &format!("{}/", secrets.display()))
 }
 
 #[tokio::test]
@@ -236,11 +237,7 @@ async fn require_account_keeps_a_fresh_install_down_and_fails_a_broken_config() 
     let dir = tempfile::tempdir().unwrap();
     let check = |config: &Path, require: bool| {
         let mut command = Command::new(BIN);
-        command
-            .arg("--config")
-            .arg(config)
-            .arg("check-config")
-            .env("CREDENTIALS_DIRECTORY", dir.path());
+        command.arg("--config").arg(config).arg("check-config");
         if require {
             command.arg("--require-account");
         }
@@ -278,7 +275,7 @@ async fn require_account_keeps_a_fresh_install_down_and_fails_a_broken_config() 
         std::fs::write(dir.path().join(secret), "s3cret\n").unwrap();
     }
     let configured = dir.path().join("configured.toml");
-    std::fs::write(&configured, packaged_config_with_its_accounts()).unwrap();
+    std::fs::write(&configured, packaged_config_with_its_accounts(dir.path())).unwrap();
     let out = check(&configured, true);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
