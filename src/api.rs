@@ -181,7 +181,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             "no metrics recorder is installed",
         );
     };
-    let mut response = crate::metrics::render(handle, &state.store)
+    let mut response = crate::metrics::render(handle, &state.store, &state.providers)
         .await
         .into_response();
     response.headers_mut().insert(

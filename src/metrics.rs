@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Settings;
 use crate::job::now_ms;
+use crate::providers::Providers;
 use crate::store::Store;
 
 /// Buckets for durations, from a fast loopback call to a long download.
@@ -218,16 +219,6 @@ pub fn store_commit(writes: usize, elapsed: Duration) {
     metrics::histogram!("docfetch_store_commit_duration_seconds").record(elapsed.as_secs_f64());
 }
 
-/// A login to a service (a new token).
-pub fn token_refresh(provider: &str, account: &str) {
-    metrics::counter!(
-        "docfetch_token_refreshes_total",
-        "provider" => provider.to_string(),
-        "account" => account.to_string()
-    )
-    .increment(1);
-}
-
 /// A request accepted or rejected, by where it came from (`inbox`, `api`, `cli`).
 pub fn request(source: &'static str, accepted: bool) {
     let name = if accepted {
@@ -267,12 +258,24 @@ fn unix_seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// Renders everything: the recorded metrics plus gauges read from the store.
-/// A store that does not answer is reported as `docfetch_store_ready 0`
+/// Renders everything: the recorded metrics, the accounts' logins (counted
+/// by their token caches) and gauges read from the store. A store that does
+/// not answer is reported as `docfetch_store_ready 0`
 /// (without the store's gauges) rather than failing the scrape, so the
 /// alert says what is wrong.
-pub async fn render(handle: &PrometheusHandle, store: &Store) -> String {
+pub async fn render(handle: &PrometheusHandle, store: &Store, providers: &Providers) -> String {
     let mut out = handle.render();
+    out.push_str(
+        "# HELP docfetch_token_refreshes_total Logins to a service (new tokens), by account.\n# TYPE docfetch_token_refreshes_total counter\n",
+    );
+    for account in providers.iter() {
+        out.push_str(&format!(
+            "docfetch_token_refreshes_total{{provider=\"{}\",account=\"{}\"}} {}\n",
+            account.provider.name(),
+            escape(&account.name),
+            account.provider.logins()
+        ));
+    }
     let now = now_ms();
     let snapshot = tokio::time::timeout(STORE_SCRAPE_TIMEOUT, store.snapshot()).await;
     out.push_str(
@@ -409,16 +412,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         let store = Store::open(&url).await.unwrap();
+        let settings = Settings::from_toml(
+            "[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/a/hs/dt/storage\"\nusername = \"u\"\npassword = \"p\"\n",
+            &Environment::default(),
+        )
+        .unwrap();
+        let providers = Providers::from_settings(&settings);
         let (_recorder, handle) = recorder();
-        let text = render(&handle, &store).await;
+        let text = render(&handle, &store, &providers).await;
         assert_eq!(sample(&text, "docfetch_store_ready"), Some(1.0), "{text}");
+        let logins = "docfetch_token_refreshes_total{provider=\"1c-fresh\",account=\"a\"}";
+        assert_eq!(sample(&text, logins), Some(0.0), "{text}");
         assert_eq!(
             sample(&text, "docfetch_oldest_waiting_job_age_seconds"),
             Some(0.0)
         );
 
         store.close().await.unwrap();
-        let text = render(&handle, &store).await;
+        let text = render(&handle, &store, &providers).await;
         assert_eq!(sample(&text, "docfetch_store_ready"), Some(0.0), "{text}");
         assert_eq!(
             sample(&text, "docfetch_oldest_waiting_job_age_seconds"),
