@@ -86,6 +86,7 @@ pub async fn run_until_stopped(
     let providers = Providers::from_settings(&settings);
     let owner = instance_id();
     let metrics = crate::metrics::install();
+    crate::metrics::register(&settings);
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),
         providers.clone(),

@@ -93,7 +93,14 @@ pub enum Command {
         action: StoreAction,
     },
     /// Load and validate the config, then print what it means.
-    CheckConfig,
+    CheckConfig {
+        /// Print nothing and answer for systemd's `ExecCondition=`: exit 0
+        /// when the config is valid and names an account, 1 when it names
+        /// none (the service is skipped, not failed), 255 when it is invalid
+        /// (the start fails, loudly).
+        #[arg(long)]
+        require_account: bool,
+    },
     /// Print shell completions to stdout (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout: `docfetch man > docfetch.1`.
@@ -214,6 +221,9 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
                 ))),
             };
         }
+        Command::CheckConfig {
+            require_account: true,
+        } => return Ok(require_account(&cli, &env)),
         Command::Man => {
             let command = <Cli as clap::CommandFactory>::command();
             let mut page = Vec::new();
@@ -300,7 +310,7 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
             println!("queued {} again", queued.name);
             Ok(0)
         }
-        Command::CheckConfig => {
+        Command::CheckConfig { .. } => {
             check_config(&settings);
             Ok(0)
         }
@@ -500,6 +510,36 @@ fn transition_error(e: StoreError) -> CliError {
     match e {
         StoreError::Conflict { detail, .. } => CliError::Failed(detail),
         other => other.into(),
+    }
+}
+
+/// Exit codes for systemd's `ExecCondition=`, which skips a unit on 1-254
+/// and fails it on 255: a fresh install's config names no account, and a
+/// daemon with nothing to fetch should stay down without a failed unit; a
+/// config that does not load should fail the start where the admin sees it.
+const CONDITION_MET: u8 = 0;
+const CONDITION_NO_ACCOUNT: u8 = 1;
+const CONDITION_BROKEN: u8 = 255;
+
+/// `check-config --require-account`: does the config name an account?
+fn require_account(cli: &Cli, env: &Environment) -> u8 {
+    let shown = cli.config.as_deref().map_or_else(
+        || "the config".to_string(),
+        |path| path.display().to_string(),
+    );
+    match load_settings(cli, env) {
+        Err(e) => {
+            eprintln!("docfetch: {e}");
+            CONDITION_BROKEN
+        }
+        Ok(settings) if settings.accounts.is_empty() => {
+            eprintln!(
+                "docfetch: {shown} names no account, so there is nothing to fetch yet: \
+                 add an [accounts.NAME] table, then start the service again"
+            );
+            CONDITION_NO_ACCOUNT
+        }
+        Ok(_) => CONDITION_MET,
     }
 }
 

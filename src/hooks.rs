@@ -216,6 +216,7 @@ impl HookRunner {
             let next = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
             ("pending", next)
         };
+        crate::metrics::hooks_ran(&job.account, state);
         if let Err(e) = self
             .store
             .finish_hooks(&job.id, state, attempts, next_at)

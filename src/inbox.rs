@@ -191,6 +191,7 @@ impl Inbox {
             }
             self.consider(&name, &mut report).await;
         }
+        crate::metrics::inbox_scanned();
         Ok(report)
     }
 

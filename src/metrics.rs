@@ -4,15 +4,22 @@
 //! scrapes).
 //!
 //! Names follow Prometheus conventions: `docfetch_…_total` for counters,
-//! `_seconds` and `_bytes` units.
+//! `_seconds` and `_bytes` units, `_timestamp_seconds` for Unix times.
+//!
+//! The alert rules and the dashboard in `deploy/monitoring/` use these names;
+//! CI checks that every name they use is one `/metrics` exports. Series an
+//! alert counts are [`register`]ed at zero when the daemon starts, so the
+//! first failure is an increase Prometheus can see, not a new series.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::config::Settings;
 use crate::job::now_ms;
-use crate::store::{Store, StoreError};
+use crate::providers::Providers;
+use crate::store::Store;
 
 /// Buckets for durations, from a fast loopback call to a long download.
 const BUCKETS: &[f64] = &[
@@ -35,6 +42,125 @@ pub fn install() -> Option<PrometheusHandle> {
             metrics::set_global_recorder(recorder).ok().map(|()| handle)
         })
         .clone()
+}
+
+/// How a step can end, as [`step`] labels it.
+const STEP_OUTCOMES: &[&str] = &["waiting", "done", "failed", "retry", "postponed"];
+/// Error classes, as [`error`] labels them.
+const ERROR_CLASSES: &[&str] = &["transient", "permanent"];
+/// How a job's hooks can end, as [`hooks_ran`] labels it.
+const HOOK_OUTCOMES: &[&str] = &["ok", "retry", "given_up"];
+/// Where requests come from, as [`request`] labels them.
+const REQUEST_SOURCES: &[&str] = &["inbox", "api", "cli"];
+
+/// How long a scrape waits for the store before it reports it not ready
+/// (a scrape that hangs on a dead database would hide everything else).
+const STORE_SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Describes every metric and creates, at zero, the series the alert rules
+/// count for each configured account, plus the configured job deadline.
+pub fn register(settings: &Settings) {
+    describe();
+    metrics::gauge!("docfetch_job_deadline_seconds").set(settings.scheduler.deadline.as_secs_f64());
+    for (name, account) in &settings.accounts {
+        let provider = account.config.provider_name();
+        let labels = [
+            ("provider", provider.to_string()),
+            ("account", name.clone()),
+        ];
+        metrics::counter!("docfetch_polls_total", &labels).increment(0);
+        for outcome in STEP_OUTCOMES {
+            let mut labels = labels.to_vec();
+            labels.push(("outcome", (*outcome).to_string()));
+            metrics::counter!("docfetch_steps_total", &labels).increment(0);
+        }
+        for class in ERROR_CLASSES {
+            let mut labels = labels.to_vec();
+            labels.push(("class", (*class).to_string()));
+            metrics::counter!("docfetch_errors_total", &labels).increment(0);
+        }
+        for outcome in HOOK_OUTCOMES {
+            metrics::counter!("docfetch_hook_runs_total", "account" => name.clone(), "outcome" => *outcome)
+                .increment(0);
+        }
+        // Never paused yet: a time long past.
+        metrics::gauge!("docfetch_account_paused_until_timestamp_seconds", "account" => name.clone())
+            .increment(0.0);
+    }
+    for source in REQUEST_SOURCES {
+        metrics::counter!("docfetch_requests_accepted_total", "source" => *source).increment(0);
+        metrics::counter!("docfetch_requests_rejected_total", "source" => *source).increment(0);
+    }
+}
+
+/// The `# HELP` lines.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "docfetch_polls_total",
+        "\"Not ready yet\" answers from a service."
+    );
+    describe_counter!(
+        "docfetch_steps_total",
+        "Provider steps by how they ended: waiting, done, failed (the job failed), retry, postponed."
+    );
+    describe_counter!(
+        "docfetch_errors_total",
+        "Provider errors by class: transient or permanent."
+    );
+    describe_histogram!(
+        "docfetch_provider_step_duration_seconds",
+        "Time a provider step spent talking to its service."
+    );
+    describe_counter!("docfetch_downloaded_bytes_total", "Bytes of files saved.");
+    describe_histogram!(
+        "docfetch_download_duration_seconds",
+        "Time to download and save a file."
+    );
+    describe_histogram!(
+        "docfetch_store_operation_duration_seconds",
+        "Latency of store operations."
+    );
+    describe_counter!(
+        "docfetch_store_commits_total",
+        "Group commits of the SQLite store."
+    );
+    describe_counter!(
+        "docfetch_store_writes_total",
+        "Writes carried by the SQLite store's group commits."
+    );
+    describe_histogram!(
+        "docfetch_store_commit_duration_seconds",
+        "Time of one SQLite group commit (statements and the WAL fsync)."
+    );
+    describe_counter!(
+        "docfetch_token_refreshes_total",
+        "Logins to a service (new tokens)."
+    );
+    describe_counter!(
+        "docfetch_requests_accepted_total",
+        "Requests accepted, by source."
+    );
+    describe_counter!(
+        "docfetch_requests_rejected_total",
+        "Requests rejected, by source."
+    );
+    describe_counter!(
+        "docfetch_hook_runs_total",
+        "Runs of a finished job's hooks: ok, retry (failed, will run again), given_up."
+    );
+    describe_gauge!(
+        "docfetch_account_paused_until_timestamp_seconds",
+        "Unix time until which the account pauses after a 429 (in the past when it runs)."
+    );
+    describe_gauge!(
+        "docfetch_inbox_last_scan_timestamp_seconds",
+        "Unix time the drop directory was last scanned through."
+    );
+    describe_gauge!(
+        "docfetch_job_deadline_seconds",
+        "The configured scheduler.deadline: a job older than this fails as timed out."
+    );
 }
 
 /// A "not ready yet" answer.
@@ -93,16 +219,6 @@ pub fn store_commit(writes: usize, elapsed: Duration) {
     metrics::histogram!("docfetch_store_commit_duration_seconds").record(elapsed.as_secs_f64());
 }
 
-/// A login to a service (a new token).
-pub fn token_refresh(provider: &str, account: &str) {
-    metrics::counter!(
-        "docfetch_token_refreshes_total",
-        "provider" => provider.to_string(),
-        "account" => account.to_string()
-    )
-    .increment(1);
-}
-
 /// A request accepted or rejected, by where it came from (`inbox`, `api`, `cli`).
 pub fn request(source: &'static str, accepted: bool) {
     let name = if accepted {
@@ -113,11 +229,72 @@ pub fn request(source: &'static str, accepted: bool) {
     metrics::counter!(name, "source" => source).increment(1);
 }
 
-/// Renders everything: the recorded metrics plus gauges read from the store.
-pub async fn render(handle: &PrometheusHandle, store: &Store) -> Result<String, StoreError> {
+/// A job's hooks ran: `state` is what the hook runner stores for them
+/// (`done`: all succeeded; `pending`: one failed and they run again;
+/// `failed`: given up).
+pub fn hooks_ran(account: &str, state: &str) {
+    let outcome = match state {
+        "done" => "ok",
+        "pending" => "retry",
+        _ => "given_up",
+    };
+    metrics::counter!("docfetch_hook_runs_total", "account" => account.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// The account pauses for `pause` from now (a 429).
+pub fn account_paused(account: &str, pause: Duration) {
+    let until = unix_seconds(now_ms()) + pause.as_secs_f64();
+    metrics::gauge!("docfetch_account_paused_until_timestamp_seconds", "account" => account.to_string())
+        .set(until);
+}
+
+/// The drop directory was scanned through.
+pub fn inbox_scanned() {
+    metrics::gauge!("docfetch_inbox_last_scan_timestamp_seconds").set(unix_seconds(now_ms()));
+}
+
+fn unix_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// Renders everything: the recorded metrics, the accounts' logins (counted
+/// by their token caches) and gauges read from the store. A store that does
+/// not answer is reported as `docfetch_store_ready 0`
+/// (without the store's gauges) rather than failing the scrape, so the
+/// alert says what is wrong.
+pub async fn render(handle: &PrometheusHandle, store: &Store, providers: &Providers) -> String {
     let mut out = handle.render();
+    out.push_str(
+        "# HELP docfetch_token_refreshes_total Logins to a service (new tokens), by account.\n# TYPE docfetch_token_refreshes_total counter\n",
+    );
+    for account in providers.iter() {
+        out.push_str(&format!(
+            "docfetch_token_refreshes_total{{provider=\"{}\",account=\"{}\"}} {}\n",
+            account.provider.name(),
+            escape(&account.name),
+            account.provider.logins()
+        ));
+    }
     let now = now_ms();
-    let snapshot = store.snapshot().await?;
+    let snapshot = tokio::time::timeout(STORE_SCRAPE_TIMEOUT, store.snapshot()).await;
+    out.push_str(
+        "# HELP docfetch_store_ready 1 when the store answered this scrape, 0 when it failed or took over 5s.\n# TYPE docfetch_store_ready gauge\n",
+    );
+    let snapshot = match snapshot {
+        Ok(Ok(snapshot)) => snapshot,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "metrics: the store did not answer");
+            out.push_str("docfetch_store_ready 0\n");
+            return out;
+        }
+        Err(_) => {
+            tracing::warn!("metrics: the store did not answer within 5s");
+            out.push_str("docfetch_store_ready 0\n");
+            return out;
+        }
+    };
+    out.push_str("docfetch_store_ready 1\n");
     out.push_str("# HELP docfetch_jobs Jobs in the store by state and provider.\n# TYPE docfetch_jobs gauge\n");
     for (state, provider, count) in &snapshot.by_state {
         out.push_str(&format!(
@@ -143,7 +320,7 @@ pub async fn render(handle: &PrometheusHandle, store: &Store) -> Result<String, 
             (due - now) as f64 / 1000.0
         ));
     }
-    Ok(out)
+    out
 }
 
 /// Escapes a label value for the text exposition format.
@@ -152,4 +329,111 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Environment;
+    use metrics_exporter_prometheus::PrometheusRecorder;
+
+    fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        (recorder, handle)
+    }
+
+    /// The value of the sample line `series` in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    }
+
+    #[test]
+    fn register_creates_what_the_alerts_count_at_zero_and_exports_the_deadline() {
+        let settings = Settings::from_toml(
+            "[scheduler]\ndeadline = \"2h\"\n[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/a/hs/dt/storage\"\nusername = \"u\"\npassword = \"p\"\n",
+            &Environment::default(),
+        )
+        .unwrap();
+        let (recorder, handle) = recorder();
+        metrics::with_local_recorder(&recorder, || register(&settings));
+        let text = handle.render();
+        for series in [
+            "docfetch_steps_total{provider=\"1c-fresh\",account=\"a\",outcome=\"failed\"}",
+            "docfetch_errors_total{provider=\"1c-fresh\",account=\"a\",class=\"permanent\"}",
+            "docfetch_polls_total{provider=\"1c-fresh\",account=\"a\"}",
+            "docfetch_hook_runs_total{account=\"a\",outcome=\"given_up\"}",
+            "docfetch_account_paused_until_timestamp_seconds{account=\"a\"}",
+            "docfetch_requests_rejected_total{source=\"inbox\"}",
+        ] {
+            assert_eq!(sample(&text, series), Some(0.0), "{series} in\n{text}");
+        }
+        assert_eq!(sample(&text, "docfetch_job_deadline_seconds"), Some(7200.0));
+        assert!(text.contains("# HELP docfetch_hook_runs_total"), "{text}");
+    }
+
+    #[test]
+    fn hooks_pauses_and_scans_are_recorded_with_their_times() {
+        let (recorder, handle) = recorder();
+        let before = unix_seconds(now_ms());
+        metrics::with_local_recorder(&recorder, || {
+            hooks_ran("a", "done");
+            hooks_ran("a", "pending");
+            hooks_ran("a", "pending");
+            hooks_ran("a", "failed");
+            account_paused("a", Duration::from_secs(600));
+            inbox_scanned();
+        });
+        let after = unix_seconds(now_ms());
+        let text = handle.render();
+        let runs = |outcome: &str| {
+            sample(
+                &text,
+                &format!("docfetch_hook_runs_total{{account=\"a\",outcome=\"{outcome}\"}}"),
+            )
+        };
+        assert_eq!(runs("ok"), Some(1.0));
+        assert_eq!(runs("retry"), Some(2.0));
+        assert_eq!(runs("given_up"), Some(1.0));
+        let until = sample(
+            &text,
+            "docfetch_account_paused_until_timestamp_seconds{account=\"a\"}",
+        )
+        .unwrap();
+        assert!((before + 600.0..=after + 600.0).contains(&until), "{until}");
+        let scanned = sample(&text, "docfetch_inbox_last_scan_timestamp_seconds").unwrap();
+        assert!((before..=after).contains(&scanned), "{scanned}");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_fails_is_reported_not_ready_instead_of_failing_the_scrape() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let settings = Settings::from_toml(
+            "[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/a/hs/dt/storage\"\nusername = \"u\"\npassword = \"p\"\n",
+            &Environment::default(),
+        )
+        .unwrap();
+        let providers = Providers::from_settings(&settings);
+        let (_recorder, handle) = recorder();
+        let text = render(&handle, &store, &providers).await;
+        assert_eq!(sample(&text, "docfetch_store_ready"), Some(1.0), "{text}");
+        let logins = "docfetch_token_refreshes_total{provider=\"1c-fresh\",account=\"a\"}";
+        assert_eq!(sample(&text, logins), Some(0.0), "{text}");
+        assert_eq!(
+            sample(&text, "docfetch_oldest_waiting_job_age_seconds"),
+            Some(0.0)
+        );
+
+        store.close().await.unwrap();
+        let text = render(&handle, &store, &providers).await;
+        assert_eq!(sample(&text, "docfetch_store_ready"), Some(0.0), "{text}");
+        assert_eq!(
+            sample(&text, "docfetch_oldest_waiting_job_age_seconds"),
+            None
+        );
+    }
 }

@@ -217,6 +217,80 @@ async fn configuration_errors_exit_with_code_2_and_name_the_key() {
     assert_eq!(out.status.code(), Some(0), "no config file at all is fine");
 }
 
+/// The Debian package's config, with the commented account examples made
+/// real and their secrets read from `secrets`.
+fn packaged_config_with_its_accounts(secrets: &Path) -> String {
+    let shipped = include_str!("../deploy/debian/docfetch.toml");
+    let mut out = String::new();
+    let mut in_account = false;
+    for line in shipped.lines() {
+        let header = line.starts_with("# [accounts.") && line.ends_with(']');
+        in_account = header || (in_account && line.starts_with("# "));
+        out.push_str(if in_account { &line[2..] } else { line });
+        out.push('\n');
+    }
+    out.replace("/etc/docfetch/secrets/", &format!("{}/", secrets.display()))
+}
+
+#[tokio::test]
+async fn require_account_keeps_a_fresh_install_down_and_fails_a_broken_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |config: &Path, require: bool| {
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(config).arg("check-config");
+        if require {
+            command.arg("--require-account");
+        }
+        command.output().unwrap()
+    };
+
+    // The packaged config as installed: valid, and names no account.
+    let shipped = dir.path().join("shipped.toml");
+    std::fs::write(&shipped, include_str!("../deploy/debian/docfetch.toml")).unwrap();
+    let out = check(&shipped, false);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accounts:  none"));
+    let out = check(&shipped, true);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "systemd skips the unit: {out:?}"
+    );
+    assert!(out.stdout.is_empty());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("names no account") && said.contains("[accounts.NAME]"),
+        "{said}"
+    );
+
+    // Its commented examples, filled in, are five valid accounts.
+    for secret in [
+        "fresh",
+        "ofd",
+        "atol",
+        "extern-api-key",
+        "diadoc-client-id",
+        "diadoc",
+    ] {
+        std::fs::write(dir.path().join(secret), "s3cret\n").unwrap();
+    }
+    let configured = dir.path().join("configured.toml");
+    std::fs::write(&configured, packaged_config_with_its_accounts(dir.path())).unwrap();
+    let out = check(&configured, true);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    let out = check(&configured, false);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.matches("account:   ").count(), 5, "{listed}");
+
+    // A config that does not load fails the start instead of skipping it.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[scheduler]\nworkers = 0\n").unwrap();
+    let out = check(&broken, true);
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scheduler.workers"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_and_stopping_on_its_notify_socket() {
     let app = TestApp::spawn().await;

@@ -152,17 +152,14 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             "no metrics recorder is installed",
         );
     };
-    match crate::metrics::render(handle, &state.store).await {
-        Ok(text) => {
-            let mut response = text.into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
-        Err(e) => store_problem(e),
-    }
+    let mut response = crate::metrics::render(handle, &state.store, &state.providers)
+        .await
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 #[derive(Debug, Deserialize)]

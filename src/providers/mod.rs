@@ -384,6 +384,29 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The provider's name, as jobs and metrics label it (`1c-fresh`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Fresh(_) => fresh::PROVIDER,
+            Provider::Ofd(_) => ofd::PROVIDER,
+            Provider::Atol(_) => atol::PROVIDER,
+            Provider::KonturExtern(_) => kontur_extern::PROVIDER,
+            Provider::KonturDiadoc(_) => kontur_diadoc::PROVIDER,
+        }
+    }
+
+    /// Logins to the service so far (new tokens); 1C:Fresh sends Basic auth
+    /// with every call and never logs in.
+    pub fn logins(&self) -> u64 {
+        match self {
+            Provider::Fresh(_) => 0,
+            Provider::Ofd(p) => p.logins(),
+            Provider::Atol(p) => p.logins(),
+            Provider::KonturExtern(p) => p.logins(),
+            Provider::KonturDiadoc(p) => p.logins(),
+        }
+    }
+
     pub fn new(name: &str, config: &AccountConfig) -> Provider {
         match config {
             AccountConfig::Fresh(account) => {
@@ -460,6 +483,7 @@ impl Account {
             .unwrap_or_else(|e| e.into_inner());
         if guard.is_none_or(|current| current < until) {
             *guard = Some(until);
+            crate::metrics::account_paused(&self.name, pause);
         }
     }
 }
@@ -492,6 +516,11 @@ impl Providers {
 
     pub fn get(&self, account: &str) -> Option<Arc<Account>> {
         self.by_account.get(account).cloned()
+    }
+
+    /// Every account, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.by_account.values()
     }
 }
 

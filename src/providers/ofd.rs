@@ -880,6 +880,11 @@ impl Ofd {
         }
     }
 
+    /// Logins performed so far (for tests and metrics).
+    pub fn logins(&self) -> u64 {
+        self.tokens.logins()
+    }
+
     pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
         let mut cursor: Cursor = serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
             ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
