@@ -34,7 +34,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod download;
