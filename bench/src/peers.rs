@@ -48,28 +48,31 @@ pub(crate) struct Peer {
     pub settings: &'static [&'static str],
 }
 
-/// The peers, in the order they run.
+/// The peers, in the order they run, with the best settings of those tried
+/// on this machine kind (BENCHMARKS.md, "Peers", lists what was tried):
+/// apalis gains from many workers fetching 100–250 tasks at a time, and
+/// underway from a short poll period that lets it reach its concurrency.
 pub(crate) const PEERS: [Peer; 3] = [
     Peer {
         name: "apalis-sqlite",
         package: "peer-apalis-sqlite",
         store: PeerStore::Sqlite,
         label: "apalis 1.0, SQLite (WAL, synchronous=FULL)",
-        settings: &["--workers", "32", "--batch", "100", "--connections", "10"],
+        settings: &["--workers", "64", "--batch", "100", "--connections", "10"],
     },
     Peer {
         name: "apalis-postgres",
         package: "peer-apalis-postgres",
         store: PeerStore::Postgres,
         label: "apalis 1.0, PostgreSQL",
-        settings: &["--workers", "32", "--batch", "100", "--connections", "10"],
+        settings: &["--workers", "32", "--batch", "250", "--connections", "10"],
     },
     Peer {
         name: "underway",
         package: "peer-underway",
         store: PeerStore::Postgres,
         label: "underway 0.2, PostgreSQL",
-        settings: &["--workers", "32", "--poll-ms", "10"],
+        settings: &["--workers", "32", "--poll-ms", "1"],
     },
 ];
 

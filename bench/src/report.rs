@@ -103,16 +103,26 @@ impl Rows {
             row.values.push(value);
             return;
         }
-        self.0.push(Row {
-            phase: phase.into(),
-            metric: metric.into(),
-            unit: unit.into(),
-            values: vec![value],
-            median: f64::NAN,
-            min: f64::NAN,
-            max: f64::NAN,
-            target: target.map(str::to_string),
-        });
+        // A new row goes after the last one of its phase, so that ratios
+        // added after all phases ran still show beside their phase.
+        let at = self
+            .0
+            .iter()
+            .rposition(|r| r.phase == phase)
+            .map_or(self.0.len(), |i| i + 1);
+        self.0.insert(
+            at,
+            Row {
+                phase: phase.into(),
+                metric: metric.into(),
+                unit: unit.into(),
+                values: vec![value],
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+                target: target.map(str::to_string),
+            },
+        );
     }
 
     /// The values of a row, one per run, if it was measured.
