@@ -21,7 +21,7 @@ use crate::util::lock;
 /// the benchmark's own clean-up rather than of the daemon.
 pub(crate) static SPENT: Mutex<Vec<tempfile::TempDir>> = Mutex::new(Vec::new());
 
-/// Keeps `dir` until [`run`] ends.
+/// Keeps `dir` until [`crate::run::run`] ends.
 pub(crate) fn keep_until_the_end(dir: tempfile::TempDir) {
     lock(&SPENT).push(dir);
 }

@@ -180,6 +180,13 @@ pub(crate) async fn store_phase(opts: &Options, rows: &mut Rows) -> Result<()> {
             None,
             complete_rate / base.update_rate,
         );
+        rows.add(
+            p,
+            &format!("ratio claim {batch} + complete at once / 4 KiB write + fdatasync"),
+            "jobs per fdatasync/s",
+            None,
+            (nf / cycle_par_s) / fsyncs,
+        );
         eprintln!(
             "   run {run}: insert {insert_rate:.0}/s, claim {claim_rate:.0}/s ({claims} claims), complete {complete_rate:.0}/s; baseline {:.0} commits/s, fdatasync {fsyncs:.0}/s",
             base.insert_rate
