@@ -118,7 +118,7 @@ pub(crate) async fn peers_phase(
             Some(path) => ready.push((peer, path)),
             None => {
                 let why = format!(
-                    "peers: {} skipped: not built, and --smoke does not build peers (cargo build --release --manifest-path bench/peers/{}/Cargo.toml --target-dir target/peers, or --peer {}=PATH)",
+                    "peers: {} skipped: not built, and this run builds no peers (--smoke or --no-peer-build; build it with cargo build --release --manifest-path bench/peers/{}/Cargo.toml --target-dir target/peers, or --peer {}=PATH)",
                     peer.name, peer.name, peer.name
                 );
                 eprintln!("   {why}");
@@ -249,7 +249,7 @@ async fn program(opts: &Options, peer: &Peer) -> Result<Option<PathBuf>> {
         peer.name
     );
     eprintln!(
-        "   building {} (cargo build --release; the first build takes minutes)",
+        "   building {} if it is not up to date (cargo build --release; the first build takes minutes)",
         peer.name
     );
     let status = tokio::process::Command::new(cargo())
