@@ -37,7 +37,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod beneath;
 pub mod cli;
 pub mod config;

@@ -1,19 +1,59 @@
-//! `docfetch-bench`: the benchmark of issue 8. Parses the command line,
-//! resolves the sizes (full or `--smoke`), runs [`docfetch::bench`] and
-//! prints one Markdown table (or `--json`). Progress goes to stderr.
+//! `docfetch-bench`: the benchmark of docfetch, a crate of its own so that
+//! the shipped daemon does not carry it. It runs the real daemon code paths
+//! — store, scheduler, HTTP, downloads with fsync — against the built-in
+//! simulator over loopback, in eight phases, and prints one table (or
+//! JSON); progress goes to stderr.
+//!
+//! | phase | module | what runs | what is measured |
+//! |---|---|---|---|
+//! | `store` | [`store`] | the store alone, and raw sqlx/SQLite and `fdatasync` baselines | insert, claim and complete rates |
+//! | `throughput` | [`throughput`] | the scheduler's driver in this process, 1C plain flow | jobs/s from submit to done, latency; ÷ the disk's `fdatasync`/s (the headline) |
+//! | `polling` | [`polling`] | the driver, OFD and Diadoc behind a recording [`proxy`] | requests per job against the minimum, lateness |
+//! | `idle` | [`idle`] | `docfetch run` as a child ([`daemon`]), 100k jobs due in an hour | CPU time, store queries, wake-ups |
+//! | `scale` | [`scale`] | `docfetch run` as a child on a 1M-job store (and a small one) | start-up to `READY=1`, RSS |
+//! | `large` | [`large`] | `docfetch run` as a child, a streamed 1 GiB file | throughput against `curl -o`, peak RSS |
+//! | `pg` | [`pg`] | 1, 2 and 3 schedulers sharing one PostgreSQL database ([`pgdb`]) | jobs/s, claims per job, latency |
+//! | `peers` | [`peers`] | apalis (SQLite, PostgreSQL) and underway as child processes | their no-op rate, docfetch's real work against it |
+//!
+//! Every phase runs `--runs` times; the table ([`report`]) shows the
+//! median with the minimum and maximum, and every ratio is taken within
+//! one run against a baseline measured in that same run — above all the
+//! disk's own rate ([`disk`]), because this is a shared VM whose disk
+//! speed swings 2 × from day to day. This is a measuring tool whose errors
+//! are only ever printed, so it uses `anyhow` with context throughout
+//! instead of a typed error.
 #![forbid(unsafe_code)]
+
+mod daemon;
+mod disk;
+mod idle;
+mod large;
+mod options;
+mod peers;
+mod pg;
+mod pgdb;
+mod polling;
+mod proxy;
+mod report;
+mod run;
+mod scale;
+mod store;
+mod throughput;
+mod util;
+mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use docfetch::bench::{Options, Phase};
 use docfetch::config::Environment;
 
+use crate::options::{Options, PeerSource, Phase};
+
 /// Measures docfetch end to end on this machine: store, throughput,
-/// polling efficiency, idle cost, scale, a large download and several
-/// daemons sharing PostgreSQL.
+/// polling efficiency, idle cost, scale, a large download, several
+/// daemons sharing PostgreSQL, and the peer queues apalis and underway.
 #[derive(Debug, Parser)]
 #[command(name = "docfetch-bench", version)]
 struct Cli {
@@ -110,6 +150,22 @@ struct Cli {
     /// PostgreSQL: jobs for each number of instances (default 3000; smoke 100).
     #[arg(long)]
     pg_jobs: Option<usize>,
+
+    /// Peers: no-op jobs each peer queue processes (default 10000; smoke 200).
+    #[arg(long)]
+    peer_jobs: Option<usize>,
+    /// Peers: a peer's program instead of building it, as NAME=PATH
+    /// (apalis-sqlite, apalis-postgres, underway); repeatable.
+    #[arg(long = "peer", value_name = "NAME=PATH", value_parser = peer_path)]
+    peer: Vec<(String, PathBuf)>,
+    /// Peers: the peers' cargo projects (default: bench/peers of the source
+    /// tree this program was built from).
+    #[arg(long, value_name = "DIR")]
+    peers_dir: Option<PathBuf>,
+    /// Peers: never build them; run only those already built or given.
+    /// (--smoke never builds them either.)
+    #[arg(long)]
+    no_peer_build: bool,
 }
 
 /// Where `--postgres` comes from when it is not given, in this order.
@@ -122,6 +178,43 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 fn size(text: &str) -> Result<u64, String> {
     docfetch::units::parse_size(text)
+}
+
+fn peer_path(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, not {text:?}"))?;
+    if !peers::PEERS.iter().any(|p| p.name == name) {
+        let names: Vec<&str> = peers::PEERS.iter().map(|p| p.name).collect();
+        return Err(format!(
+            "no peer is called {name:?}; the peers are {}",
+            names.join(", ")
+        ));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// Where the peers' projects and their build live: beside this crate in
+/// the source tree it was built from (`bench/peers/`, `target/peers/`).
+fn peer_source(
+    cli_dir: Option<PathBuf>,
+    smoke: bool,
+    no_build: bool,
+    given: Vec<(String, PathBuf)>,
+) -> PeerSource {
+    let bench = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let projects = cli_dir.unwrap_or_else(|| bench.join("peers"));
+    let target = bench
+        .parent()
+        .map_or_else(|| bench.join("target"), |root| root.join("target"))
+        .join("peers");
+    PeerSource {
+        projects,
+        target,
+        // CI's smoke run must not spend minutes compiling the peers.
+        build: !smoke && !no_build,
+        given,
+    }
 }
 
 impl Cli {
@@ -198,6 +291,11 @@ impl Cli {
                 .pg_jobs
                 .unwrap_or(if smoke { 100 } else { 3_000 })
                 .max(1),
+            peer_jobs: self
+                .peer_jobs
+                .unwrap_or(if smoke { 200 } else { 10_000 })
+                .max(1),
+            peers: peer_source(self.peers_dir, smoke, self.no_peer_build, self.peer),
         })
     }
 }
@@ -232,7 +330,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(docfetch::bench::run(&options)) {
+    match runtime.block_on(run::run(&options)) {
         Ok(report) => {
             let encoded = match serde_json::to_string_pretty(&report) {
                 Ok(text) => text,
