@@ -274,40 +274,27 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
         Command::Show { job, json } => show(&settings, &job, json).await.map(|()| 0),
         Command::Cancel { job } => {
             let store = Store::open(&settings.store.url).await?;
-            let cancelled = store
-                .cancel(&job, now_ms())
+            let providers = crate::providers::Providers::from_settings(&settings);
+            let http = crate::http::client(&settings.http)
+                .map_err(|e| CliError::Failed(crate::http::describe(&e)))?;
+            let done = crate::commands::cancel(&store, &settings, &providers, &http, &job)
                 .await
                 .map_err(transition_error)?;
-            if let Err(e) = crate::receipt::write(&settings.paths.output, &cancelled).await {
-                eprintln!("warning: cannot write the receipt: {e}");
+            for w in &done.warnings {
+                eprintln!("warning: {w}");
             }
-            // Tell the service too, where it can hear it (OFD's CancelUrl).
-            if let Some(account) =
-                crate::providers::Providers::from_settings(&settings).get(&cancelled.account)
-            {
-                let http = crate::http::client(&settings.http)
-                    .map_err(|e| CliError::Failed(crate::http::describe(&e)))?;
-                if let Err(e) = account.provider.cancel_remote(&http, &cancelled).await {
-                    eprintln!(
-                        "warning: the job is cancelled here, but the service was not told: {e}"
-                    );
-                }
-            }
-            println!("cancelled {}", cancelled.name);
+            println!("cancelled {}", done.job.name);
             Ok(0)
         }
         Command::Retry { job } => {
             let store = Store::open(&settings.store.url).await?;
-            let deadline = now_ms()
-                + i64::try_from(settings.scheduler.deadline.as_millis()).unwrap_or(i64::MAX / 2);
-            let queued = store
-                .retry(&job, now_ms(), deadline)
+            let done = crate::commands::retry(&store, &settings, &job)
                 .await
                 .map_err(transition_error)?;
-            if let Err(e) = crate::receipt::remove(&settings.paths.output, &queued) {
-                eprintln!("warning: cannot remove the old receipt: {e}");
+            for w in &done.warnings {
+                eprintln!("warning: {w}");
             }
-            println!("queued {} again", queued.name);
+            println!("queued {} again", done.job.name);
             Ok(0)
         }
         Command::CheckConfig { .. } => {

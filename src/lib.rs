@@ -30,6 +30,7 @@
 //! - [`sim`]: fake providers that follow the services' documents, for tests,
 //!   the benchmark and `docfetch demo`.
 //! - [`hooks`]: the operator's commands and signed webhooks, run when jobs finish.
+//! - [`commands`]: cancel and retry, shared by the CLI and the API.
 //! - [`api`]: the local HTTP API, behind a token and a guard against web pages.
 //! - [`app`]: wiring and `run_until_stopped(shutdown)`.
 //! - [`cli`]: the command line.
@@ -39,6 +40,7 @@ pub mod api;
 pub mod app;
 pub mod beneath;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod download;
 pub mod filename;

@@ -790,21 +790,24 @@ async fn cancelling_a_waiting_job_calls_the_reports_cancel_url() {
     let job = app.step_once("stop").await;
     assert_eq!(job.state, JobState::Waiting);
     assert_eq!(job.cursor["phase"], "waiting");
-    let cancelled = app
-        .store
-        .cancel("stop", docfetch::job::now_ms())
-        .await
-        .unwrap();
-    // As `docfetch cancel` does: a provider of its own, a login of its own.
+    // Through the one cancel that `docfetch cancel` and the API share: the
+    // transition, the receipt, then the service with a login of its own.
     let providers = Providers::from_settings(&app.settings);
     let http = docfetch::http::client(&app.settings.http).unwrap();
-    providers
-        .get("ofd-sim")
-        .unwrap()
-        .provider
-        .cancel_remote(&http, &cancelled)
+    let done = docfetch::commands::cancel(&app.store, &app.settings, &providers, &http, "stop")
         .await
         .unwrap();
+    assert_eq!(done.job.state, JobState::Cancelled);
+    assert_eq!(done.warnings, vec![], "nothing failed after the commit");
+    assert!(
+        app.settings
+            .paths
+            .output
+            .join("stop")
+            .join("job.json")
+            .exists(),
+        "the receipt is written after the cancellation"
+    );
     assert_eq!(app.sim.ofd.cancels(), 1);
     let report = &app.sim.ofd.reports()[0];
     assert_eq!(

@@ -29,7 +29,7 @@ pub use self::server::{Bound, ListenError, bind, serve};
 use crate::config::{Secret, Settings};
 use crate::inbox::{self, AcceptError};
 use crate::job::request::{RequestError, RequestFormat};
-use crate::job::{JobState, now_ms, rfc3339};
+use crate::job::{JobState, rfc3339};
 use crate::providers::Providers;
 use crate::store::{JobFilter, Store, StoreError};
 
@@ -251,30 +251,31 @@ async fn create_job(State(state): State<Arc<ApiState>>, body: Bytes) -> Response
 }
 
 async fn cancel_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
-    let job = match state.store.cancel(&name, now_ms()).await {
-        Ok(job) => job,
+    let done = match crate::commands::cancel(
+        &state.store,
+        &state.settings,
+        &state.providers,
+        &state.http,
+        &name,
+    )
+    .await
+    {
+        Ok(done) => done,
         Err(e) => return store_problem(e),
     };
-    if let Err(e) = crate::receipt::write(&state.settings.paths.output, &job).await {
-        tracing::error!(job = %job.name, error = %e, "cannot write the receipt of a cancelled job");
+    for w in &done.warnings {
+        tracing::warn!(job = %done.job.name, "{w}");
     }
-    if let Some(account) = state.providers.get(&job.account)
-        && let Err(e) = account.provider.cancel_remote(&state.http, &job).await
-    {
-        tracing::warn!(job = %job.name, error = %e, "the service was not told about the cancellation");
-    }
-    json(StatusCode::OK, job.summary_json())
+    json(StatusCode::OK, done.job.summary_json())
 }
 
 async fn retry_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
-    let deadline = now_ms()
-        + i64::try_from(state.settings.scheduler.deadline.as_millis()).unwrap_or(i64::MAX / 2);
-    match state.store.retry(&name, now_ms(), deadline).await {
-        Ok(job) => {
-            if let Err(e) = crate::receipt::remove(&state.settings.paths.output, &job) {
-                tracing::warn!(job = %job.name, error = %e, "cannot remove the old receipt");
+    match crate::commands::retry(&state.store, &state.settings, &name).await {
+        Ok(done) => {
+            for w in &done.warnings {
+                tracing::warn!(job = %done.job.name, "{w}");
             }
-            json(StatusCode::OK, job.summary_json())
+            json(StatusCode::OK, done.job.summary_json())
         }
         Err(e) => store_problem(e),
     }
