@@ -1,0 +1,89 @@
+//! `docfetch schedules [run NAME]`: the schedules with their next firing, or one fired now.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use super::{CliError, SchedulesAction};
+use crate::config::Settings;
+use crate::job::rfc3339;
+use crate::store::Store;
+
+/// `docfetch schedules [run NAME]`.
+pub(super) async fn schedules(
+    settings: &Arc<Settings>,
+    action: Option<SchedulesAction>,
+    json: bool,
+) -> Result<u8, CliError> {
+    let store = Store::open(&settings.store.url).await?;
+    let schedules = crate::schedule::Schedules::load(store.clone(), settings.clone());
+    let (_, errors) = crate::schedule::load_dir(&settings.paths.schedules, settings);
+    for e in &errors {
+        eprintln!("not loaded: {e}");
+    }
+    let all = schedules.list().await;
+    match action {
+        Some(SchedulesAction::Run { name }) => {
+            let Some(schedule) = all.iter().find(|s| s.name == name) else {
+                let known: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+                return Err(CliError::Usage(format!(
+                    "no schedule named {name:?}; schedules: {}",
+                    known.join(", ")
+                )));
+            };
+            let now = chrono::Utc::now().with_timezone(&schedule.timezone);
+            match schedules.fire(schedule, now).await? {
+                crate::schedule::Fired::Created(job) => {
+                    println!("fired {}: job {}", schedule.name, job.name)
+                }
+                crate::schedule::Fired::AlreadyThere(job) => {
+                    println!("{} already fired this second: job {job}", schedule.name)
+                }
+            }
+            Ok(0)
+        }
+        None => {
+            let now = chrono::Utc::now();
+            let mut out = std::io::stdout().lock();
+            if !json {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<8} {:<18} {:<16} {:<26} SOURCE",
+                    "NAME", "ENABLED", "CRON", "TIMEZONE", "NEXT (LOCAL)"
+                );
+            }
+            for s in &all {
+                let next = s.next_after(now);
+                let last = store.last_fire(&s.name).await?;
+                if json {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({
+                            "name": s.name, "enabled": s.enabled, "cron": s.cron_text,
+                            "timezone": s.timezone.name(), "next": next.map(|t| t.to_rfc3339()),
+                            "last_fired": last.map(rfc3339), "source": s.source,
+                        })
+                    );
+                } else {
+                    let next = if s.enabled {
+                        next.map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string())
+                            .unwrap_or_else(|| "never".into())
+                    } else {
+                        "-".into()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{:<24} {:<8} {:<18} {:<16} {:<26} {}",
+                        s.name,
+                        if s.enabled { "yes" } else { "no" },
+                        s.cron_text,
+                        s.timezone.name(),
+                        next,
+                        s.source
+                    );
+                }
+            }
+            Ok(if errors.is_empty() { 0 } else { 1 })
+        }
+    }
+}
