@@ -277,6 +277,38 @@ pub struct Account {
     pub hooks: crate::job::Hooks,
     /// Key for the `X-Docfetch-Signature` HMAC of webhook bodies.
     pub webhook_secret: Option<Secret>,
+    /// Where each of the account's secrets was read from (never the value),
+    /// for `docfetch accounts`.
+    pub secret_origins: Vec<SecretOrigin>,
+}
+
+/// Where one secret of an account came from: `KEY`, `KEY_file` or `KEY_env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretOrigin {
+    /// The secret's key (`password`, `client_secret`, …).
+    pub key: String,
+    pub from: SecretFrom,
+}
+
+/// The three ways a secret can be given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretFrom {
+    /// Written into the config file itself.
+    Inline,
+    /// Read from this file (after `$CREDENTIALS_DIRECTORY` was applied).
+    File(PathBuf),
+    /// Read from this environment variable.
+    Env(String),
+}
+
+impl std::fmt::Display for SecretFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretFrom::Inline => write!(f, "inline in the config"),
+            SecretFrom::File(path) => write!(f, "file {}", path.display()),
+            SecretFrom::Env(var) => write!(f, "env ${var}"),
+        }
+    }
 }
 
 /// The validated settings, loaded once.
@@ -645,7 +677,9 @@ impl Settings {
                     None => ConfigError::invalid(format!("accounts.{name}"), message),
                 })?;
             let webhook_secret = keys.secret("webhook_secret")?;
+            let origins = keys.origins.clone();
             let config = AccountConfig::from_keys(keys)?;
+            let secret_origins = origins.borrow().clone();
             accounts.insert(
                 name.clone(),
                 Account {
@@ -653,6 +687,7 @@ impl Settings {
                     config,
                     hooks,
                     webhook_secret,
+                    secret_origins,
                 },
             );
         }
@@ -1052,6 +1087,9 @@ pub struct AccountKeys<'a> {
     env: &'a Environment,
     /// `allow_plain_http`, once read.
     plain_http: Option<bool>,
+    /// Where each secret read so far came from; shared, because the
+    /// provider that reads the keys consumes them.
+    pub origins: std::rc::Rc<std::cell::RefCell<Vec<SecretOrigin>>>,
 }
 
 impl<'a> AccountKeys<'a> {
@@ -1072,6 +1110,7 @@ impl<'a> AccountKeys<'a> {
             table,
             env,
             plain_http: None,
+            origins: Default::default(),
         }
     }
 
@@ -1237,7 +1276,12 @@ impl<'a> AccountKeys<'a> {
                 format!("give only one of `{key}`, `{file_key}` and `{env_key}`"),
             ));
         }
+        let origin = |from| SecretOrigin {
+            key: key.to_string(),
+            from,
+        };
         if let Some(value) = inline {
+            self.origins.borrow_mut().push(origin(SecretFrom::Inline));
             return Ok(Some(Secret(value)));
         }
         if let Some(file) = file {
@@ -1262,9 +1306,15 @@ impl<'a> AccountKeys<'a> {
                     format!("secret file {} is empty", path.display()),
                 ));
             }
+            self.origins
+                .borrow_mut()
+                .push(origin(SecretFrom::File(path)));
             return Ok(Some(Secret(value)));
         }
         if let Some(var) = var {
+            self.origins
+                .borrow_mut()
+                .push(origin(SecretFrom::Env(var.clone())));
             return match self.env.get(&var) {
                 Some(value) if !value.is_empty() => Ok(Some(Secret(value.to_string()))),
                 _ => Err(ConfigError::invalid(

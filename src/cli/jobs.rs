@@ -225,36 +225,128 @@ pub(super) fn describe_progress(job: &Job) -> String {
 
 pub(super) fn print_jobs(jobs: &[Job], json: bool) {
     let mut out = std::io::stdout().lock();
-    if json {
-        for job in jobs {
-            let _ = writeln!(out, "{}", job.summary_json());
-        }
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "{:<28} {:<10} {:<10} {:>6} {:>6}  {:<20}  LAST ERROR",
-        "NAME", "PROVIDER", "STATE", "AGE", "POLLS", "NEXT"
-    );
+    let text = if json {
+        jobs_json_lines(jobs)
+    } else {
+        jobs_table(jobs, now_ms())
+    };
+    let _ = out.write_all(text.as_bytes());
+}
+
+/// One JSON object per line, as the API's job summaries.
+fn jobs_json_lines(jobs: &[Job]) -> String {
+    jobs.iter()
+        .map(|job| format!("{}\n", job.summary_json()))
+        .collect()
+}
+
+/// The jobs as a table whose columns are as wide as their widest cell, so a
+/// long provider or job name never pushes the next column out of line.
+pub(super) fn jobs_table(jobs: &[Job], now: crate::job::Millis) -> String {
+    let mut table = super::table([
+        "NAME",
+        "PROVIDER",
+        "STATE",
+        "AGE",
+        "POLLS",
+        "NEXT",
+        "LAST ERROR",
+    ]);
     for job in jobs {
-        let age = Duration::from_millis(u64::try_from(now_ms() - job.created_at).unwrap_or(0));
+        let age = Duration::from_millis(u64::try_from(now - job.created_at).unwrap_or(0));
         let next = if job.state.is_finished() {
             "-".to_string()
         } else {
-            rfc3339(job.next_run_at)
+            relative(job.next_run_at, now)
         };
-        let _ = writeln!(
-            out,
-            "{:<28} {:<10} {:<10} {:>6} {:>6}  {:<20}  {}",
-            job.name,
-            job.provider,
-            job.state.as_str(),
+        table.add_row([
+            job.name.clone(),
+            job.provider.clone(),
+            job.state.as_str().to_string(),
             format_duration(age),
-            job.polls,
+            job.polls.to_string(),
             next,
-            job.last_error.as_deref().unwrap_or("")
-        );
+            job.last_error.clone().unwrap_or_default(),
+        ]);
     }
+    super::render(&table)
+}
+
+/// When something is due, said the way a person reads it: `in 4 min`,
+/// `in 2 h`, `due now`, `12 s late`.
+pub(super) fn relative(at: crate::job::Millis, now: crate::job::Millis) -> String {
+    let delta = at - now;
+    if delta.abs() < 1000 {
+        return "due now".into();
+    }
+    let secs = delta.unsigned_abs() / 1000;
+    let amount = match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => format!("{} h {} min", secs / 3600, secs / 60 % 60),
+        _ => format!("{} d {} h", secs / 86_400, secs / 3600 % 24),
+    };
+    if delta > 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} late")
+    }
+}
+
+/// `docfetch jobs --watch`: the same listing, redrawn every `every` until
+/// Ctrl-C (SIGINT) or SIGTERM. On a terminal the table is redrawn in place:
+/// the cursor goes home, each line clears only its own leftover end, and
+/// the rest of the screen is cleared last, in one write, so nothing blinks.
+/// When stdout is not a terminal (a pipe, a log), each refresh is printed
+/// after the previous one, headed by its time, so nothing is lost.
+pub(super) async fn watch(
+    store: &Store,
+    filter: &crate::store::JobFilter,
+    json: bool,
+    every: Duration,
+) -> Result<u8, CliError> {
+    let live = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let stop = crate::app::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let jobs = store.list(filter).await?;
+        let body = if json {
+            jobs_json_lines(&jobs)
+        } else {
+            jobs_table(&jobs, now_ms())
+        };
+        let frame = if live {
+            watch_frame(&body)
+        } else {
+            format!("# {}\n{body}\n", rfc3339(now_ms()))
+        };
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_all(frame.as_bytes()).and_then(|()| out.flush()) {
+            // A closed pipe (`| head`) ends the watch quietly.
+            return if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Ok(0)
+            } else {
+                Err(CliError::Failed(format!("cannot write: {e}")))
+            };
+        }
+        drop(out);
+        tokio::select! {
+            () = &mut stop => return Ok(0),
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One in-place redraw: home, each line followed by "clear to end of line",
+/// then "clear below".
+fn watch_frame(body: &str) -> String {
+    let mut frame = String::from("\x1b[H");
+    for line in body.lines() {
+        frame.push_str(line);
+        frame.push_str("\x1b[K\n");
+    }
+    frame.push_str("\x1b[J");
+    frame
 }
 
 pub(super) async fn show(settings: &Settings, key: &str, json: bool) -> Result<(), CliError> {
@@ -299,4 +391,81 @@ pub(super) async fn show(settings: &Settings, key: &str, json: bool) -> Result<(
         println!("  {}  {:<9} {}", rfc3339(e.at), e.kind, e.message);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, provider: &str, state: JobState, next_run_at: i64) -> Job {
+        Job {
+            id: "id".into(),
+            name: name.into(),
+            account: "a".into(),
+            provider: provider.into(),
+            operation: "op".into(),
+            params: serde_json::Value::Null,
+            state,
+            cursor: serde_json::Value::Null,
+            attempts: 0,
+            polls: 3,
+            steps: 0,
+            next_run_at,
+            lease_owner: None,
+            lease_until: None,
+            last_error: None,
+            result: None,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+            deadline_at: 0,
+            source: "cli".into(),
+            request_sha256: String::new(),
+            hooks: None,
+            hooks_state: None,
+            hooks_attempts: 0,
+        }
+    }
+
+    #[test]
+    fn a_long_provider_name_does_not_push_the_state_column_out_of_line() {
+        let now = 1_000_000;
+        let jobs = [
+            job("a", "ofd", JobState::Waiting, now + 240_000),
+            job(
+                "protocol-with-a-long-name",
+                "kontur-diadoc",
+                JobState::Failed,
+                0,
+            ),
+            job("b", "atol", JobState::Queued, now),
+        ];
+        let text = jobs_table(&jobs, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let column = lines[0].find("STATE").unwrap();
+        for (line, state) in lines[1..].iter().zip(["waiting", "failed", "queued"]) {
+            assert_eq!(line.find(state), Some(column), "{text}");
+        }
+        let next = lines[0].find("NEXT").unwrap();
+        assert_eq!(lines[1].find("in 4 min"), Some(next), "{text}");
+        assert_eq!(lines[3].find("due now"), Some(next), "{text}");
+    }
+
+    #[test]
+    fn next_is_said_relative_to_now() {
+        assert_eq!(relative(10_000, 10_500), "due now");
+        assert_eq!(relative(45_000, 0), "in 45 s");
+        assert_eq!(relative(4 * 60_000 + 59_000, 0), "in 4 min");
+        assert_eq!(relative(3_600_000 * 2 + 60_000 * 5, 0), "in 2 h 5 min");
+        assert_eq!(relative(0, 90_000), "1 min late");
+        assert_eq!(relative(86_400_000 * 3, 0), "in 3 d 0 h");
+    }
+
+    #[test]
+    fn a_watched_frame_is_redrawn_in_place_without_clearing_the_screen_first() {
+        let frame = watch_frame("A  B\n1  2\n");
+        assert_eq!(frame, "\x1b[HA  B\x1b[K\n1  2\x1b[K\n\x1b[J");
+        assert!(!frame.contains("\x1b[2J"), "a full clear blinks");
+    }
 }

@@ -4,8 +4,9 @@
 //! (0 success, 1 failure, 2 usage or config error).
 //!
 //! The clap definitions and the dispatch are here; each group of commands
-//! has its file: [`jobs`], [`schedules`], [`setup`], [`demo`].
+//! has its file: [`jobs`], [`schedules`], [`accounts`], [`setup`], [`demo`].
 
+mod accounts;
 mod demo;
 mod jobs;
 mod schedules;
@@ -14,6 +15,7 @@ mod setup;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +65,14 @@ pub enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Redraw the list until Ctrl-C: in place on a terminal; when stdout
+        /// is not a terminal, each refresh is printed after the last, headed
+        /// by `# TIME`.
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` refreshes.
+        #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_interval)]
+        interval: Duration,
     },
     /// Show one job with its event history.
     Show {
@@ -85,6 +95,13 @@ pub enum Command {
     Schedules {
         #[command(subcommand)]
         action: Option<SchedulesAction>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the configured accounts: provider, base URL, and where each
+    /// secret is read from (never the secret).
+    Accounts {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -201,6 +218,38 @@ impl From<crate::app::AppError> for CliError {
     }
 }
 
+/// `--interval`: a duration as the config writes them (`500ms`, `2s`, `1m`).
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = crate::units::parse_duration(text)?;
+    if d < Duration::from_millis(100) {
+        return Err("at least 100ms".into());
+    }
+    Ok(d)
+}
+
+/// A table for the listings: no borders, one space between columns, each
+/// column as wide as its widest cell (the terminal's width is not asked:
+/// a line too long wraps rather than breaking the columns).
+pub(crate) fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header);
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table
+}
+
+/// The table's text, lines without trailing blanks, ending in a newline.
+pub(crate) fn render(table: &comfy_table::Table) -> String {
+    table
+        .lines()
+        .map(|line| format!("{}\n", line.trim_end()))
+        .collect()
+}
+
 /// Loads settings for a command.
 pub fn load_settings(cli: &Cli, env: &Environment) -> Result<Arc<Settings>, CliError> {
     Ok(Arc::new(Settings::load(cli.config.as_deref(), env)?))
@@ -262,16 +311,20 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
             account,
             limit,
             json,
+            watch,
+            interval,
         } => {
             let store = Store::open(&settings.store.url).await?;
-            let jobs = store
-                .list(&JobFilter {
-                    state,
-                    account,
-                    limit,
-                    offset: 0,
-                })
-                .await?;
+            let filter = JobFilter {
+                state,
+                account,
+                limit,
+                offset: 0,
+            };
+            if watch {
+                return jobs::watch(&store, &filter, json, interval).await;
+            }
+            let jobs = store.list(&filter).await?;
             jobs::print_jobs(&jobs, json);
             Ok(0)
         }
@@ -305,6 +358,7 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
             setup::check_config(&settings);
             Ok(0)
         }
+        Command::Accounts { json } => accounts::accounts(&settings, json),
         Command::Health { ready } => setup::health(&settings, ready).await,
         Command::ApiToken { path } => setup::api_token(&settings, path),
         Command::Migrate => {

@@ -334,6 +334,17 @@ impl AccountConfig {
         }
     }
 
+    /// The service's base URL, as the account's `base_url` gives it.
+    pub fn base_url(&self) -> &url::Url {
+        match self {
+            AccountConfig::Fresh(a) => &a.base_url,
+            AccountConfig::Ofd(a) => &a.base_url,
+            AccountConfig::Atol(a) => &a.base_url,
+            AccountConfig::KonturExtern(a) => &a.base_url,
+            AccountConfig::KonturDiadoc(a) => &a.base_url,
+        }
+    }
+
     /// Jobs of this account that may run a step at once.
     pub fn concurrency(&self) -> usize {
         match self {
