@@ -65,7 +65,7 @@ use url::Url;
 
 use super::oidc::{Oidc, OidcConfig};
 use super::token::TokenCache;
-use super::{ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
+use super::{Provider, ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
 use crate::config::{AccountKeys, ConfigError, Secret};
 use crate::job::request::RequestError;
 use crate::job::{JobResult, SavedFile};
@@ -493,32 +493,6 @@ impl KonturDiadoc {
         }
     }
 
-    /// Logins performed so far (classic or OIDC).
-    pub fn logins(&self) -> u64 {
-        match &self.credentials {
-            Credentials::Diadoc { cache, .. } => cache.logins(),
-            Credentials::Oidc(oidc) => oidc.logins(),
-        }
-    }
-
-    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
-        let operation = Operation::parse(&ctx.job.operation)
-            .map_err(|e| ProviderError::permanent(e.to_string()))?;
-        let target = Target::from_params(operation, &ctx.job.params)
-            .map_err(|e| ProviderError::permanent(e.to_string()))?;
-        let cursor: Cursor = match &ctx.job.cursor {
-            serde_json::Value::Null => Cursor::default(),
-            value => serde_json::from_value(value.clone()).map_err(|e| {
-                ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
-            })?,
-        };
-        match operation {
-            Operation::Protocol => self.protocol(ctx, &target, cursor).await,
-            Operation::PrintForm => self.print_form(ctx, &target, cursor).await,
-            Operation::Zip => self.zip(ctx, &target, cursor).await,
-        }
-    }
-
     /// `GET /GenerateDocumentProtocol`: pending answers until the protobuf
     /// comes, then its two files.
     async fn protocol(
@@ -917,6 +891,53 @@ impl KonturDiadoc {
                 Err(ProviderError::from_status(&what, status, &detail)
                     .with_retry_after(retry_after))
             }
+        }
+    }
+}
+
+impl Provider for KonturDiadoc {
+    const NAME: &'static str = PROVIDER;
+    type Account = KonturDiadocAccount;
+
+    fn read_account(keys: &mut AccountKeys<'_>) -> Result<Self::Account, ConfigError> {
+        KonturDiadocAccount::from_keys(keys)
+    }
+
+    fn concurrency(account: &Self::Account) -> usize {
+        account.concurrency
+    }
+
+    fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError> {
+        validate_request(operation, params)
+    }
+
+    fn for_account(account_name: &str, account: Self::Account) -> Self {
+        KonturDiadoc::new(account_name, account)
+    }
+
+    /// Logins performed so far (classic or OIDC).
+    fn logins(&self) -> u64 {
+        match &self.credentials {
+            Credentials::Diadoc { cache, .. } => cache.logins(),
+            Credentials::Oidc(oidc) => oidc.logins(),
+        }
+    }
+
+    async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+        let operation = Operation::parse(&ctx.job.operation)
+            .map_err(|e| ProviderError::permanent(e.to_string()))?;
+        let target = Target::from_params(operation, &ctx.job.params)
+            .map_err(|e| ProviderError::permanent(e.to_string()))?;
+        let cursor: Cursor = match &ctx.job.cursor {
+            serde_json::Value::Null => Cursor::default(),
+            value => serde_json::from_value(value.clone()).map_err(|e| {
+                ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
+            })?,
+        };
+        match operation {
+            Operation::Protocol => self.protocol(ctx, &target, cursor).await,
+            Operation::PrintForm => self.print_form(ctx, &target, cursor).await,
+            Operation::Zip => self.zip(ctx, &target, cursor).await,
         }
     }
 }
