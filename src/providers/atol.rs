@@ -78,7 +78,7 @@ use url::Url;
 
 use super::token::TokenCache;
 use super::{Provider, ProviderError, Step, StepContext, excerpt, read_body_limited};
-use crate::config::{AccountKeys, ConfigError, Secret};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::request::{RequestError, hex};
 use crate::job::{JobResult, SavedFile};
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{Provider, ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
-use crate::config::{AccountKeys, ConfigError, Secret};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::JobResult;
 use crate::job::request::RequestError;
 

@@ -66,7 +66,7 @@ use url::Url;
 use super::oidc::{Oidc, OidcConfig};
 use super::token::TokenCache;
 use super::{Provider, ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
-use crate::config::{AccountKeys, ConfigError, Secret};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::request::RequestError;
 use crate::job::{JobResult, SavedFile};
 
@@ -1070,7 +1070,7 @@ async fn starts_with_pdf(folder: &crate::beneath::Subfolder, name: &str) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Environment;
+    use crate::config::keys::Environment;
     use crate::providers::{DEFAULT_COOLDOWN, ErrorClass};
 
     fn keys<'a>(toml_text: &str, env: &'a Environment) -> AccountKeys<'a> {

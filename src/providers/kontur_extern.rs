@@ -82,7 +82,7 @@ use super::{
     Provider, ProviderError, Step, StepContext, excerpt, is_transient_status, one_line,
     read_body_limited,
 };
-use crate::config::{AccountKeys, ConfigError, Secret};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::request::{RequestError, hex};
 use crate::job::{JobResult, SavedFile};
 
@@ -1992,7 +1992,7 @@ async fn save_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Environment;
+    use crate::config::keys::Environment;
     use crate::providers::ErrorClass;
 
     fn request() -> Value {

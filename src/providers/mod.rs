@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::beneath::Subfolder;
-use crate::config::{AccountKeys, ConfigError, Settings};
+use crate::config::keys::{AccountKeys, ConfigError};
 use crate::download::{self, DownloadError};
 use crate::job::request::RequestError;
 use crate::job::{Job, JobResult, SavedFile};
@@ -516,20 +516,22 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn from_settings(settings: &Settings) -> Providers {
+    /// The providers of the given accounts (`(name, settings)` pairs).
+    pub fn from_accounts<'a>(
+        accounts: impl IntoIterator<Item = (&'a str, &'a AccountConfig)>,
+    ) -> Providers {
         Providers {
-            by_account: settings
-                .accounts
-                .iter()
-                .map(|(name, account)| {
+            by_account: accounts
+                .into_iter()
+                .map(|(name, config)| {
                     let runtime = Account {
-                        name: name.clone(),
-                        provider: AnyProvider::new(name, &account.config),
-                        limit: Arc::new(tokio::sync::Semaphore::new(account.config.concurrency())),
-                        concurrency: account.config.concurrency(),
+                        name: name.to_string(),
+                        provider: AnyProvider::new(name, config),
+                        limit: Arc::new(tokio::sync::Semaphore::new(config.concurrency())),
+                        concurrency: config.concurrency(),
                         cooldown_until: std::sync::Mutex::new(None),
                     };
-                    (name.clone(), Arc::new(runtime))
+                    (name.to_string(), Arc::new(runtime))
                 })
                 .collect(),
         }
