@@ -77,8 +77,8 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::token::TokenCache;
-use super::{ProviderError, Step, StepContext, excerpt, read_body_limited};
-use crate::config::{AccountKeys, ConfigError, Secret};
+use super::{Provider, ProviderError, Step, StepContext, excerpt, read_body_limited};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::request::{RequestError, hex};
 use crate::job::{JobResult, SavedFile};
 
@@ -349,32 +349,6 @@ impl Atol {
         Atol {
             account,
             tokens: TokenCache::new(TOKEN_MARGIN),
-        }
-    }
-
-    /// Logins performed so far (for tests and metrics).
-    pub fn logins(&self) -> u64 {
-        self.tokens.logins()
-    }
-
-    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
-        let operation = parse_request(&ctx.job.operation, &ctx.job.params).map_err(|e| {
-            ProviderError::permanent(format!("the request is not valid for ATOL Online: {e}"))
-        })?;
-        match operation {
-            Operation::List { limit } => {
-                let cursor: Cursor = if ctx.job.cursor.is_null() {
-                    Cursor::default()
-                } else {
-                    serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
-                        ProviderError::permanent(format!(
-                            "the job's saved progress is unreadable: {e}"
-                        ))
-                    })?
-                };
-                self.walk(ctx, limit, cursor).await
-            }
-            Operation::One { serial } => self.one(ctx, &serial).await,
         }
     }
 
@@ -790,6 +764,57 @@ impl Atol {
             }
         }
         text
+    }
+}
+
+impl Provider for Atol {
+    const NAME: &'static str = PROVIDER;
+    type Account = AtolAccount;
+
+    fn read_account(keys: &mut AccountKeys<'_>) -> Result<Self::Account, ConfigError> {
+        AtolAccount::from_keys(keys)
+    }
+
+    fn base_url(account: &Self::Account) -> &url::Url {
+        &account.base_url
+    }
+
+    fn concurrency(account: &Self::Account) -> usize {
+        account.concurrency
+    }
+
+    fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError> {
+        validate_request(operation, params)
+    }
+
+    fn for_account(_account_name: &str, account: Self::Account) -> Self {
+        Atol::new(account)
+    }
+
+    /// Logins performed so far (for tests and metrics).
+    fn logins(&self) -> u64 {
+        self.tokens.logins()
+    }
+
+    async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+        let operation = parse_request(&ctx.job.operation, &ctx.job.params).map_err(|e| {
+            ProviderError::permanent(format!("the request is not valid for ATOL Online: {e}"))
+        })?;
+        match operation {
+            Operation::List { limit } => {
+                let cursor: Cursor = if ctx.job.cursor.is_null() {
+                    Cursor::default()
+                } else {
+                    serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
+                        ProviderError::permanent(format!(
+                            "the job's saved progress is unreadable: {e}"
+                        ))
+                    })?
+                };
+                self.walk(ctx, limit, cursor).await
+            }
+            Operation::One { serial } => self.one(ctx, &serial).await,
+        }
     }
 }
 

@@ -23,8 +23,8 @@ use reqwest::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
-use crate::config::{AccountKeys, ConfigError, Secret};
+use super::{Provider, ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::JobResult;
 use crate::job::request::RequestError;
 
@@ -236,49 +236,6 @@ pub struct Fresh {
 impl Fresh {
     pub fn new(account: FreshAccount) -> Self {
         Fresh { account }
-    }
-
-    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
-        let mut cursor: Cursor = serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
-            ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
-        })?;
-        if let Some(file_id) = cursor.file_id.clone() {
-            let saved = self.fetch(ctx, &file_id).await?;
-            let result = JobResult {
-                files: vec![saved],
-                warnings: cursor.warnings.clone(),
-            };
-            return Ok(Step::Done {
-                cursor: to_value(&cursor),
-                result,
-            });
-        }
-        if let Some(job_id) = cursor.job_id.clone() {
-            return match self.poll(ctx, &job_id).await? {
-                Answer::Pending => Ok(Step::Wait {
-                    cursor: to_value(&cursor),
-                    hint: None,
-                    poll: true,
-                    note: format!("1C job {job_id} is still being prepared (10202)"),
-                }),
-                Answer::Ready { id, warning } => {
-                    cursor.file_id = Some(id);
-                    cursor.warnings.extend(warning);
-                    // Another status look finds the file again: no commit
-                    // is needed before fetching it.
-                    Ok(Step::Next(to_value(&cursor)))
-                }
-            };
-        }
-        let (job_id, warning) = self.order(ctx).await?;
-        cursor.job_id = Some(job_id.clone());
-        cursor.warnings.extend(warning);
-        Ok(Step::Wait {
-            cursor: to_value(&cursor),
-            hint: None,
-            poll: false,
-            note: format!("ordered; 1C job {job_id}"),
-        })
     }
 
     /// `{base}/{storage}/{id}` with the id as one encoded path segment.
@@ -587,6 +544,74 @@ impl Fresh {
         ProviderError::permanent(format!(
             "{what}: 1C:Fresh refused the credentials (HTTP {status}); check username and password of this account"
         ))
+    }
+}
+
+impl Provider for Fresh {
+    const NAME: &'static str = PROVIDER;
+    type Account = FreshAccount;
+
+    fn read_account(keys: &mut AccountKeys<'_>) -> Result<Self::Account, ConfigError> {
+        FreshAccount::from_keys(keys)
+    }
+
+    fn base_url(account: &Self::Account) -> &url::Url {
+        &account.base_url
+    }
+
+    fn concurrency(account: &Self::Account) -> usize {
+        account.concurrency
+    }
+
+    fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError> {
+        validate_request(operation, params)
+    }
+
+    fn for_account(_account_name: &str, account: Self::Account) -> Self {
+        Fresh::new(account)
+    }
+
+    async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+        let mut cursor: Cursor = serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
+            ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
+        })?;
+        if let Some(file_id) = cursor.file_id.clone() {
+            let saved = self.fetch(ctx, &file_id).await?;
+            let result = JobResult {
+                files: vec![saved],
+                warnings: cursor.warnings.clone(),
+            };
+            return Ok(Step::Done {
+                cursor: to_value(&cursor),
+                result,
+            });
+        }
+        if let Some(job_id) = cursor.job_id.clone() {
+            return match self.poll(ctx, &job_id).await? {
+                Answer::Pending => Ok(Step::Wait {
+                    cursor: to_value(&cursor),
+                    hint: None,
+                    poll: true,
+                    note: format!("1C job {job_id} is still being prepared (10202)"),
+                }),
+                Answer::Ready { id, warning } => {
+                    cursor.file_id = Some(id);
+                    cursor.warnings.extend(warning);
+                    // Another status look finds the file again: no commit
+                    // is needed before fetching it.
+                    Ok(Step::Next(to_value(&cursor)))
+                }
+            };
+        }
+        let (job_id, warning) = self.order(ctx).await?;
+        cursor.job_id = Some(job_id.clone());
+        cursor.warnings.extend(warning);
+        Ok(Step::Wait {
+            cursor: to_value(&cursor),
+            hint: None,
+            poll: false,
+            note: format!("ordered; 1C job {job_id}"),
+        })
     }
 }
 

@@ -65,8 +65,8 @@ use url::Url;
 
 use super::oidc::{Oidc, OidcConfig};
 use super::token::TokenCache;
-use super::{ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
-use crate::config::{AccountKeys, ConfigError, Secret};
+use super::{Provider, ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::request::RequestError;
 use crate::job::{JobResult, SavedFile};
 
@@ -493,32 +493,6 @@ impl KonturDiadoc {
         }
     }
 
-    /// Logins performed so far (classic or OIDC).
-    pub fn logins(&self) -> u64 {
-        match &self.credentials {
-            Credentials::Diadoc { cache, .. } => cache.logins(),
-            Credentials::Oidc(oidc) => oidc.logins(),
-        }
-    }
-
-    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
-        let operation = Operation::parse(&ctx.job.operation)
-            .map_err(|e| ProviderError::permanent(e.to_string()))?;
-        let target = Target::from_params(operation, &ctx.job.params)
-            .map_err(|e| ProviderError::permanent(e.to_string()))?;
-        let cursor: Cursor = match &ctx.job.cursor {
-            serde_json::Value::Null => Cursor::default(),
-            value => serde_json::from_value(value.clone()).map_err(|e| {
-                ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
-            })?,
-        };
-        match operation {
-            Operation::Protocol => self.protocol(ctx, &target, cursor).await,
-            Operation::PrintForm => self.print_form(ctx, &target, cursor).await,
-            Operation::Zip => self.zip(ctx, &target, cursor).await,
-        }
-    }
-
     /// `GET /GenerateDocumentProtocol`: pending answers until the protobuf
     /// comes, then its two files.
     async fn protocol(
@@ -921,6 +895,57 @@ impl KonturDiadoc {
     }
 }
 
+impl Provider for KonturDiadoc {
+    const NAME: &'static str = PROVIDER;
+    type Account = KonturDiadocAccount;
+
+    fn read_account(keys: &mut AccountKeys<'_>) -> Result<Self::Account, ConfigError> {
+        KonturDiadocAccount::from_keys(keys)
+    }
+
+    fn base_url(account: &Self::Account) -> &url::Url {
+        &account.base_url
+    }
+
+    fn concurrency(account: &Self::Account) -> usize {
+        account.concurrency
+    }
+
+    fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError> {
+        validate_request(operation, params)
+    }
+
+    fn for_account(account_name: &str, account: Self::Account) -> Self {
+        KonturDiadoc::new(account_name, account)
+    }
+
+    /// Logins performed so far (classic or OIDC).
+    fn logins(&self) -> u64 {
+        match &self.credentials {
+            Credentials::Diadoc { cache, .. } => cache.logins(),
+            Credentials::Oidc(oidc) => oidc.logins(),
+        }
+    }
+
+    async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+        let operation = Operation::parse(&ctx.job.operation)
+            .map_err(|e| ProviderError::permanent(e.to_string()))?;
+        let target = Target::from_params(operation, &ctx.job.params)
+            .map_err(|e| ProviderError::permanent(e.to_string()))?;
+        let cursor: Cursor = match &ctx.job.cursor {
+            serde_json::Value::Null => Cursor::default(),
+            value => serde_json::from_value(value.clone()).map_err(|e| {
+                ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
+            })?,
+        };
+        match operation {
+            Operation::Protocol => self.protocol(ctx, &target, cursor).await,
+            Operation::PrintForm => self.print_form(ctx, &target, cursor).await,
+            Operation::Zip => self.zip(ctx, &target, cursor).await,
+        }
+    }
+}
+
 /// `DiadocAuth ddauth_api_client_id=KEY[,ddauth_token=TOKEN]`: one line,
 /// parameters separated by `,` as Diadoc's example shows.
 fn diadoc_auth(client_id: &Secret, token: Option<&Secret>) -> String {
@@ -1049,7 +1074,7 @@ async fn starts_with_pdf(folder: &crate::beneath::Subfolder, name: &str) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Environment;
+    use crate::config::keys::Environment;
     use crate::providers::{DEFAULT_COOLDOWN, ErrorClass};
 
     fn keys<'a>(toml_text: &str, env: &'a Environment) -> AccountKeys<'a> {

@@ -79,9 +79,10 @@ use url::Url;
 
 use super::oidc::{Oidc, OidcConfig};
 use super::{
-    ProviderError, Step, StepContext, excerpt, is_transient_status, one_line, read_body_limited,
+    Provider, ProviderError, Step, StepContext, excerpt, is_transient_status, one_line,
+    read_body_limited,
 };
-use crate::config::{AccountKeys, ConfigError, Secret};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::request::{RequestError, hex};
 use crate::job::{JobResult, SavedFile};
 
@@ -1177,142 +1178,6 @@ impl KonturExtern {
         self.unsent().remove(key)
     }
 
-    /// Logins performed so far (for tests).
-    pub fn logins(&self) -> u64 {
-        self.oidc.logins()
-    }
-
-    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
-        let plan = parse_plan(&ctx.job.operation, &ctx.job.params)
-            .map_err(|e| ProviderError::permanent(format!("the request is not valid: {e}")))?;
-        let mut cursor = Cursor::load(&ctx.job.cursor, &plan)?;
-
-        if let (Some(builder_id), Some(task_id)) =
-            (cursor.builder_id.clone(), cursor.task_id.clone())
-        {
-            return self.poll(ctx, &plan, &cursor, &builder_id, &task_id).await;
-        }
-
-        // Nothing is uploaded until every attachment (and signature) is
-        // known to lie inside paths.attachments.
-        if !cursor.all_attached() {
-            check_all_attachments(ctx, &plan, &cursor).await?;
-        }
-
-        if let Some((d, f)) = cursor.next_upload() {
-            let note = self.upload_part(ctx, &plan, &mut cursor, d, f).await?;
-            return Ok(progress(cursor, note));
-        }
-
-        let builder_id = match cursor.builder_id.clone() {
-            Some(id) => id,
-            None => {
-                let id = self.create_builder(ctx, &plan).await?;
-                let note = format!("files uploaded; drafts builder {id} created");
-                self.mark_unsent(document_key(&id, 0));
-                cursor.builder_id = Some(id);
-                return Ok(progress(cursor, note));
-            }
-        };
-
-        for (d, document) in plan.documents.iter().enumerate() {
-            let Some(state) = cursor.documents.get(d) else {
-                continue;
-            };
-            let document_id = match state.document_id.clone() {
-                Some(id) => id,
-                None => {
-                    let (id, found) = self
-                        .document(ctx, &builder_id, &cursor, document, d)
-                        .await?;
-                    let note = if found {
-                        format!(
-                            "document {d} found again as {id}; an interrupted attempt had created it"
-                        )
-                    } else {
-                        format!("document {d} created as {id}")
-                    };
-                    if d + 1 < plan.documents.len() {
-                        self.mark_unsent(document_key(&builder_id, d + 1));
-                    }
-                    self.mark_unsent(file_key(&id, 0));
-                    if let Some(state) = cursor.documents.get_mut(d) {
-                        state.document_id = Some(id);
-                    }
-                    return Ok(progress(cursor, note));
-                }
-            };
-            for (f, file) in document.files.iter().enumerate() {
-                let Some(file_state) = state.files.get(f) else {
-                    continue;
-                };
-                if file_state.file_id.is_some() {
-                    continue;
-                }
-                let Some(content_id) = file_state.content_id.clone() else {
-                    return Err(ProviderError::permanent(
-                        "the job's saved progress lost a content id",
-                    ));
-                };
-                let recorded: Vec<&str> = state
-                    .files
-                    .iter()
-                    .filter_map(|s| s.file_id.as_deref())
-                    .collect();
-                let (id, found) = self
-                    .file(
-                        ctx,
-                        &builder_id,
-                        &document_id,
-                        &content_id,
-                        &recorded,
-                        file,
-                        d,
-                        f,
-                    )
-                    .await?;
-                let note = if found {
-                    format!(
-                        "{:?} found attached to document {d} as file {id}; an interrupted attempt had attached it",
-                        file.path
-                    )
-                } else {
-                    format!("{:?} attached to document {d} as file {id}", file.path)
-                };
-                if f + 1 < document.files.len() {
-                    self.mark_unsent(file_key(&document_id, f + 1));
-                }
-                if let Some(file_state) =
-                    cursor.documents.get_mut(d).and_then(|s| s.files.get_mut(f))
-                {
-                    file_state.file_id = Some(id);
-                }
-                return Ok(progress(cursor, note));
-            }
-        }
-
-        let (task_id, adopted, finished) = self.build(ctx, &builder_id).await?;
-        cursor.task_id = Some(task_id.clone());
-        cursor.burst = 0;
-        if finished {
-            // Already over: the next step reads the result at once.
-            return Ok(Step::Continue(cursor.to_value()));
-        }
-        let note = if adopted {
-            format!(
-                "a build of drafts builder {builder_id} was already running; following its task {task_id}"
-            )
-        } else {
-            format!("build of drafts builder {builder_id} started; task {task_id}")
-        };
-        Ok(Step::Wait {
-            cursor: cursor.to_value(),
-            hint: Some(FIRST_POLL),
-            poll: false,
-            note,
-        })
-    }
-
     /// `{base}/v1/{accountId}/…segments`.
     fn endpoint(&self, segments: &[&str]) -> Url {
         let mut url = self.account.base_url.clone();
@@ -1885,6 +1750,167 @@ impl KonturExtern {
     }
 }
 
+impl Provider for KonturExtern {
+    const NAME: &'static str = PROVIDER;
+    type Account = KonturExternAccount;
+
+    fn read_account(keys: &mut AccountKeys<'_>) -> Result<Self::Account, ConfigError> {
+        KonturExternAccount::from_keys(keys)
+    }
+
+    fn base_url(account: &Self::Account) -> &url::Url {
+        &account.base_url
+    }
+
+    fn concurrency(account: &Self::Account) -> usize {
+        account.concurrency
+    }
+
+    fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError> {
+        validate_request(operation, params)
+    }
+
+    fn for_account(account_name: &str, account: Self::Account) -> Self {
+        KonturExtern::new(account_name, account)
+    }
+
+    /// Logins performed so far (for tests).
+    fn logins(&self) -> u64 {
+        self.oidc.logins()
+    }
+
+    async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+        let plan = parse_plan(&ctx.job.operation, &ctx.job.params)
+            .map_err(|e| ProviderError::permanent(format!("the request is not valid: {e}")))?;
+        let mut cursor = Cursor::load(&ctx.job.cursor, &plan)?;
+
+        if let (Some(builder_id), Some(task_id)) =
+            (cursor.builder_id.clone(), cursor.task_id.clone())
+        {
+            return self.poll(ctx, &plan, &cursor, &builder_id, &task_id).await;
+        }
+
+        // Nothing is uploaded until every attachment (and signature) is
+        // known to lie inside paths.attachments.
+        if !cursor.all_attached() {
+            check_all_attachments(ctx, &plan, &cursor).await?;
+        }
+
+        if let Some((d, f)) = cursor.next_upload() {
+            let note = self.upload_part(ctx, &plan, &mut cursor, d, f).await?;
+            return Ok(progress(cursor, note));
+        }
+
+        let builder_id = match cursor.builder_id.clone() {
+            Some(id) => id,
+            None => {
+                let id = self.create_builder(ctx, &plan).await?;
+                let note = format!("files uploaded; drafts builder {id} created");
+                self.mark_unsent(document_key(&id, 0));
+                cursor.builder_id = Some(id);
+                return Ok(progress(cursor, note));
+            }
+        };
+
+        for (d, document) in plan.documents.iter().enumerate() {
+            let Some(state) = cursor.documents.get(d) else {
+                continue;
+            };
+            let document_id = match state.document_id.clone() {
+                Some(id) => id,
+                None => {
+                    let (id, found) = self
+                        .document(ctx, &builder_id, &cursor, document, d)
+                        .await?;
+                    let note = if found {
+                        format!(
+                            "document {d} found again as {id}; an interrupted attempt had created it"
+                        )
+                    } else {
+                        format!("document {d} created as {id}")
+                    };
+                    if d + 1 < plan.documents.len() {
+                        self.mark_unsent(document_key(&builder_id, d + 1));
+                    }
+                    self.mark_unsent(file_key(&id, 0));
+                    if let Some(state) = cursor.documents.get_mut(d) {
+                        state.document_id = Some(id);
+                    }
+                    return Ok(progress(cursor, note));
+                }
+            };
+            for (f, file) in document.files.iter().enumerate() {
+                let Some(file_state) = state.files.get(f) else {
+                    continue;
+                };
+                if file_state.file_id.is_some() {
+                    continue;
+                }
+                let Some(content_id) = file_state.content_id.clone() else {
+                    return Err(ProviderError::permanent(
+                        "the job's saved progress lost a content id",
+                    ));
+                };
+                let recorded: Vec<&str> = state
+                    .files
+                    .iter()
+                    .filter_map(|s| s.file_id.as_deref())
+                    .collect();
+                let (id, found) = self
+                    .file(
+                        ctx,
+                        &builder_id,
+                        &document_id,
+                        &content_id,
+                        &recorded,
+                        file,
+                        d,
+                        f,
+                    )
+                    .await?;
+                let note = if found {
+                    format!(
+                        "{:?} found attached to document {d} as file {id}; an interrupted attempt had attached it",
+                        file.path
+                    )
+                } else {
+                    format!("{:?} attached to document {d} as file {id}", file.path)
+                };
+                if f + 1 < document.files.len() {
+                    self.mark_unsent(file_key(&document_id, f + 1));
+                }
+                if let Some(file_state) =
+                    cursor.documents.get_mut(d).and_then(|s| s.files.get_mut(f))
+                {
+                    file_state.file_id = Some(id);
+                }
+                return Ok(progress(cursor, note));
+            }
+        }
+
+        let (task_id, adopted, finished) = self.build(ctx, &builder_id).await?;
+        cursor.task_id = Some(task_id.clone());
+        cursor.burst = 0;
+        if finished {
+            // Already over: the next step reads the result at once.
+            return Ok(Step::Continue(cursor.to_value()));
+        }
+        let note = if adopted {
+            format!(
+                "a build of drafts builder {builder_id} was already running; following its task {task_id}"
+            )
+        } else {
+            format!("build of drafts builder {builder_id} started; task {task_id}")
+        };
+        Ok(Step::Wait {
+            cursor: cursor.to_value(),
+            hint: Some(FIRST_POLL),
+            poll: false,
+            note,
+        })
+    }
+}
+
 fn answer_text(value: &Value) -> Vec<u8> {
     value.to_string().into_bytes()
 }
@@ -1970,7 +1996,7 @@ async fn save_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Environment;
+    use crate::config::keys::Environment;
     use crate::providers::ErrorClass;
 
     fn request() -> Value {

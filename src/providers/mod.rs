@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::beneath::Subfolder;
-use crate::config::{AccountKeys, ConfigError, Settings};
+use crate::config::keys::{AccountKeys, ConfigError};
 use crate::download::{self, DownloadError};
 use crate::job::request::RequestError;
 use crate::job::{Job, JobResult, SavedFile};
@@ -276,99 +276,199 @@ pub fn one_line(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// One configured account, by provider.
-#[derive(Debug, Clone)]
-pub enum AccountConfig {
-    Fresh(fresh::FreshAccount),
-    Ofd(ofd::OfdAccount),
-    Atol(atol::AtolAccount),
-    KonturExtern(kontur_extern::KonturExternAccount),
-    KonturDiadoc(kontur_diadoc::KonturDiadocAccount),
+/// The contract every provider keeps: how its account settings are read
+/// from the config keys, how a request is checked before it is accepted,
+/// one step of a job, and (optionally) telling the service a job was
+/// cancelled. The [`providers!`] registry below only dispatches to it, so a
+/// sixth provider is one folder and one line there.
+pub trait Provider: Sized + Send + Sync + 'static {
+    /// The name jobs, metrics and `[accounts.*] provider = "…"` use.
+    const NAME: &'static str;
+    /// The account's typed settings.
+    type Account: std::fmt::Debug + Clone + Send + Sync;
+
+    /// Takes this provider's keys from an `[accounts.NAME]` table; the
+    /// caller rejects whatever keys are left over.
+    fn read_account(keys: &mut AccountKeys<'_>) -> Result<Self::Account, ConfigError>;
+
+    /// Jobs of the account that may run a step at once.
+    fn concurrency(account: &Self::Account) -> usize;
+
+    /// The service's base URL, as the account's `base_url` gives it.
+    fn base_url(account: &Self::Account) -> &url::Url;
+
+    /// Checks a request's operation and parameters before it is accepted.
+    fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError>;
+
+    /// The provider bound to one account, with whatever state it shares
+    /// between that account's jobs (sessions, tokens).
+    fn for_account(account_name: &str, account: Self::Account) -> Self;
+
+    /// Runs one step of `ctx.job`.
+    fn step(
+        &self,
+        ctx: &StepContext<'_>,
+    ) -> impl std::future::Future<Output = Result<Step, ProviderError>> + Send;
+
+    /// Logins to the service so far (new tokens); a provider that sends its
+    /// credentials with every call never logs in.
+    fn logins(&self) -> u64 {
+        0
+    }
+
+    /// Tells the service a job was cancelled, where it has a way to hear it.
+    /// Best effort: the job is cancelled either way.
+    fn cancel_remote(
+        &self,
+        _http: &reqwest::Client,
+        _job: &Job,
+    ) -> impl std::future::Future<Output = Result<(), ProviderError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
-/// The provider names `[accounts.*] provider = "…"` accepts.
-pub const PROVIDERS: &[&str] = &[
-    fresh::PROVIDER,
-    ofd::PROVIDER,
-    atol::PROVIDER,
-    kontur_extern::PROVIDER,
-    kontur_diadoc::PROVIDER,
-];
+/// Declares the providers: one line each, `Variant => module::Type`. From it
+/// come the account settings enum ([`AccountConfig`]), the runtime enum
+/// ([`AnyProvider`]), the list of names ([`PROVIDERS`]) and the dispatch,
+/// all of which only forward to [`Provider`].
+macro_rules! providers {
+    ($($variant:ident => $module:ident :: $ty:ident),+ $(,)?) => {
+        /// One configured account, by provider.
+        #[derive(Debug, Clone)]
+        pub enum AccountConfig {
+            $($variant(<$module::$ty as Provider>::Account),)+
+        }
+
+        /// The provider names `[accounts.*] provider = "…"` accepts.
+        pub const PROVIDERS: &[&str] = &[$(<$module::$ty as Provider>::NAME,)+];
+
+        impl AccountConfig {
+            /// Reads the keys of the provider named `provider`, or `None`
+            /// when no provider has that name.
+            fn read(
+                provider: &str,
+                keys: &mut AccountKeys<'_>,
+            ) -> Option<Result<Self, ConfigError>> {
+                $(
+                    if provider == <$module::$ty as Provider>::NAME {
+                        return Some(
+                            <$module::$ty as Provider>::read_account(keys)
+                                .map(AccountConfig::$variant),
+                        );
+                    }
+                )+
+                None
+            }
+
+            pub fn provider_name(&self) -> &'static str {
+                match self {
+                    $(AccountConfig::$variant(_) => <$module::$ty as Provider>::NAME,)+
+                }
+            }
+
+            /// The service's base URL, as the account's `base_url` gives it.
+            pub fn base_url(&self) -> &url::Url {
+                match self {
+                    $(AccountConfig::$variant(a) => <$module::$ty as Provider>::base_url(a),)+
+                }
+            }
+
+            /// Jobs of this account that may run a step at once.
+            pub fn concurrency(&self) -> usize {
+                match self {
+                    $(AccountConfig::$variant(a) => <$module::$ty as Provider>::concurrency(a),)+
+                }
+            }
+
+            /// Checks a request's operation and parameters before it is accepted.
+            pub fn validate_request(
+                &self,
+                operation: &str,
+                params: &serde_json::Value,
+            ) -> Result<(), RequestError> {
+                match self {
+                    $(AccountConfig::$variant(_) => {
+                        <$module::$ty as Provider>::validate_request(operation, params)
+                    })+
+                }
+            }
+        }
+
+        /// A provider bound to one account. Boxed: one per account, sizes vary.
+        pub enum AnyProvider {
+            $($variant(Box<$module::$ty>),)+
+        }
+
+        impl AnyProvider {
+            /// The provider's name, as jobs and metrics label it (`1c-fresh`, …).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(AnyProvider::$variant(_) => <$module::$ty as Provider>::NAME,)+
+                }
+            }
+
+            /// Logins to the service so far (new tokens).
+            pub fn logins(&self) -> u64 {
+                match self {
+                    $(AnyProvider::$variant(p) => p.logins(),)+
+                }
+            }
+
+            pub fn new(name: &str, config: &AccountConfig) -> AnyProvider {
+                match config {
+                    $(AccountConfig::$variant(account) => AnyProvider::$variant(Box::new(
+                        <$module::$ty as Provider>::for_account(name, account.clone()),
+                    )),)+
+                }
+            }
+
+            /// Runs one step of `ctx.job`.
+            pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+                match self {
+                    $(AnyProvider::$variant(p) => p.step(ctx).await,)+
+                }
+            }
+
+            /// Tells the service a job was cancelled (OFD's `CancelUrl`).
+            /// Best effort: the job is cancelled either way.
+            pub async fn cancel_remote(
+                &self,
+                http: &reqwest::Client,
+                job: &Job,
+            ) -> Result<(), ProviderError> {
+                match self {
+                    $(AnyProvider::$variant(p) => p.cancel_remote(http, job).await,)+
+                }
+            }
+        }
+    };
+}
+
+providers! {
+    Fresh => fresh::Fresh,
+    Ofd => ofd::Ofd,
+    Atol => atol::Atol,
+    KonturExtern => kontur_extern::KonturExtern,
+    KonturDiadoc => kontur_diadoc::KonturDiadoc,
+}
 
 impl AccountConfig {
     /// Reads an `[accounts.NAME]` table; `provider` selects the module.
     pub fn from_keys(mut keys: AccountKeys<'_>) -> Result<Self, ConfigError> {
         let account = keys.account.clone();
         let provider = keys.required("provider")?;
-        let config = match provider.as_str() {
-            fresh::PROVIDER => AccountConfig::Fresh(fresh::FreshAccount::from_keys(&mut keys)?),
-            ofd::PROVIDER => AccountConfig::Ofd(ofd::OfdAccount::from_keys(&mut keys)?),
-            atol::PROVIDER => AccountConfig::Atol(atol::AtolAccount::from_keys(&mut keys)?),
-            kontur_extern::PROVIDER => AccountConfig::KonturExtern(
-                kontur_extern::KonturExternAccount::from_keys(&mut keys)?,
-            ),
-            kontur_diadoc::PROVIDER => AccountConfig::KonturDiadoc(
-                kontur_diadoc::KonturDiadocAccount::from_keys(&mut keys)?,
-            ),
-            other => {
-                return Err(ConfigError::invalid(
-                    format!("accounts.{account}.provider"),
-                    format!(
-                        "unknown provider {other:?}; known providers: {}",
-                        PROVIDERS.join(", ")
-                    ),
-                ));
-            }
+        let Some(config) = AccountConfig::read(&provider, &mut keys) else {
+            return Err(ConfigError::invalid(
+                format!("accounts.{account}.provider"),
+                format!(
+                    "unknown provider {provider:?}; known providers: {}",
+                    PROVIDERS.join(", ")
+                ),
+            ));
         };
+        let config = config?;
         keys.finish()?;
         Ok(config)
-    }
-
-    pub fn provider_name(&self) -> &'static str {
-        match self {
-            AccountConfig::Fresh(_) => fresh::PROVIDER,
-            AccountConfig::Ofd(_) => ofd::PROVIDER,
-            AccountConfig::Atol(_) => atol::PROVIDER,
-            AccountConfig::KonturExtern(_) => kontur_extern::PROVIDER,
-            AccountConfig::KonturDiadoc(_) => kontur_diadoc::PROVIDER,
-        }
-    }
-
-    /// The service's base URL, as the account's `base_url` gives it.
-    pub fn base_url(&self) -> &url::Url {
-        match self {
-            AccountConfig::Fresh(a) => &a.base_url,
-            AccountConfig::Ofd(a) => &a.base_url,
-            AccountConfig::Atol(a) => &a.base_url,
-            AccountConfig::KonturExtern(a) => &a.base_url,
-            AccountConfig::KonturDiadoc(a) => &a.base_url,
-        }
-    }
-
-    /// Jobs of this account that may run a step at once.
-    pub fn concurrency(&self) -> usize {
-        match self {
-            AccountConfig::Fresh(a) => a.concurrency,
-            AccountConfig::Ofd(a) => a.concurrency,
-            AccountConfig::Atol(a) => a.concurrency,
-            AccountConfig::KonturExtern(a) => a.concurrency,
-            AccountConfig::KonturDiadoc(a) => a.concurrency,
-        }
-    }
-
-    /// Checks a request's operation and parameters before it is accepted.
-    pub fn validate_request(
-        &self,
-        operation: &str,
-        params: &serde_json::Value,
-    ) -> Result<(), RequestError> {
-        match self {
-            AccountConfig::Fresh(_) => fresh::validate_request(operation, params),
-            AccountConfig::Ofd(_) => ofd::validate_request(operation, params),
-            AccountConfig::Atol(_) => atol::validate_request(operation, params),
-            AccountConfig::KonturExtern(_) => kontur_extern::validate_request(operation, params),
-            AccountConfig::KonturDiadoc(_) => kontur_diadoc::validate_request(operation, params),
-        }
     }
 }
 
@@ -384,91 +484,11 @@ pub fn concurrency_key(keys: &mut AccountKeys<'_>, default: usize) -> Result<usi
     }
 }
 
-/// A provider bound to one account, with whatever state it keeps (sessions,
-/// tokens) shared by that account's jobs. Boxed: one per account, sizes vary.
-pub enum Provider {
-    Fresh(Box<fresh::Fresh>),
-    Ofd(Box<ofd::Ofd>),
-    Atol(Box<atol::Atol>),
-    KonturExtern(Box<kontur_extern::KonturExtern>),
-    KonturDiadoc(Box<kontur_diadoc::KonturDiadoc>),
-}
-
-impl Provider {
-    /// The provider's name, as jobs and metrics label it (`1c-fresh`, …).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Provider::Fresh(_) => fresh::PROVIDER,
-            Provider::Ofd(_) => ofd::PROVIDER,
-            Provider::Atol(_) => atol::PROVIDER,
-            Provider::KonturExtern(_) => kontur_extern::PROVIDER,
-            Provider::KonturDiadoc(_) => kontur_diadoc::PROVIDER,
-        }
-    }
-
-    /// Logins to the service so far (new tokens); 1C:Fresh sends Basic auth
-    /// with every call and never logs in.
-    pub fn logins(&self) -> u64 {
-        match self {
-            Provider::Fresh(_) => 0,
-            Provider::Ofd(p) => p.logins(),
-            Provider::Atol(p) => p.logins(),
-            Provider::KonturExtern(p) => p.logins(),
-            Provider::KonturDiadoc(p) => p.logins(),
-        }
-    }
-
-    pub fn new(name: &str, config: &AccountConfig) -> Provider {
-        match config {
-            AccountConfig::Fresh(account) => {
-                Provider::Fresh(Box::new(fresh::Fresh::new(account.clone())))
-            }
-            AccountConfig::Ofd(account) => Provider::Ofd(Box::new(ofd::Ofd::new(account.clone()))),
-            AccountConfig::Atol(account) => {
-                Provider::Atol(Box::new(atol::Atol::new(account.clone())))
-            }
-            AccountConfig::KonturExtern(account) => Provider::KonturExtern(Box::new(
-                kontur_extern::KonturExtern::new(name, account.clone()),
-            )),
-            AccountConfig::KonturDiadoc(account) => Provider::KonturDiadoc(Box::new(
-                kontur_diadoc::KonturDiadoc::new(name, account.clone()),
-            )),
-        }
-    }
-
-    /// Runs one step of `ctx.job`.
-    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
-        match self {
-            Provider::Fresh(p) => p.step(ctx).await,
-            Provider::Ofd(p) => p.step(ctx).await,
-            Provider::Atol(p) => p.step(ctx).await,
-            Provider::KonturExtern(p) => p.step(ctx).await,
-            Provider::KonturDiadoc(p) => p.step(ctx).await,
-        }
-    }
-
-    /// Tells the service a job was cancelled, where it has a way to hear it
-    /// (OFD's `CancelUrl`). Best effort: the job is cancelled either way.
-    pub async fn cancel_remote(
-        &self,
-        http: &reqwest::Client,
-        job: &Job,
-    ) -> Result<(), ProviderError> {
-        match self {
-            Provider::Fresh(_)
-            | Provider::Atol(_)
-            | Provider::KonturExtern(_)
-            | Provider::KonturDiadoc(_) => Ok(()),
-            Provider::Ofd(p) => p.cancel_remote(http, job).await,
-        }
-    }
-}
-
 /// One account at run time: its provider, the limit on its concurrent
 /// steps, and the pause a 429 imposed on it.
 pub struct Account {
     pub name: String,
-    pub provider: Provider,
+    pub provider: AnyProvider,
     pub limit: Arc<tokio::sync::Semaphore>,
     /// The limit `limit` enforces, for the store's account-wide slots.
     pub concurrency: usize,
@@ -506,20 +526,22 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn from_settings(settings: &Settings) -> Providers {
+    /// The providers of the given accounts (`(name, settings)` pairs).
+    pub fn from_accounts<'a>(
+        accounts: impl IntoIterator<Item = (&'a str, &'a AccountConfig)>,
+    ) -> Providers {
         Providers {
-            by_account: settings
-                .accounts
-                .iter()
-                .map(|(name, account)| {
+            by_account: accounts
+                .into_iter()
+                .map(|(name, config)| {
                     let runtime = Account {
-                        name: name.clone(),
-                        provider: Provider::new(name, &account.config),
-                        limit: Arc::new(tokio::sync::Semaphore::new(account.config.concurrency())),
-                        concurrency: account.config.concurrency(),
+                        name: name.to_string(),
+                        provider: AnyProvider::new(name, config),
+                        limit: Arc::new(tokio::sync::Semaphore::new(config.concurrency())),
+                        concurrency: config.concurrency(),
                         cooldown_until: std::sync::Mutex::new(None),
                     };
-                    (name.clone(), Arc::new(runtime))
+                    (name.to_string(), Arc::new(runtime))
                 })
                 .collect(),
         }

@@ -34,8 +34,8 @@ use serde_json::Value;
 use url::Url;
 
 use super::token::TokenCache;
-use super::{ProviderError, Step, StepContext, excerpt, read_body_limited};
-use crate::config::{AccountKeys, ConfigError, Secret};
+use super::{Provider, ProviderError, Step, StepContext, excerpt, read_body_limited};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 use crate::job::request::RequestError;
 use crate::job::{Job, JobResult, SavedFile};
 
@@ -880,106 +880,6 @@ impl Ofd {
         }
     }
 
-    /// Logins performed so far (for tests and metrics).
-    pub fn logins(&self) -> u64 {
-        self.tokens.logins()
-    }
-
-    pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
-        let mut cursor: Cursor = serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
-            ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
-        })?;
-        let call = Call::of(ctx);
-        match cursor.phase {
-            Phase::New => {
-                // Nothing is sent in this step: the name is saved first, so
-                // that whatever happens to the order, it can be found again.
-                let name = report_name(&ctx.job.name, text(&ctx.job.params, "Name").as_deref());
-                self.unsent_names().insert(name.clone());
-                cursor.name = Some(name);
-                cursor.since = Some(format_utc(Utc::now().naive_utc()));
-                cursor.phase = Phase::Ordering;
-                Ok(Step::Continue(to_value(&cursor)))
-            }
-            Phase::Ordering => self.order(ctx, call, cursor).await,
-            Phase::Waiting => self.poll(ctx, call, cursor).await,
-            Phase::Downloaded => {
-                let saved = cursor.saved.clone().ok_or_else(unreadable)?;
-                let report = cursor.report.clone().ok_or_else(unreadable)?;
-                if let Some(warning) = self
-                    .delete(call, &report, cursor.agreement.as_deref())
-                    .await
-                {
-                    cursor.warnings.push(warning);
-                }
-                let result = JobResult {
-                    files: vec![saved],
-                    warnings: cursor.warnings.clone(),
-                };
-                Ok(Step::Done {
-                    cursor: to_value(&cursor),
-                    result,
-                })
-            }
-        }
-    }
-
-    /// Calls the report's `CancelUrl` when the job is cancelled while waiting
-    /// ("if the report is not generated yet, it can be cancelled by GET").
-    /// A job cancelled while ordering has its report looked up by name.
-    pub async fn cancel_remote(
-        &self,
-        http: &reqwest::Client,
-        job: &Job,
-    ) -> Result<(), ProviderError> {
-        let Ok(cursor) = serde_json::from_value::<Cursor>(job.cursor.clone()) else {
-            return Ok(());
-        };
-        let call = Call {
-            http,
-            who: Who {
-                account: &job.account,
-                job: &job.name,
-            },
-            timeout: None,
-        };
-        let report = match (cursor.phase, cursor.report, cursor.name) {
-            (Phase::Waiting, Some(report), _) => report,
-            (Phase::Ordering, None, Some(name)) => {
-                let list = self
-                    .list(
-                        call,
-                        cursor.agreement.as_deref(),
-                        "looking for the report to cancel",
-                    )
-                    .await?;
-                match list
-                    .reports
-                    .iter()
-                    .find(|r| r.name.as_deref() == Some(name.as_str()))
-                {
-                    Some(found) if matches!(status_of(found), Status::Pending(_)) => {
-                        ReportRef::from_report(found)
-                    }
-                    _ => return Ok(()),
-                }
-            }
-            _ => return Ok(()),
-        };
-        let what = format!("cancelling OFD.ru report {}", report.id);
-        let url = match &report.cancel_url {
-            Some(relative) => self.resolve(relative, &what)?,
-            None => self.report_url(
-                &report.id,
-                Some("cancel"),
-                "ofdAgreementId",
-                cursor.agreement.as_deref(),
-            ),
-        };
-        let response = self.send(call, Method::GET, url, None, &what).await?;
-        self.success_body(call, response, &what).await.map(|_| ())
-    }
-
     fn unsent_names(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.unsent.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1495,6 +1395,127 @@ impl Ofd {
         let path = format!("{prefix}/{}", relative.trim_start_matches('/'));
         base.join(&path)
             .map_err(|_| ProviderError::transient(format!("{what}: OFD.ru sent an unusable URL")))
+    }
+}
+
+impl Provider for Ofd {
+    const NAME: &'static str = PROVIDER;
+    type Account = OfdAccount;
+
+    fn read_account(keys: &mut AccountKeys<'_>) -> Result<Self::Account, ConfigError> {
+        OfdAccount::from_keys(keys)
+    }
+
+    fn base_url(account: &Self::Account) -> &url::Url {
+        &account.base_url
+    }
+
+    fn concurrency(account: &Self::Account) -> usize {
+        account.concurrency
+    }
+
+    fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError> {
+        validate_request(operation, params)
+    }
+
+    fn for_account(_account_name: &str, account: Self::Account) -> Self {
+        Ofd::new(account)
+    }
+
+    /// Logins performed so far (for tests and metrics).
+    fn logins(&self) -> u64 {
+        self.tokens.logins()
+    }
+
+    async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
+        let mut cursor: Cursor = serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
+            ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
+        })?;
+        let call = Call::of(ctx);
+        match cursor.phase {
+            Phase::New => {
+                // Nothing is sent in this step: the name is saved first, so
+                // that whatever happens to the order, it can be found again.
+                let name = report_name(&ctx.job.name, text(&ctx.job.params, "Name").as_deref());
+                self.unsent_names().insert(name.clone());
+                cursor.name = Some(name);
+                cursor.since = Some(format_utc(Utc::now().naive_utc()));
+                cursor.phase = Phase::Ordering;
+                Ok(Step::Continue(to_value(&cursor)))
+            }
+            Phase::Ordering => self.order(ctx, call, cursor).await,
+            Phase::Waiting => self.poll(ctx, call, cursor).await,
+            Phase::Downloaded => {
+                let saved = cursor.saved.clone().ok_or_else(unreadable)?;
+                let report = cursor.report.clone().ok_or_else(unreadable)?;
+                if let Some(warning) = self
+                    .delete(call, &report, cursor.agreement.as_deref())
+                    .await
+                {
+                    cursor.warnings.push(warning);
+                }
+                let result = JobResult {
+                    files: vec![saved],
+                    warnings: cursor.warnings.clone(),
+                };
+                Ok(Step::Done {
+                    cursor: to_value(&cursor),
+                    result,
+                })
+            }
+        }
+    }
+
+    /// Calls the report's `CancelUrl` when the job is cancelled while waiting
+    /// ("if the report is not generated yet, it can be cancelled by GET").
+    /// A job cancelled while ordering has its report looked up by name.
+    async fn cancel_remote(&self, http: &reqwest::Client, job: &Job) -> Result<(), ProviderError> {
+        let Ok(cursor) = serde_json::from_value::<Cursor>(job.cursor.clone()) else {
+            return Ok(());
+        };
+        let call = Call {
+            http,
+            who: Who {
+                account: &job.account,
+                job: &job.name,
+            },
+            timeout: None,
+        };
+        let report = match (cursor.phase, cursor.report, cursor.name) {
+            (Phase::Waiting, Some(report), _) => report,
+            (Phase::Ordering, None, Some(name)) => {
+                let list = self
+                    .list(
+                        call,
+                        cursor.agreement.as_deref(),
+                        "looking for the report to cancel",
+                    )
+                    .await?;
+                match list
+                    .reports
+                    .iter()
+                    .find(|r| r.name.as_deref() == Some(name.as_str()))
+                {
+                    Some(found) if matches!(status_of(found), Status::Pending(_)) => {
+                        ReportRef::from_report(found)
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        let what = format!("cancelling OFD.ru report {}", report.id);
+        let url = match &report.cancel_url {
+            Some(relative) => self.resolve(relative, &what)?,
+            None => self.report_url(
+                &report.id,
+                Some("cancel"),
+                "ofdAgreementId",
+                cursor.agreement.as_deref(),
+            ),
+        };
+        let response = self.send(call, Method::GET, url, None, &what).await?;
+        self.success_body(call, response, &what).await.map(|_| ())
     }
 }
 

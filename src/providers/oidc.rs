@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use super::token::TokenCache;
 use super::{ProviderError, excerpt, read_body_limited};
-use crate::config::{AccountKeys, ConfigError, Secret};
+use crate::config::keys::{AccountKeys, ConfigError, Secret};
 
 /// Default identity server.
 pub const DEFAULT_IDENTITY: &str = "https://identity.kontur.ru";

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use super::{ErrorClass, ProviderError};
-use crate::config::Secret;
+use crate::config::keys::Secret;
 
 /// How long refused credentials are remembered before the next login try.
 pub const REFUSAL_MEMORY: Duration = Duration::from_secs(600);
