@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::Settings;
-use crate::job::{Job, JobResult, JobState, Millis, RetryPolicy, now_ms};
+use crate::job::{Job, JobResult, JobState, Millis, NextRun, NextRunWhy, RetryPolicy, now_ms};
 use crate::providers::{Account, ErrorClass, ProviderError, Providers, Step, StepContext};
 use crate::receipt;
 use crate::store::{Settlement, SlotGrant, Store, StoreError, Transition};
@@ -42,6 +42,21 @@ const STORE_PATIENCE_MAX: Duration = Duration::from_secs(5);
 
 /// How often the idle driver asks whether another process (the CLI) added work.
 const CROSS_PROCESS_CHECK: Duration = Duration::from_secs(1);
+
+/// The history line of a job postponed because its account was busy.
+const BUSY: &str = "every concurrency slot of the account is taken";
+
+/// What a provider's wait hint is: Kontur.Diadoc's comes from the
+/// `Retry-After` of its "not ready yet" answer; the others' from an ETA the
+/// service gives (OFD.ru's `AssumptiveCompleteTime`) or the pacing their
+/// module knows the service needs.
+fn hint_why(provider: &str) -> NextRunWhy {
+    if provider == crate::providers::kontur_diadoc::PROVIDER {
+        NextRunWhy::RetryAfter
+    } else {
+        NextRunWhy::Eta
+    }
+}
 
 /// Runs jobs. Cheap to share behind an `Arc`.
 pub struct Scheduler {
@@ -250,12 +265,16 @@ impl Scheduler {
         if let Some(until) = account.cooling_until() {
             let pause = until.saturating_duration_since(std::time::Instant::now());
             debug!(pause = %format_duration(pause), "account is pausing after a 429");
-            return self.postpone(&job, pause).await;
+            let why = (NextRunWhy::AccountPause, Some(pause));
+            return self
+                .postpone(&job, pause, why, "the account is paused after a 429")
+                .await;
         }
         // At most `concurrency` jobs per account talk to its service at once.
         let Some(permit) = account_permit(&account).await else {
             let delay = ACCOUNT_WAIT.mul_f64(1.0 + fastrand::f64());
-            return self.postpone(&job, delay).await;
+            let why = (NextRunWhy::AccountBusy, None);
+            return self.postpone(&job, delay, why, BUSY).await;
         };
         // The same limit and pause across every daemon sharing the store.
         match self
@@ -273,17 +292,22 @@ impl Scheduler {
             Ok(SlotGrant::Busy) => {
                 debug!("every slot of the account is taken by other daemons");
                 let delay = ACCOUNT_WAIT.mul_f64(1.0 + fastrand::f64());
-                return self.postpone(&job, delay).await;
+                let why = (NextRunWhy::AccountBusy, None);
+                return self.postpone(&job, delay, why, BUSY).await;
             }
             Ok(SlotGrant::Cooling(until)) => {
                 let pause = Duration::from_millis(u64::try_from(until - now_ms()).unwrap_or(0));
                 debug!(pause = %format_duration(pause), "another daemon got a 429 for this account; pausing it here too");
                 account.cool_down(pause);
-                return self.postpone(&job, pause).await;
+                let why = (NextRunWhy::AccountPause, Some(pause));
+                let message = "the account is paused after a 429 (seen by another daemon)";
+                return self.postpone(&job, pause, why, message).await;
             }
             Err(e) if e.is_transient() => {
                 warn!(error = %e, "cannot take an account slot; trying the job again shortly");
-                return self.postpone(&job, ACCOUNT_WAIT).await;
+                let why = (NextRunWhy::Backoff, None);
+                let message = "cannot take an account slot from the store";
+                return self.postpone(&job, ACCOUNT_WAIT, why, message).await;
             }
             Err(e) => return self.abandoned(&job, e).await,
         }
@@ -420,12 +444,15 @@ impl Scheduler {
     ) -> Outcome {
         let polls = job.polls + u32::from(poll);
         let delay = self.policy.poll_delay(polls, hint, fastrand::f64());
-        let next = self.next_run(job, delay);
-        debug!(polls, next_in = %format_duration(delay), "{note}");
+        let next = match hint {
+            Some(_) => self.next_run(job, delay, hint_why(&job.provider), hint, None),
+            None => self.next_run(job, delay, NextRunWhy::Backoff, None, Some(polls)),
+        };
+        debug!(polls, next_in = %format_duration(delay), why = next.why.as_str(), "{note}");
         let t = Transition {
             state: JobState::Waiting,
             cursor,
-            next_run_at: next,
+            next_run_at: next.next_run_at,
             attempts: 0,
             polls,
             last_error: None,
@@ -434,6 +461,7 @@ impl Scheduler {
                 if poll { "poll" } else { "progress" }.into(),
                 format!("{note}; next check in {}", format_duration(delay)),
             ),
+            detail: Some(next),
             hooks_pending: false,
         };
         self.persist(job, t, commit).await
@@ -497,7 +525,9 @@ impl Scheduler {
                 // service; only its receipt is tried again.
                 let delay = self.policy.retry_initial.mul_f64(1.0 + fastrand::f64());
                 error!(error = %e, retry_in = %format_duration(delay), "cannot write the receipt; the outcome is kept and the receipt is tried again");
-                return self.postpone(&job, delay).await;
+                let why = (NextRunWhy::Backoff, None);
+                let message = "cannot write the receipt; trying it again";
+                return self.postpone(&job, delay, why, message).await;
             }
         }
         let mut event = match state {
@@ -527,6 +557,7 @@ impl Scheduler {
             last_error: job.last_error.clone(),
             result: job.result.clone(),
             event,
+            detail: None,
             hooks_pending: self.hooks_for(&job).applies_to(state),
         };
         let outcome = self.persist(&job, t, commit).await;
@@ -570,10 +601,16 @@ impl Scheduler {
         {
             Some(delay) => {
                 warn!(attempts, retry_in = %format_duration(delay), error = %e.message, "transient error, will retry");
+                let next = match e.retry_after {
+                    Some(_) => {
+                        self.next_run(job, delay, NextRunWhy::RetryAfter, e.retry_after, None)
+                    }
+                    None => self.next_run(job, delay, NextRunWhy::Backoff, None, Some(attempts)),
+                };
                 let t = Transition {
                     state: JobState::Waiting,
                     cursor: job.cursor.clone(),
-                    next_run_at: self.next_run(job, delay),
+                    next_run_at: next.next_run_at,
                     attempts,
                     polls: job.polls,
                     last_error: Some(e.message.clone()),
@@ -586,6 +623,7 @@ impl Scheduler {
                             format_duration(delay)
                         ),
                     ),
+                    detail: Some(next),
                     hooks_pending: false,
                 };
                 self.persist(job, t, commit).await
@@ -618,11 +656,20 @@ impl Scheduler {
         job.hooks.clone().unwrap_or_default().or(&account)
     }
 
-    /// Hands the job back unrun, due again after `delay`.
-    async fn postpone(&self, job: &Job, delay: Duration) -> Outcome {
+    /// Hands the job back unrun, due again after `delay`, with an event
+    /// saying why (`why`: the reason and the pause asked for, if any).
+    async fn postpone(
+        &self,
+        job: &Job,
+        delay: Duration,
+        why: (NextRunWhy, Option<Duration>),
+        message: &str,
+    ) -> Outcome {
+        let next = self.next_run(job, delay, why.0, why.1, None);
+        let message = format!("{message}; next try in {}", format_duration(delay));
         match self
             .store
-            .postpone(&job.id, &self.owner, self.next_run(job, delay))
+            .postpone_because(&job.id, &self.owner, &next, &message)
             .await
         {
             Ok(()) => {
@@ -633,16 +680,17 @@ impl Scheduler {
         }
     }
 
-    /// The next run time, never past the deadline (so a job that would
-    /// sleep beyond it wakes up in time to fail as timed out).
-    fn next_run(&self, job: &Job, delay: Duration) -> Millis {
-        // Run times are whole milliseconds, rounded down, and so is the
-        // delay: one more keeps a poll from landing a fraction of a
-        // millisecond before a provider's Retry-After or ETA is over.
-        now_ms()
-            .saturating_add(millis(delay))
-            .saturating_add(1)
-            .min(job.deadline_at)
+    /// The next run time and why, never past the deadline (so a job that
+    /// would sleep beyond it wakes up in time to fail as timed out).
+    fn next_run(
+        &self,
+        job: &Job,
+        delay: Duration,
+        why: NextRunWhy,
+        hint: Option<Duration>,
+        step: Option<u32>,
+    ) -> NextRun {
+        NextRun::after(now_ms(), delay, job.deadline_at, why, hint, step)
     }
 
     /// Persists a transition, waiting out a store that cannot take it now.

@@ -231,6 +231,7 @@ pub(crate) fn done_transition() -> Transition {
             "done".into(),
             "done: balance_sheet.json (4096 bytes)".into(),
         ),
+        detail: None,
         hooks_pending: false,
     }
 }

@@ -8,6 +8,7 @@
 //!               └──▶ failed / cancelled  (from any live state)
 //! ```
 
+pub mod next_run;
 pub mod request;
 pub mod retry;
 
@@ -16,6 +17,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use next_run::{NextRun, NextRunWhy};
 pub use request::{JobRequest, RequestError};
 pub use retry::RetryPolicy;
 
@@ -395,6 +397,32 @@ pub struct JobEvent {
     pub at: Millis,
     pub kind: String,
     pub message: String,
+    /// Why the next run is when it is, on events that set it.
+    pub detail: Option<NextRun>,
+}
+
+/// The line `docfetch show` prints for a job that waits: when it runs next
+/// and why, from the last event that set its run time.
+pub fn next_run_line(job: &Job, events: &[JobEvent]) -> Option<String> {
+    if !matches!(job.state, JobState::Queued | JobState::Waiting) {
+        return None;
+    }
+    let next = events.iter().rev().find_map(|e| e.detail.as_ref())?;
+    // A run time set since (a lease released at shutdown) makes the
+    // stored reason stale.
+    (next.next_run_at == job.next_run_at).then(|| next.describe(&job.provider))
+}
+
+impl JobEvent {
+    /// The event as the API and `docfetch show --json` give it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "at": rfc3339(self.at),
+            "kind": self.kind,
+            "message": self.message,
+            "detail": self.detail,
+        })
+    }
 }
 
 /// A new job as the inbox or the CLI hands it to the store.

@@ -119,6 +119,8 @@ pub struct Transition {
     pub result: Option<JobResult>,
     /// One line for the job's history.
     pub event: (String, String),
+    /// Why the next run is when it is, for a job that waits.
+    pub detail: Option<crate::job::NextRun>,
     /// Completion hooks are due (the job finished and has some).
     pub hooks_pending: bool,
 }
@@ -286,6 +288,17 @@ impl Store {
         next_run_at: Millis,
     ) -> Result<(), StoreError> {
         dispatch!(self.postpone(id, owner, next_run_at))
+    }
+    /// [`postpone`](Self::postpone) until `next.next_run_at`, recording a
+    /// `postponed` event whose detail says why.
+    pub async fn postpone_because(
+        &self,
+        id: &str,
+        owner: &str,
+        next: &crate::job::NextRun,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.postpone_because(id, owner, next, message))
     }
     /// Puts the jobs leased by `owner` (or by anyone, with `None`) back to
     /// waiting, due now. Used at shutdown and at start-up.
