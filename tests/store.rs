@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use docfetch::job::{JobState, now_ms};
+use docfetch::job::{EventKind, JobState, now_ms};
 use docfetch::scheduler::Outcome;
 use docfetch::store::{Store, StoreError, Transition};
 use serde_json::json;
@@ -18,7 +18,7 @@ fn waiting() -> Transition {
         polls: 1,
         last_error: None,
         result: None,
-        event: ("poll".into(), "still waiting".into()),
+        event: (EventKind::Poll, "still waiting".into()),
         detail: None,
         hooks_pending: false,
     }

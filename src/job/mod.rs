@@ -391,6 +391,58 @@ impl Job {
     }
 }
 
+/// What a line of a job's history records. Stored as its [`as_str`]
+/// name; [`JobEvent::kind`] stays a string so rows written by another
+/// version still read.
+///
+/// [`as_str`]: EventKind::as_str
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The request was accepted (due now).
+    Accepted,
+    /// A step made progress and the job waits before the next one.
+    Progress,
+    /// The service said "not ready yet" (counts as a poll).
+    Poll,
+    /// A transient error, retried later.
+    Error,
+    /// The job was handed back unrun (its account paused or busy).
+    Postponed,
+    /// Every file is saved.
+    Done,
+    /// The job failed for good.
+    Failed,
+    /// A user cancelled the job.
+    Cancelled,
+    /// A user queued the job again.
+    Retried,
+    /// A completion hook ran.
+    Hook,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Progress => "progress",
+            EventKind::Poll => "poll",
+            EventKind::Error => "error",
+            EventKind::Postponed => "postponed",
+            EventKind::Done => "done",
+            EventKind::Failed => "failed",
+            EventKind::Cancelled => "cancelled",
+            EventKind::Retried => "retried",
+            EventKind::Hook => "hook",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One line of a job's history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobEvent {

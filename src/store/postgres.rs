@@ -596,7 +596,7 @@ impl PgStore {
         .bind(finished_at)
         .bind(now)
         .bind(t.hooks_pending)
-        .bind(&t.event.0)
+        .bind(t.event.0.as_str())
         .bind(&t.event.1)
         .bind(self.payload(due_at(t.next_run_at, now)))
         .bind(&channels)

@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use super::{
     JobFilter, Settlement, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row,
 };
-use crate::job::{Job, JobEvent, JobState, Millis, NewJob, NextRun};
+use crate::job::{EventKind, Job, JobEvent, JobState, Millis, NewJob, NextRun};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -573,7 +573,15 @@ impl SqliteStore {
             return expect_one(done.rows_affected(), id, "postpone");
         }
         let now = crate::job::now_ms();
-        insert_event(&mut tx, id, now, "postponed", message, Some(next)).await?;
+        insert_event(
+            &mut tx,
+            id,
+            now,
+            EventKind::Postponed.as_str(),
+            message,
+            Some(next),
+        )
+        .await?;
         tx.commit().await
     }
 
@@ -677,7 +685,7 @@ impl SqliteStore {
                     &mut tx,
                     &job.id,
                     now,
-                    "retried",
+                    EventKind::Retried.as_str(),
                     "queued again by a user",
                     Some(&NextRun::now(now)),
                 )
@@ -1360,7 +1368,7 @@ impl Group<'_> {
                         events.push(serde_json::json!([
                             job.id,
                             job.created_at,
-                            "accepted",
+                            EventKind::Accepted.as_str(),
                             format!("accepted from {}", job.source),
                             NextRun::now(job.created_at).to_json_string()
                         ]));
@@ -1442,7 +1450,7 @@ impl Group<'_> {
                         events.push(serde_json::json!([
                             id,
                             now,
-                            t.event.0,
+                            t.event.0.as_str(),
                             t.event.1,
                             t.detail.as_ref().map(NextRun::to_json_string)
                         ]));
@@ -1629,7 +1637,7 @@ mod tests {
                 polls: 0,
                 last_error: None,
                 result: None,
-                event: ("poll".into(), "not ready".into()),
+                event: (EventKind::Poll, "not ready".into()),
                 detail: None,
                 hooks_pending: false,
             }),
