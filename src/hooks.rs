@@ -188,7 +188,11 @@ impl HookRunner {
         }
         let ok = results.iter().all(|r| r.ok);
         for r in &results {
-            if let Err(e) = self.store.add_event(&job.id, "hook", &r.event).await {
+            if let Err(e) = self
+                .store
+                .add_event(&job.id, crate::job::EventKind::Hook.as_str(), &r.event)
+                .await
+            {
                 warn!(job = %job.name, error = %e, "cannot record a hook's outcome");
             }
         }
@@ -201,7 +205,7 @@ impl HookRunner {
                 .store
                 .add_event(
                     &job.id,
-                    "hook",
+                    crate::job::EventKind::Hook.as_str(),
                     &format!("gave up after {attempts} attempts"),
                 )
                 .await;

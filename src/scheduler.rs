@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::Settings;
-use crate::job::{Job, JobResult, JobState, Millis, RetryPolicy, now_ms};
+use crate::job::{
+    EventKind, Job, JobResult, JobState, Millis, NextRun, NextRunWhy, RetryPolicy, now_ms,
+};
 use crate::providers::{Account, ErrorClass, ProviderError, Providers, Step, StepContext};
 use crate::receipt;
 use crate::store::{Settlement, SlotGrant, Store, StoreError, Transition};
@@ -42,6 +44,21 @@ const STORE_PATIENCE_MAX: Duration = Duration::from_secs(5);
 
 /// How often the idle driver asks whether another process (the CLI) added work.
 const CROSS_PROCESS_CHECK: Duration = Duration::from_secs(1);
+
+/// The history line of a job postponed because its account was busy.
+const BUSY: &str = "every concurrency slot of the account is taken";
+
+/// What a provider's wait hint is: Kontur.Diadoc's comes from the
+/// `Retry-After` of its "not ready yet" answer; the others' from an ETA the
+/// service gives (OFD.ru's `AssumptiveCompleteTime`) or the pacing their
+/// module knows the service needs.
+fn hint_why(provider: &str) -> NextRunWhy {
+    if provider == crate::providers::kontur_diadoc::PROVIDER {
+        NextRunWhy::RetryAfter
+    } else {
+        NextRunWhy::Eta
+    }
+}
 
 /// Runs jobs. Cheap to share behind an `Arc`.
 pub struct Scheduler {
@@ -120,14 +137,10 @@ pub enum Outcome {
 /// How a job's provider calls ended: what is left to persist once the
 /// account's permit and slot are handed back.
 enum StepsEnd {
-    Wait {
-        cursor: serde_json::Value,
-        hint: Option<Duration>,
-        poll: bool,
-        note: String,
-    },
-    Done(JobResult),
-    Error(ProviderError),
+    /// The provider's last answer, as it gave it: `Wait`, `Done`, an
+    /// error, or a `Continue`/`Next` past [`MAX_CONTINUES`].
+    Answer(Result<Step, ProviderError>),
+    /// The job fails without a provider answer (its deadline came).
     Fail(String),
     /// Nothing left to persist (the outcome is already decided).
     Over(Outcome),
@@ -187,13 +200,13 @@ impl Scheduler {
     /// One pass: claims every job due now (up to `workers`), runs one step
     /// of each concurrently, and persists the outcomes.
     pub async fn step(self: &Arc<Self>) -> Result<Vec<(String, Outcome)>, StoreError> {
-        let jobs = self.claim(self.settings.scheduler.workers).await?;
         let mut set = JoinSet::new();
-        for job in jobs {
-            let this = self.clone();
-            let name = job.name.clone();
-            set.spawn(async move { (name, this.run_job(job, CancellationToken::new()).await) });
-        }
+        self.claim_and_run(
+            self.settings.scheduler.workers,
+            &mut set,
+            &CancellationToken::new(),
+        )
+        .await?;
         let mut outcomes = Vec::new();
         while let Some(joined) = set.join_next().await {
             match joined {
@@ -202,6 +215,27 @@ impl Scheduler {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Claims up to `capacity` due jobs and starts each one's step in
+    /// `running` (interrupted by `stop`): the claim-and-run that both
+    /// [`step`](Self::step) and the driver ([`run`](Self::run)) are made
+    /// of. Returns how many were claimed.
+    async fn claim_and_run(
+        self: &Arc<Self>,
+        capacity: usize,
+        running: &mut JoinSet<(String, Outcome)>,
+        stop: &CancellationToken,
+    ) -> Result<usize, StoreError> {
+        let jobs = self.claim(capacity).await?;
+        let claimed = jobs.len();
+        for job in jobs {
+            let this = self.clone();
+            let name = job.name.clone();
+            let stop = stop.child_token();
+            running.spawn(async move { (name, this.run_job(job, stop).await) });
+        }
+        Ok(claimed)
     }
 
     /// Runs one claimed job until it waits, finishes or fails, and persists
@@ -250,12 +284,16 @@ impl Scheduler {
         if let Some(until) = account.cooling_until() {
             let pause = until.saturating_duration_since(std::time::Instant::now());
             debug!(pause = %format_duration(pause), "account is pausing after a 429");
-            return self.postpone(&job, pause).await;
+            let why = (NextRunWhy::AccountPause, Some(pause));
+            return self
+                .postpone(&job, pause, why, "the account is paused after a 429")
+                .await;
         }
         // At most `concurrency` jobs per account talk to its service at once.
         let Some(permit) = account_permit(&account).await else {
             let delay = ACCOUNT_WAIT.mul_f64(1.0 + fastrand::f64());
-            return self.postpone(&job, delay).await;
+            let why = (NextRunWhy::AccountBusy, None);
+            return self.postpone(&job, delay, why, BUSY).await;
         };
         // The same limit and pause across every daemon sharing the store.
         match self
@@ -273,22 +311,27 @@ impl Scheduler {
             Ok(SlotGrant::Busy) => {
                 debug!("every slot of the account is taken by other daemons");
                 let delay = ACCOUNT_WAIT.mul_f64(1.0 + fastrand::f64());
-                return self.postpone(&job, delay).await;
+                let why = (NextRunWhy::AccountBusy, None);
+                return self.postpone(&job, delay, why, BUSY).await;
             }
             Ok(SlotGrant::Cooling(until)) => {
                 let pause = Duration::from_millis(u64::try_from(until - now_ms()).unwrap_or(0));
                 debug!(pause = %format_duration(pause), "another daemon got a 429 for this account; pausing it here too");
                 account.cool_down(pause);
-                return self.postpone(&job, pause).await;
+                let why = (NextRunWhy::AccountPause, Some(pause));
+                let message = "the account is paused after a 429 (seen by another daemon)";
+                return self.postpone(&job, pause, why, message).await;
             }
             Err(e) if e.is_transient() => {
                 warn!(error = %e, "cannot take an account slot; trying the job again shortly");
-                return self.postpone(&job, ACCOUNT_WAIT).await;
+                let why = (NextRunWhy::Backoff, None);
+                let message = "cannot take an account slot from the store";
+                return self.postpone(&job, ACCOUNT_WAIT, why, message).await;
             }
             Err(e) => return self.abandoned(&job, e).await,
         }
         let (account_name, job_id) = (job.account.clone(), job.id.clone());
-        let (job, end) = self.run_steps(job, &account, &stop, &commit).await;
+        let (mut job, end) = self.run_steps(job, &account, &stop, &commit).await;
         // The account's permit and slot cover the provider's calls, not what
         // follows them: the commit, the receipt and their `fsync`s leave both
         // to the account's next job.
@@ -302,14 +345,23 @@ impl Scheduler {
             debug!(error = %e, "cannot release the account slot; it lapses with the step");
         }
         match end {
-            StepsEnd::Wait {
+            StepsEnd::Answer(Ok(Step::Wait {
                 cursor,
                 hint,
                 poll,
                 note,
-            } => self.wait(&job, cursor, hint, poll, note, &commit).await,
-            StepsEnd::Done(result) => self.done(job, result, &commit).await,
-            StepsEnd::Error(e) => self.error(&job, e, &commit).await,
+            })) => self.wait(&job, cursor, hint, poll, note, &commit).await,
+            StepsEnd::Answer(Ok(Step::Done { cursor, result })) => {
+                job.cursor = cursor;
+                self.done(job, result, &commit).await
+            }
+            StepsEnd::Answer(Ok(Step::Continue(cursor) | Step::Next(cursor))) => {
+                let message =
+                    "the provider kept asking to continue without waiting; giving up".to_string();
+                job.cursor = cursor;
+                self.fail(&job, message, &commit).await
+            }
+            StepsEnd::Answer(Err(e)) => self.error(&job, e, &commit).await,
             StepsEnd::Fail(message) => self.fail(&job, message, &commit).await,
             StepsEnd::Over(outcome) => outcome,
         }
@@ -380,31 +432,8 @@ impl Scheduler {
                     job.cursor = cursor;
                     job.attempts = 0;
                 }
-                Ok(Step::Continue(cursor) | Step::Next(cursor)) => {
-                    let message = "the provider kept asking to continue without waiting; giving up"
-                        .to_string();
-                    job.cursor = cursor;
-                    return (job, StepsEnd::Fail(message));
-                }
-                Ok(Step::Wait {
-                    cursor,
-                    hint,
-                    poll,
-                    note,
-                }) => {
-                    let end = StepsEnd::Wait {
-                        cursor,
-                        hint,
-                        poll,
-                        note,
-                    };
-                    return (job, end);
-                }
-                Ok(Step::Done { cursor, result }) => {
-                    job.cursor = cursor;
-                    return (job, StepsEnd::Done(result));
-                }
-                Err(e) => return (job, StepsEnd::Error(e)),
+                // Waiting, done, failed, or past the limit of continues.
+                answer => return (job, StepsEnd::Answer(answer)),
             }
         }
     }
@@ -420,22 +449,13 @@ impl Scheduler {
     ) -> Outcome {
         let polls = job.polls + u32::from(poll);
         let delay = self.policy.poll_delay(polls, hint, fastrand::f64());
-        let next = self.next_run(job, delay);
-        debug!(polls, next_in = %format_duration(delay), "{note}");
-        let t = Transition {
-            state: JobState::Waiting,
-            cursor,
-            next_run_at: next,
-            attempts: 0,
-            polls,
-            last_error: None,
-            result: None,
-            event: (
-                if poll { "poll" } else { "progress" }.into(),
-                format!("{note}; next check in {}", format_duration(delay)),
-            ),
-            hooks_pending: false,
+        let next = match hint {
+            Some(_) => self.next_run(job, delay, hint_why(&job.provider), hint, None),
+            None => self.next_run(job, delay, NextRunWhy::Backoff, None, Some(polls)),
         };
+        debug!(polls, next_in = %format_duration(delay), why = next.why.as_str(), "{note}");
+        let message = format!("{note}; next check in {}", format_duration(delay));
+        let t = Transition::wait(job, cursor, poll, next, message);
         self.persist(job, t, commit).await
     }
 
@@ -497,10 +517,12 @@ impl Scheduler {
                 // service; only its receipt is tried again.
                 let delay = self.policy.retry_initial.mul_f64(1.0 + fastrand::f64());
                 error!(error = %e, retry_in = %format_duration(delay), "cannot write the receipt; the outcome is kept and the receipt is tried again");
-                return self.postpone(&job, delay).await;
+                let why = (NextRunWhy::Backoff, None);
+                let message = "cannot write the receipt; trying it again";
+                return self.postpone(&job, delay, why, message).await;
             }
         }
-        let mut event = match state {
+        let mut message = match state {
             JobState::Done => {
                 let files: Vec<String> = job
                     .result
@@ -508,27 +530,15 @@ impl Scheduler {
                     .flat_map(|r| r.files.iter())
                     .map(|f| format!("{} ({} bytes)", f.name, f.size))
                     .collect();
-                ("done".to_string(), format!("done: {}", files.join(", ")))
+                format!("done: {}", files.join(", "))
             }
-            _ => (
-                "failed".to_string(),
-                job.last_error.clone().unwrap_or_default(),
-            ),
+            _ => job.last_error.clone().unwrap_or_default(),
         };
         if let Some(why) = unwritable {
-            event.1 = format!("{} (job.json not written: {why})", event.1);
+            message = format!("{message} (job.json not written: {why})");
         }
-        let t = Transition {
-            state,
-            cursor: job.cursor.clone(),
-            next_run_at: now_ms(),
-            attempts: job.attempts,
-            polls: job.polls,
-            last_error: job.last_error.clone(),
-            result: job.result.clone(),
-            event,
-            hooks_pending: self.hooks_for(&job).applies_to(state),
-        };
+        let hooks_pending = self.hooks_for(&job).applies_to(state);
+        let t = Transition::finish(&job, state, message, hooks_pending);
         let outcome = self.persist(&job, t, commit).await;
         if outcome == Outcome::Persisted(JobState::Done) {
             let files: Vec<&str> = job
@@ -570,24 +580,18 @@ impl Scheduler {
         {
             Some(delay) => {
                 warn!(attempts, retry_in = %format_duration(delay), error = %e.message, "transient error, will retry");
-                let t = Transition {
-                    state: JobState::Waiting,
-                    cursor: job.cursor.clone(),
-                    next_run_at: self.next_run(job, delay),
-                    attempts,
-                    polls: job.polls,
-                    last_error: Some(e.message.clone()),
-                    result: None,
-                    event: (
-                        "error".into(),
-                        format!(
-                            "{} (attempt {attempts}, retry in {})",
-                            e.message,
-                            format_duration(delay)
-                        ),
-                    ),
-                    hooks_pending: false,
+                let next = match e.retry_after {
+                    Some(_) => {
+                        self.next_run(job, delay, NextRunWhy::RetryAfter, e.retry_after, None)
+                    }
+                    None => self.next_run(job, delay, NextRunWhy::Backoff, None, Some(attempts)),
                 };
+                let message = format!(
+                    "{} (attempt {attempts}, retry in {})",
+                    e.message,
+                    format_duration(delay)
+                );
+                let t = Transition::retry(job, attempts, e.message.clone(), next, message);
                 self.persist(job, t, commit).await
             }
             None => {
@@ -618,11 +622,20 @@ impl Scheduler {
         job.hooks.clone().unwrap_or_default().or(&account)
     }
 
-    /// Hands the job back unrun, due again after `delay`.
-    async fn postpone(&self, job: &Job, delay: Duration) -> Outcome {
+    /// Hands the job back unrun, due again after `delay`, with an event
+    /// saying why (`why`: the reason and the pause asked for, if any).
+    async fn postpone(
+        &self,
+        job: &Job,
+        delay: Duration,
+        why: (NextRunWhy, Option<Duration>),
+        message: &str,
+    ) -> Outcome {
+        let next = self.next_run(job, delay, why.0, why.1, None);
+        let message = format!("{message}; next try in {}", format_duration(delay));
         match self
             .store
-            .postpone(&job.id, &self.owner, self.next_run(job, delay))
+            .postpone_because(&job.id, &self.owner, &next, &message)
             .await
         {
             Ok(()) => {
@@ -633,16 +646,17 @@ impl Scheduler {
         }
     }
 
-    /// The next run time, never past the deadline (so a job that would
-    /// sleep beyond it wakes up in time to fail as timed out).
-    fn next_run(&self, job: &Job, delay: Duration) -> Millis {
-        // Run times are whole milliseconds, rounded down, and so is the
-        // delay: one more keeps a poll from landing a fraction of a
-        // millisecond before a provider's Retry-After or ETA is over.
-        now_ms()
-            .saturating_add(millis(delay))
-            .saturating_add(1)
-            .min(job.deadline_at)
+    /// The next run time and why, never past the deadline (so a job that
+    /// would sleep beyond it wakes up in time to fail as timed out).
+    fn next_run(
+        &self,
+        job: &Job,
+        delay: Duration,
+        why: NextRunWhy,
+        hint: Option<Duration>,
+        step: Option<u32>,
+    ) -> NextRun {
+        NextRun::after(now_ms(), delay, job.deadline_at, why, hint, step)
     }
 
     /// Persists a transition, waiting out a store that cannot take it now.
@@ -656,14 +670,14 @@ impl Scheduler {
         crate::metrics::store_op("finish", started.elapsed());
         match finished {
             Ok(saved) => {
-                let outcome = match t.event.0.as_str() {
-                    "poll" => {
+                let outcome = match t.event.0 {
+                    EventKind::Poll => {
                         crate::metrics::poll(&job.provider, &job.account);
                         "waiting"
                     }
-                    "error" => "retry",
-                    "done" => "done",
-                    "failed" => "failed",
+                    EventKind::Error => "retry",
+                    EventKind::Done => "done",
+                    EventKind::Failed => "failed",
                     _ => "waiting",
                 };
                 crate::metrics::step(&job.provider, &job.account, outcome);
@@ -742,7 +756,7 @@ impl Scheduler {
     ) {
         let workers = self.settings.scheduler.workers;
         let wake = self.store.wakeup();
-        let mut running: JoinSet<Outcome> = JoinSet::new();
+        let mut running: JoinSet<(String, Outcome)> = JoinSet::new();
         let steps_stop = CancellationToken::new();
         let mut last_version = self.store.change_counter().await.ok();
         let mut next_due: Option<Millis> = None;
@@ -763,13 +777,13 @@ impl Scheduler {
             let capacity = workers.saturating_sub(running.len());
             let due_now = next_due.is_some_and(|due| due <= now_ms());
             if capacity > 0 && (dirty || due_now) {
-                match self.claim(capacity).await {
-                    Ok(jobs) => {
+                match self
+                    .claim_and_run(capacity, &mut running, &steps_stop)
+                    .await
+                {
+                    Ok(claimed) => {
                         store_trouble = Duration::ZERO;
-                        let full = jobs.len() == capacity;
-                        for job in jobs {
-                            running.spawn(self.clone().run_job(job, steps_stop.child_token()));
-                        }
+                        let full = claimed == capacity;
                         match self.store.next_due_at().await {
                             Ok(due) => next_due = due,
                             Err(e) => warn!(error = %e, "cannot read the next due time"),

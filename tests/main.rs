@@ -20,6 +20,7 @@ mod inbox;
 mod kontur_diadoc;
 mod kontur_extern;
 mod multi_instance;
+mod next_run;
 mod ofd;
 mod schedules;
 mod secrets;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use docfetch::job::{JobState, now_ms};
+use docfetch::job::{EventKind, JobState, now_ms};
 use docfetch::scheduler::Outcome;
 use docfetch::store::{Store, StoreError, Transition};
 use serde_json::json;
@@ -18,7 +18,8 @@ fn waiting() -> Transition {
         polls: 1,
         last_error: None,
         result: None,
-        event: ("poll".into(), "still waiting".into()),
+        event: (EventKind::Poll, "still waiting".into()),
+        detail: None,
         hooks_pending: false,
     }
 }
@@ -261,8 +262,26 @@ async fn processes_opening_a_new_store_together_migrate_it_once() {
                 .unwrap();
         assert_eq!(
             applied,
-            [(1,), (2,), (3,), (4,)],
+            migration_versions("sqlite"),
             "round {round}: each migration once"
         );
     }
+}
+
+/// The versions of the migrations in `migrations/{backend}/`, in order.
+pub(crate) fn migration_versions(backend: &str) -> Vec<(i64,)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut versions: Vec<(i64,)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.split('_').next()?.parse().ok().map(|v| (v,))
+        })
+        .collect();
+    versions.sort();
+    assert!(!versions.is_empty(), "no migrations in {}", dir.display());
+    versions
 }

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use docfetch::job::{
-    HookRef, Hooks, Job, JobEvent, JobResult, JobState, Millis, NewJob, SavedFile, now_ms,
+    EventKind, HookRef, Hooks, Job, JobEvent, JobResult, JobState, Millis, NewJob, SavedFile,
+    now_ms,
 };
 use docfetch::store::{JobFilter, Settlement, Store, StoreError, StoredJob, Transition};
 use serde_json::json;
@@ -279,7 +280,8 @@ fn waiting(next_run_at: Millis) -> Transition {
         polls: 1,
         last_error: None,
         result: None,
-        event: ("poll".into(), "still waiting".into()),
+        event: (EventKind::Poll, "still waiting".into()),
+        detail: None,
         hooks_pending: false,
     }
 }
@@ -300,7 +302,15 @@ fn finished(state: JobState, hooks_pending: bool) -> Transition {
             }],
             warnings: vec!["Период не закрыт".into()],
         }),
-        event: (state.as_str().into(), format!("{state}: the end")),
+        event: (
+            if state == JobState::Done {
+                EventKind::Done
+            } else {
+                EventKind::Failed
+            },
+            format!("{state}: the end"),
+        ),
+        detail: None,
         hooks_pending,
     }
 }
@@ -370,7 +380,8 @@ async fn a_new_job_reads_back_exactly_as_written(f: Fixture) {
         vec![JobEvent {
             at: t,
             kind: "accepted".into(),
-            message: "accepted from test".into()
+            message: "accepted from test".into(),
+            detail: Some(docfetch::job::NextRun::now(t)),
         }]
     );
 
@@ -497,7 +508,7 @@ async fn a_finished_step_saves_its_outcome_and_history_and_frees_the_lease(f: Fi
     t.attempts = 2;
     t.polls = 3;
     t.last_error = Some("HTTP 503".into());
-    t.event = ("error".into(), "HTTP 503 (attempt 2)".into());
+    t.event = (EventKind::Error, "HTTP 503 (attempt 2)".into());
     let saved = f.store.finish_step(&j.id, "o", &t).await.unwrap();
     assert_eq!(saved.state, JobState::Waiting);
     assert_eq!(saved.cursor, json!({"job_id": "remote-1"}));
@@ -1349,7 +1360,11 @@ async fn pg_daemons_starting_together_on_a_fresh_database_migrate_it_once() {
             .fetch_all(&pg_pool(&stores[0]))
             .await
             .unwrap();
-    assert_eq!(applied, [(1,), (2,), (3,)], "each migration applied once");
+    assert_eq!(
+        applied,
+        crate::store::migration_versions("postgres"),
+        "each migration applied once"
+    );
     // Nobody kept the migration lock.
     let locks: (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM pg_locks

@@ -228,9 +228,10 @@ pub(crate) fn done_transition() -> Transition {
             warnings: Vec::new(),
         }),
         event: (
-            "done".into(),
+            docfetch::job::EventKind::Done,
             "done: balance_sheet.json (4096 bytes)".into(),
         ),
+        detail: None,
         hooks_pending: false,
     }
 }

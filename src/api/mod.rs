@@ -29,7 +29,7 @@ pub use self::server::{Bound, ListenError, bind, serve};
 use crate::config::{Secret, Settings};
 use crate::inbox::{self, AcceptError};
 use crate::job::request::{RequestError, RequestFormat};
-use crate::job::{JobState, rfc3339};
+use crate::job::JobState;
 use crate::providers::Providers;
 use crate::store::{JobFilter, Store, StoreError};
 
@@ -207,12 +207,8 @@ async fn show_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) 
         Err(e) => return store_problem(e),
     };
     let mut value = job.summary_json();
-    value["events"] = serde_json::Value::Array(
-        events
-            .iter()
-            .map(|e| serde_json::json!({"at": rfc3339(e.at), "kind": e.kind, "message": e.message}))
-            .collect(),
-    );
+    value["events"] =
+        serde_json::Value::Array(events.iter().map(crate::job::JobEvent::to_json).collect());
     json(StatusCode::OK, value)
 }
 

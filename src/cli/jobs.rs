@@ -361,7 +361,7 @@ pub(super) async fn show(settings: &Settings, key: &str, json: bool) -> Result<(
         value["events"] = serde_json::to_value(
             events
                 .iter()
-                .map(|e| serde_json::json!({"at": rfc3339(e.at), "kind": e.kind, "message": e.message}))
+                .map(crate::job::JobEvent::to_json)
                 .collect::<Vec<_>>(),
         )
         .unwrap_or_default();
@@ -386,6 +386,9 @@ pub(super) async fn show(settings: &Settings, key: &str, json: bool) -> Result<(
         "output:     {}",
         crate::receipt::job_dir(&settings.paths.output, &job).display()
     );
+    if let Some(next) = crate::job::next_run_line(&job, &events) {
+        println!("next:       {next}");
+    }
     println!("history:");
     for e in events {
         println!("  {}  {:<9} {}", rfc3339(e.at), e.kind, e.message);

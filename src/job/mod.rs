@@ -8,6 +8,7 @@
 //!               └──▶ failed / cancelled  (from any live state)
 //! ```
 
+pub mod next_run;
 pub mod request;
 pub mod retry;
 
@@ -16,6 +17,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use next_run::{NextRun, NextRunWhy};
 pub use request::{JobRequest, RequestError};
 pub use retry::RetryPolicy;
 
@@ -389,12 +391,90 @@ impl Job {
     }
 }
 
+/// What a line of a job's history records. Stored as its [`as_str`]
+/// name; [`JobEvent::kind`] stays a string so rows written by another
+/// version still read.
+///
+/// [`as_str`]: EventKind::as_str
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The request was accepted (due now).
+    Accepted,
+    /// A step made progress and the job waits before the next one.
+    Progress,
+    /// The service said "not ready yet" (counts as a poll).
+    Poll,
+    /// A transient error, retried later.
+    Error,
+    /// The job was handed back unrun (its account paused or busy).
+    Postponed,
+    /// Every file is saved.
+    Done,
+    /// The job failed for good.
+    Failed,
+    /// A user cancelled the job.
+    Cancelled,
+    /// A user queued the job again.
+    Retried,
+    /// A completion hook ran.
+    Hook,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Progress => "progress",
+            EventKind::Poll => "poll",
+            EventKind::Error => "error",
+            EventKind::Postponed => "postponed",
+            EventKind::Done => "done",
+            EventKind::Failed => "failed",
+            EventKind::Cancelled => "cancelled",
+            EventKind::Retried => "retried",
+            EventKind::Hook => "hook",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One line of a job's history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobEvent {
     pub at: Millis,
     pub kind: String,
     pub message: String,
+    /// Why the next run is when it is, on events that set it.
+    pub detail: Option<NextRun>,
+}
+
+/// The line `docfetch show` prints for a job that waits: when it runs next
+/// and why, from the last event that set its run time.
+pub fn next_run_line(job: &Job, events: &[JobEvent]) -> Option<String> {
+    if !matches!(job.state, JobState::Queued | JobState::Waiting) {
+        return None;
+    }
+    let next = events.iter().rev().find_map(|e| e.detail.as_ref())?;
+    // A run time set since (a lease released at shutdown) makes the
+    // stored reason stale.
+    (next.next_run_at == job.next_run_at).then(|| next.describe(&job.provider))
+}
+
+impl JobEvent {
+    /// The event as the API and `docfetch show --json` give it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "at": rfc3339(self.at),
+            "kind": self.kind,
+            "message": self.message,
+            "detail": self.detail,
+        })
+    }
 }
 
 /// A new job as the inbox or the CLI hands it to the store.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::job::{Job, JobEvent, JobResult, JobState, Millis, NewJob};
+use crate::job::{EventKind, Job, JobEvent, JobResult, JobState, Millis, NewJob, NextRun};
 
 /// Store failures, classified for the caller.
 #[derive(Debug, thiserror::Error)]
@@ -117,10 +117,83 @@ pub struct Transition {
     pub polls: u32,
     pub last_error: Option<String>,
     pub result: Option<JobResult>,
-    /// One line for the job's history.
-    pub event: (String, String),
+    /// One line for the job's history: its kind and message.
+    pub event: (EventKind, String),
+    /// Why the next run is when it is, for a job that waits.
+    pub detail: Option<NextRun>,
     /// Completion hooks are due (the job finished and has some).
     pub hooks_pending: bool,
+}
+
+impl Transition {
+    /// `job` waits at `next` with `cursor`: the service is still working
+    /// (`poll`: counted as a poll) or the step made progress.
+    pub fn wait(
+        job: &Job,
+        cursor: serde_json::Value,
+        poll: bool,
+        next: NextRun,
+        message: String,
+    ) -> Self {
+        Transition {
+            state: JobState::Waiting,
+            cursor,
+            next_run_at: next.next_run_at,
+            attempts: 0,
+            polls: job.polls + u32::from(poll),
+            last_error: None,
+            result: None,
+            event: (
+                if poll {
+                    EventKind::Poll
+                } else {
+                    EventKind::Progress
+                },
+                message,
+            ),
+            detail: Some(next),
+            hooks_pending: false,
+        }
+    }
+
+    /// `job` met a transient error (`error`, its `attempts`-th in a row)
+    /// and is tried again at `next`; `message` is the history's line.
+    pub fn retry(job: &Job, attempts: u32, error: String, next: NextRun, message: String) -> Self {
+        Transition {
+            state: JobState::Waiting,
+            cursor: job.cursor.clone(),
+            next_run_at: next.next_run_at,
+            attempts,
+            polls: job.polls,
+            last_error: Some(error),
+            result: None,
+            event: (EventKind::Error, message),
+            detail: Some(next),
+            hooks_pending: false,
+        }
+    }
+
+    /// The settled `job` becomes `state` (done or failed), with its hooks
+    /// due when `hooks_pending`.
+    pub fn finish(job: &Job, state: JobState, message: String, hooks_pending: bool) -> Self {
+        let kind = if state == JobState::Done {
+            EventKind::Done
+        } else {
+            EventKind::Failed
+        };
+        Transition {
+            state,
+            cursor: job.cursor.clone(),
+            next_run_at: crate::job::now_ms(),
+            attempts: job.attempts,
+            polls: job.polls,
+            last_error: job.last_error.clone(),
+            result: job.result.clone(),
+            event: (kind, message),
+            detail: None,
+            hooks_pending,
+        }
+    }
 }
 
 /// The outcome of a job, committed before its receipt is written (see
@@ -286,6 +359,17 @@ impl Store {
         next_run_at: Millis,
     ) -> Result<(), StoreError> {
         dispatch!(self.postpone(id, owner, next_run_at))
+    }
+    /// [`postpone`](Self::postpone) until `next.next_run_at`, recording a
+    /// `postponed` event whose detail says why.
+    pub async fn postpone_because(
+        &self,
+        id: &str,
+        owner: &str,
+        next: &NextRun,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.postpone_because(id, owner, next, message))
     }
     /// Puts the jobs leased by `owner` (or by anyone, with `None`) back to
     /// waiting, due now. Used at shutdown and at start-up.

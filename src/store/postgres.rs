@@ -40,7 +40,7 @@ use super::{
     JobFilter, Settlement, SlotGrant, Snapshot, StoreError, StoredJob, Transition, expect_one,
     job_from_row,
 };
-use crate::job::{Job, JobEvent, JobState, Millis, NewJob};
+use crate::job::{Job, JobEvent, JobState, Millis, NewJob, NextRun};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -327,8 +327,8 @@ impl PgStore {
             job_columns!(),
             "),
              history AS (
-                 INSERT INTO job_events (job_id, at, kind, message)
-                 SELECT id, $7, 'accepted', $12 FROM added)
+                 INSERT INTO job_events (job_id, at, kind, message, detail)
+                 SELECT id, $7, 'accepted', $12, $15 FROM added)
              SELECT added.*, ",
             announce!(added, "$13", "$14"),
             " FROM added"
@@ -347,6 +347,7 @@ impl PgStore {
         .bind(format!("accepted from {}", job.source))
         .bind(self.payload(DUE_NOW))
         .bind(&[JOBS_CHANNEL][..])
+        .bind(NextRun::now(job.created_at).to_json_string())
         .fetch_optional(&self.inner.pool)
         .await?;
         let Some(row) = row else {
@@ -401,17 +402,22 @@ impl PgStore {
     }
 
     pub async fn events(&self, job_id: &str) -> Result<Vec<JobEvent>, StoreError> {
-        let rows =
-            sqlx::query("SELECT at, kind, message FROM job_events WHERE job_id = $1 ORDER BY seq")
-                .bind(job_id)
-                .fetch_all(&self.inner.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT at, kind, message, detail FROM job_events WHERE job_id = $1 ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.inner.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(JobEvent {
                     at: r.try_get("at")?,
                     kind: r.try_get("kind")?,
                     message: r.try_get("message")?,
+                    detail: r
+                        .try_get::<Option<String>, _>("detail")?
+                        .as_deref()
+                        .and_then(NextRun::from_json_str),
                 })
             })
             .collect()
@@ -424,7 +430,7 @@ impl PgStore {
         message: &str,
     ) -> Result<(), StoreError> {
         let mut conn = self.inner.pool.acquire().await?;
-        insert_event(&mut conn, job_id, crate::job::now_ms(), kind, message).await
+        insert_event(&mut conn, job_id, crate::job::now_ms(), kind, message, None).await
     }
 
     pub async fn claim_due(
@@ -572,8 +578,8 @@ impl PgStore {
             job_columns!(),
             "),
              history AS (
-                 INSERT INTO job_events (job_id, at, kind, message)
-                 SELECT id, $11, $13, $14 FROM moved)
+                 INSERT INTO job_events (job_id, at, kind, message, detail)
+                 SELECT id, $11, $13, $14, $17 FROM moved)
              SELECT moved.*, ",
             announce!(moved, "$15", "$16"),
             " FROM moved"
@@ -590,10 +596,11 @@ impl PgStore {
         .bind(finished_at)
         .bind(now)
         .bind(t.hooks_pending)
-        .bind(&t.event.0)
+        .bind(t.event.0.as_str())
         .bind(&t.event.1)
         .bind(self.payload(due_at(t.next_run_at, now)))
         .bind(&channels)
+        .bind(t.detail.as_ref().map(NextRun::to_json_string))
         .fetch_optional(&self.inner.pool)
         .await?;
         let Some(row) = row else {
@@ -629,6 +636,43 @@ impl PgStore {
         .bind(next_run_at)
         .bind(self.payload(due_at(next_run_at, crate::job::now_ms())))
         .bind(&[JOBS_CHANNEL][..])
+        .fetch_one(&self.inner.pool)
+        .await?;
+        expect_one(u64::try_from(moved).unwrap_or(0), id, "postpone")
+    }
+
+    /// [`postpone`](Self::postpone), and a `postponed` event that says why.
+    pub async fn postpone_because(
+        &self,
+        id: &str,
+        owner: &str,
+        next: &NextRun,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let now = crate::job::now_ms();
+        // `count_and_announce!` with a history insert beside the update
+        // (data-modifying statements must sit at the top level of WITH).
+        let (moved, _): (i64, i64) = sqlx::query_as(
+            "WITH moved AS (
+                 UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                                 next_run_at = $3, steps = GREATEST(steps - 1, 0)
+                 WHERE id = $1 AND state = 'running' AND lease_owner = $2
+                 RETURNING id),
+             history AS (
+                 INSERT INTO job_events (job_id, at, kind, message, detail)
+                 SELECT id, $6, 'postponed', $7, $8 FROM moved)
+             SELECT n, (SELECT COUNT(pg_notify(channel, $4)) FROM unnest($5::text[]) AS channel
+                        WHERE n > 0) AS announced
+             FROM (SELECT COUNT(*) AS n FROM moved) AS counted",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(next.next_run_at)
+        .bind(self.payload(due_at(next.next_run_at, now)))
+        .bind(&[JOBS_CHANNEL][..])
+        .bind(now)
+        .bind(message)
+        .bind(next.to_json_string())
         .fetch_one(&self.inner.pool)
         .await?;
         expect_one(u64::try_from(moved).unwrap_or(0), id, "postpone")
@@ -778,8 +822,8 @@ impl PgStore {
             job_columns!(),
             "),
              history AS (
-                 INSERT INTO job_events (job_id, at, kind, message)
-                 SELECT id, $2, 'retried', 'queued again by a user' FROM moved)
+                 INSERT INTO job_events (job_id, at, kind, message, detail)
+                 SELECT id, $2, 'retried', 'queued again by a user', $6 FROM moved)
              SELECT moved.*, ",
             announce!(moved, "$4", "$5"),
             " FROM moved"
@@ -789,6 +833,7 @@ impl PgStore {
         .bind(deadline_at)
         .bind(self.payload(DUE_NOW))
         .bind(&[JOBS_CHANNEL][..])
+        .bind(NextRun::now(now).to_json_string())
         .fetch_optional(&self.inner.pool)
         .await?;
         match row {
@@ -1071,7 +1116,15 @@ impl PgStore {
             return Ok(false);
         }
         for event in events {
-            insert_event(&mut tx, &job.id, event.at, &event.kind, &event.message).await?;
+            insert_event(
+                &mut tx,
+                &job.id,
+                event.at,
+                &event.kind,
+                &event.message,
+                event.detail.as_ref(),
+            )
+            .await?;
         }
         if matches!(job.state, JobState::Queued | JobState::Waiting) {
             self.announce(&mut tx, &[JOBS_CHANNEL], DUE_NOW).await?;
@@ -1158,13 +1211,17 @@ async fn insert_event(
     at: Millis,
     kind: &str,
     message: &str,
+    detail: Option<&NextRun>,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO job_events (job_id, at, kind, message) VALUES ($1, $2, $3, $4)")
-        .bind(job_id)
-        .bind(at)
-        .bind(kind)
-        .bind(message)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO job_events (job_id, at, kind, message, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(job_id)
+    .bind(at)
+    .bind(kind)
+    .bind(message)
+    .bind(detail.map(NextRun::to_json_string))
+    .execute(conn)
+    .await?;
     Ok(())
 }

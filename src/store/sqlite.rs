@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use super::{
     JobFilter, Settlement, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row,
 };
-use crate::job::{Job, JobEvent, JobState, Millis, NewJob};
+use crate::job::{EventKind, Job, JobEvent, JobState, Millis, NewJob, NextRun};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -381,17 +381,22 @@ impl SqliteStore {
     }
 
     pub async fn events(&self, job_id: &str) -> Result<Vec<JobEvent>, StoreError> {
-        let rows =
-            sqlx::query("SELECT at, kind, message FROM job_events WHERE job_id = ?1 ORDER BY seq")
-                .bind(job_id)
-                .fetch_all(&self.reader)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT at, kind, message, detail FROM job_events WHERE job_id = ?1 ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(JobEvent {
                     at: r.try_get("at")?,
                     kind: r.try_get("kind")?,
                     message: r.try_get("message")?,
+                    detail: r
+                        .try_get::<Option<String>, _>("detail")?
+                        .as_deref()
+                        .and_then(NextRun::from_json_str),
                 })
             })
             .collect()
@@ -404,7 +409,7 @@ impl SqliteStore {
         message: &str,
     ) -> Result<(), StoreError> {
         let mut conn = self.writer.acquire().await?;
-        insert_event(&mut conn, job_id, crate::job::now_ms(), kind, message).await
+        insert_event(&mut conn, job_id, crate::job::now_ms(), kind, message, None).await
     }
 
     pub async fn claim_due(
@@ -544,6 +549,42 @@ impl SqliteStore {
         expect_one(done.rows_affected(), id, "postpone")
     }
 
+    /// [`postpone`](Self::postpone), and a `postponed` event that says why.
+    pub async fn postpone_because(
+        &self,
+        id: &str,
+        owner: &str,
+        next: &NextRun,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = ?3, steps = MAX(steps - 1, 0)
+             WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(next.next_run_at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await;
+            return expect_one(done.rows_affected(), id, "postpone");
+        }
+        let now = crate::job::now_ms();
+        insert_event(
+            &mut tx,
+            id,
+            now,
+            EventKind::Postponed.as_str(),
+            message,
+            Some(next),
+        )
+        .await?;
+        tx.commit().await
+    }
+
     pub async fn release_leases(
         &self,
         owner: Option<&str>,
@@ -597,7 +638,15 @@ impl SqliteStore {
         match row {
             Some(row) => {
                 let job = job_from_row(&row)?;
-                insert_event(&mut tx, &job.id, now, "cancelled", "cancelled by a user").await?;
+                insert_event(
+                    &mut tx,
+                    &job.id,
+                    now,
+                    "cancelled",
+                    "cancelled by a user",
+                    None,
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(job)
             }
@@ -632,7 +681,15 @@ impl SqliteStore {
         match row {
             Some(row) => {
                 let job = job_from_row(&row)?;
-                insert_event(&mut tx, &job.id, now, "retried", "queued again by a user").await?;
+                insert_event(
+                    &mut tx,
+                    &job.id,
+                    now,
+                    EventKind::Retried.as_str(),
+                    "queued again by a user",
+                    Some(&NextRun::now(now)),
+                )
+                .await?;
                 tx.commit().await?;
                 self.wakeup.notify_one();
                 Ok(job)
@@ -953,7 +1010,15 @@ impl SqliteStore {
             return Ok(false);
         }
         for event in events {
-            insert_event(&mut tx, &job.id, event.at, &event.kind, &event.message).await?;
+            insert_event(
+                &mut tx,
+                &job.id,
+                event.at,
+                &event.kind,
+                &event.message,
+                event.detail.as_ref(),
+            )
+            .await?;
         }
         tx.commit().await?;
         if matches!(job.state, JobState::Queued | JobState::Waiting) {
@@ -1303,8 +1368,9 @@ impl Group<'_> {
                         events.push(serde_json::json!([
                             job.id,
                             job.created_at,
-                            "accepted",
-                            format!("accepted from {}", job.source)
+                            EventKind::Accepted.as_str(),
+                            format!("accepted from {}", job.source),
+                            NextRun::now(job.created_at).to_json_string()
                         ]));
                         Written::Job(Box::new(row))
                     }
@@ -1381,7 +1447,13 @@ impl Group<'_> {
             for (i, id, _, t, _) in &finishes {
                 results[*i] = Some(match by_id.remove(id.as_str()) {
                     Some(row) => {
-                        events.push(serde_json::json!([id, now, t.event.0, t.event.1]));
+                        events.push(serde_json::json!([
+                            id,
+                            now,
+                            t.event.0.as_str(),
+                            t.event.1,
+                            t.detail.as_ref().map(NextRun::to_json_string)
+                        ]));
                         Written::Job(Box::new(row))
                     }
                     None => Written::Nothing,
@@ -1390,8 +1462,8 @@ impl Group<'_> {
         }
         if !events.is_empty() {
             sqlx::query(
-                "INSERT INTO job_events (job_id, at, kind, message)
-                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3
+                "INSERT INTO job_events (job_id, at, kind, message, detail)
+                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4
                  FROM json_each(?1) AS j ORDER BY j.key",
             )
             .bind(serde_json::Value::Array(events).to_string())
@@ -1445,14 +1517,18 @@ async fn insert_event(
     at: Millis,
     kind: &str,
     message: &str,
+    detail: Option<&NextRun>,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO job_events (job_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)")
-        .bind(job_id)
-        .bind(at)
-        .bind(kind)
-        .bind(message)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO job_events (job_id, at, kind, message, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(job_id)
+    .bind(at)
+    .bind(kind)
+    .bind(message)
+    .bind(detail.map(NextRun::to_json_string))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -1561,7 +1637,8 @@ mod tests {
                 polls: 0,
                 last_error: None,
                 result: None,
-                event: ("poll".into(), "not ready".into()),
+                event: (EventKind::Poll, "not ready".into()),
+                detail: None,
                 hooks_pending: false,
             }),
             result: None,
