@@ -1661,3 +1661,14 @@ mod tests {
         assert_eq!(got, ["job c queued", "claimed a,c"]);
     }
 }
+
+impl SqliteStore {
+    /// The read-only pool, for the dashboard's queries ([`super::views`]).
+    pub(crate) fn read_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+    /// The database file, whose size the dashboard shows.
+    pub(crate) fn file_path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
