@@ -31,6 +31,7 @@
 //!   the benchmark and `docfetch demo`.
 //! - [`hooks`]: the operator's commands and signed webhooks, run when jobs finish.
 //! - [`api`]: the local HTTP API, behind a token and a guard against web pages.
+//! - [`dashboard`]: web pages on the API's listener: jobs, accounts, schedules.
 //! - [`app`]: wiring and `run_until_stopped(shutdown)`.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
@@ -40,6 +41,7 @@ pub mod app;
 pub mod beneath;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod download;
 pub mod filename;
 pub mod hooks;

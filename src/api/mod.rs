@@ -73,7 +73,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response {
     response
 }
 
-fn store_problem(e: StoreError) -> Response {
+pub(crate) fn store_problem(e: StoreError) -> Response {
     match e {
         StoreError::NotFound(key) => problem(
             StatusCode::NOT_FOUND,
@@ -114,7 +114,8 @@ pub fn router(state: Arc<ApiState>, served: Served) -> Router {
         .route("/api/jobs/{name}/files/{file}", get(job_file))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::dashboard::router(state))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
@@ -251,10 +252,16 @@ async fn create_job(State(state): State<Arc<ApiState>>, body: Bytes) -> Response
 }
 
 async fn cancel_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
-    let job = match state.store.cancel(&name, now_ms()).await {
-        Ok(job) => job,
-        Err(e) => return store_problem(e),
-    };
+    match cancel(&state, &name).await {
+        Ok(job) => json(StatusCode::OK, job.summary_json()),
+        Err(e) => store_problem(e),
+    }
+}
+
+/// Cancels a job: the store's transition, its receipt, and a word to the
+/// service (shared by the API and the dashboard).
+pub(crate) async fn cancel(state: &ApiState, name: &str) -> Result<crate::job::Job, StoreError> {
+    let job = state.store.cancel(name, now_ms()).await?;
     if let Err(e) = crate::receipt::write(&state.settings.paths.output, &job).await {
         tracing::error!(job = %job.name, error = %e, "cannot write the receipt of a cancelled job");
     }
@@ -263,27 +270,38 @@ async fn cancel_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>
     {
         tracing::warn!(job = %job.name, error = %e, "the service was not told about the cancellation");
     }
-    json(StatusCode::OK, job.summary_json())
+    Ok(job)
 }
 
 async fn retry_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
-    let deadline = now_ms()
-        + i64::try_from(state.settings.scheduler.deadline.as_millis()).unwrap_or(i64::MAX / 2);
-    match state.store.retry(&name, now_ms(), deadline).await {
-        Ok(job) => {
-            if let Err(e) = crate::receipt::remove(&state.settings.paths.output, &job) {
-                tracing::warn!(job = %job.name, error = %e, "cannot remove the old receipt");
-            }
-            json(StatusCode::OK, job.summary_json())
-        }
+    match retry(&state, &name).await {
+        Ok(job) => json(StatusCode::OK, job.summary_json()),
         Err(e) => store_problem(e),
     }
+}
+
+/// Runs a failed or cancelled job again with a fresh deadline, removing
+/// its old receipt (shared by the API and the dashboard).
+pub(crate) async fn retry(state: &ApiState, name: &str) -> Result<crate::job::Job, StoreError> {
+    let deadline = now_ms()
+        + i64::try_from(state.settings.scheduler.deadline.as_millis()).unwrap_or(i64::MAX / 2);
+    let job = state.store.retry(name, now_ms(), deadline).await?;
+    if let Err(e) = crate::receipt::remove(&state.settings.paths.output, &job) {
+        tracing::warn!(job = %job.name, error = %e, "cannot remove the old receipt");
+    }
+    Ok(job)
 }
 
 async fn job_file(
     State(state): State<Arc<ApiState>>,
     Path((name, file)): Path<(String, String)>,
 ) -> Response {
+    file_response(&state, name, file).await
+}
+
+/// Streams one of a job's recorded files (or its receipt) as an attachment
+/// (shared by the API and the dashboard).
+pub(crate) async fn file_response(state: &ApiState, name: String, file: String) -> Response {
     let job = match state.store.find(&name).await {
         Ok(Some(job)) => job,
         Ok(None) => return store_problem(StoreError::NotFound(name)),

@@ -1494,6 +1494,17 @@ impl DaemonLock {
     }
 }
 
+impl SqliteStore {
+    /// The read-only pool, for the dashboard's queries ([`super::views`]).
+    pub(crate) fn read_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+    /// The database file, whose size the dashboard shows.
+    pub(crate) fn file_path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1659,16 +1670,5 @@ mod tests {
         assert_eq!(names, ["a"], "nothing of the failed batch is kept");
         let got = batch(&store, &[insert("c"), claim()]).await;
         assert_eq!(got, ["job c queued", "claimed a,c"]);
-    }
-}
-
-impl SqliteStore {
-    /// The read-only pool, for the dashboard's queries ([`super::views`]).
-    pub(crate) fn read_pool(&self) -> &SqlitePool {
-        &self.reader
-    }
-    /// The database file, whose size the dashboard shows.
-    pub(crate) fn file_path(&self) -> &std::path::Path {
-        &self.path
     }
 }
