@@ -32,6 +32,7 @@
 //! - [`hooks`]: the operator's commands and signed webhooks, run when jobs finish.
 //! - [`commands`]: cancel and retry, shared by the CLI and the API.
 //! - [`api`]: the local HTTP API, behind a token and a guard against web pages.
+//! - [`dashboard`]: web pages on the API's listener: jobs, accounts, schedules.
 //! - [`app`]: wiring and `run_until_stopped(shutdown)`.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
@@ -42,6 +43,7 @@ pub mod beneath;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod download;
 pub mod filename;
 pub mod hooks;

@@ -10,6 +10,7 @@ mod api;
 mod atol;
 mod crash;
 mod daemon;
+mod dashboard;
 mod durability;
 mod faults;
 mod files;

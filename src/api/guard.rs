@@ -15,7 +15,12 @@
 //!    `/readyz` are open.
 //! 4. **Content type** (415): a state-changing call (POST, PUT, PATCH,
 //!    DELETE) must be `Content-Type: application/json`, which a page cannot
-//!    send cross-site without a preflight that this API never answers.
+//!    send cross-site without a preflight that this API never answers. The
+//!    one exception is the dashboard's own forms (paths outside `/api/`):
+//!    `application/x-www-form-urlencoded` is let through when the request
+//!    carries an `Origin`, which step 2 has already found to be the
+//!    listener's own; the dashboard then checks the session and its CSRF
+//!    token ([`crate::dashboard`]).
 //! 5. **Body** (408, 413): read whole within `api.body_timeout` and at most
 //!    [`MAX_BODY`] bytes, before the handler sees it.
 
@@ -179,6 +184,17 @@ fn is_json(value: Option<&HeaderValue>) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
+fn is_form(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
 /// The middleware: every request passes here first.
 pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
@@ -242,7 +258,10 @@ pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    if changes_state && !is_json(headers.get(header::CONTENT_TYPE)) {
+    let dashboard_form = door == Door::Open
+        && headers.contains_key(header::ORIGIN)
+        && is_form(headers.get(header::CONTENT_TYPE));
+    if changes_state && !is_json(headers.get(header::CONTENT_TYPE)) && !dashboard_form {
         return problem(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "JSON required",

@@ -28,8 +28,8 @@ pub use self::guard::Served;
 pub use self::server::{Bound, ListenError, bind, serve};
 use crate::config::{Secret, Settings};
 use crate::inbox::{self, AcceptError};
-use crate::job::request::{RequestError, RequestFormat};
 use crate::job::JobState;
+use crate::job::request::{RequestError, RequestFormat};
 use crate::providers::Providers;
 use crate::store::{JobFilter, Store, StoreError};
 
@@ -73,7 +73,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response {
     response
 }
 
-fn store_problem(e: StoreError) -> Response {
+pub(crate) fn store_problem(e: StoreError) -> Response {
     match e {
         StoreError::NotFound(key) => problem(
             StatusCode::NOT_FOUND,
@@ -114,7 +114,8 @@ pub fn router(state: Arc<ApiState>, served: Served) -> Router {
         .route("/api/jobs/{name}/files/{file}", get(job_file))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::dashboard::router(state))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
@@ -277,10 +278,43 @@ async fn retry_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>)
     }
 }
 
+/// Cancels a job through [`crate::commands::cancel`], logging what could
+/// not be done after the commit (shared by the API and the dashboard).
+pub(crate) async fn cancel(state: &ApiState, name: &str) -> Result<crate::job::Job, StoreError> {
+    let done = crate::commands::cancel(
+        &state.store,
+        &state.settings,
+        &state.providers,
+        &state.http,
+        name,
+    )
+    .await?;
+    for w in &done.warnings {
+        tracing::warn!(job = %done.job.name, "{w}");
+    }
+    Ok(done.job)
+}
+
+/// Queues a failed or cancelled job again through
+/// [`crate::commands::retry`] (shared by the API and the dashboard).
+pub(crate) async fn retry(state: &ApiState, name: &str) -> Result<crate::job::Job, StoreError> {
+    let done = crate::commands::retry(&state.store, &state.settings, name).await?;
+    for w in &done.warnings {
+        tracing::warn!(job = %done.job.name, "{w}");
+    }
+    Ok(done.job)
+}
+
 async fn job_file(
     State(state): State<Arc<ApiState>>,
     Path((name, file)): Path<(String, String)>,
 ) -> Response {
+    file_response(&state, name, file).await
+}
+
+/// Streams one of a job's recorded files (or its receipt) as an attachment
+/// (shared by the API and the dashboard).
+pub(crate) async fn file_response(state: &ApiState, name: String, file: String) -> Response {
     let job = match state.store.find(&name).await {
         Ok(Some(job)) => job,
         Ok(None) => return store_problem(StoreError::NotFound(name)),

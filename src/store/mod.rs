@@ -10,6 +10,7 @@
 pub mod copy;
 pub mod postgres;
 pub mod sqlite;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -549,7 +550,7 @@ fn expect_one(rows: u64, id: &str, what: &str) -> Result<(), StoreError> {
 
 /// Reads a `jobs` row into a [`Job`], for either database: both store the
 /// same columns with the same types (JSON as text, times as i64).
-fn job_from_row<'r, R>(row: &'r R) -> Result<Job, StoreError>
+pub(crate) fn job_from_row<'r, R>(row: &'r R) -> Result<Job, StoreError>
 where
     R: sqlx::Row,
     &'static str: sqlx::ColumnIndex<R>,

@@ -1225,3 +1225,10 @@ async fn insert_event(
     .await?;
     Ok(())
 }
+
+impl PgStore {
+    /// The pool, for the dashboard's queries ([`super::views`]).
+    pub(crate) fn read_pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+}

@@ -1570,6 +1570,17 @@ impl DaemonLock {
     }
 }
 
+impl SqliteStore {
+    /// The read-only pool, for the dashboard's queries ([`super::views`]).
+    pub(crate) fn read_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+    /// The database file, whose size the dashboard shows.
+    pub(crate) fn file_path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
