@@ -370,3 +370,129 @@ async fn json_log_lines_parse_and_carry_the_job_fields() {
     assert!(span["attempt"].is_number() || span["attempt"].is_string());
     assert!(done["level"] == "INFO" && done["timestamp"].is_string());
 }
+
+/// Lines a child prints, handed over as they come so that a test can wait
+/// for one with a deadline.
+fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().expect("stdout is piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads lines until one contains `needle`; all lines read so far go to `seen`.
+fn read_until(
+    lines: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    limit: Duration,
+    seen: &mut Vec<String>,
+) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(_) => panic!(
+                "no line with {needle:?} within {limit:?}; printed:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serve_keeps_the_dashboard_up_until_ctrl_c_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free loopback port: bound, read and released for the demo to take.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut demo = Command::new(BIN)
+        .args([
+            "demo",
+            "--serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = stdout_lines(&mut demo);
+    let mut seen = Vec::new();
+    let address = read_until(&lines, "dashboard: ", Duration::from_secs(60), &mut seen);
+    assert_eq!(
+        address.trim(),
+        format!("dashboard: http://127.0.0.1:{port}/")
+    );
+    let login = read_until(&lines, "api-token", Duration::from_secs(5), &mut seen);
+    assert!(login.contains("docfetch --config"), "{login}");
+    let token = std::fs::read_to_string(dir.path().join("api-token")).unwrap();
+    assert!(
+        !seen.iter().any(|l| l.contains(token.trim())),
+        "the token itself is not printed"
+    );
+
+    read_until(
+        &lines,
+        "the demo jobs are finished",
+        Duration::from_secs(240),
+        &mut seen,
+    );
+    // Still up after the jobs: the dashboard answers with every demo job done.
+    let client = reqwest::Client::new();
+    let page = client
+        .get(format!("http://127.0.0.1:{port}/jobs"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.text().await.unwrap();
+    for name in [
+        "usn-2018q3",
+        "sales-book",
+        "ofd-shifts",
+        "inventory",
+        "registers",
+        "protocol",
+    ] {
+        assert!(body.contains(name), "{name} on the jobs page");
+    }
+    // Without the token: the login form only.
+    let anonymous = client
+        .get(format!("http://127.0.0.1:{port}/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!anonymous.contains("usn-2018q3"));
+
+    signal(&demo, "INT");
+    read_until(&lines, "files are in", Duration::from_secs(30), &mut seen);
+    let status = exit_status(demo).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the dashboard is gone after Ctrl-C"
+    );
+}

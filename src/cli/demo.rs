@@ -80,8 +80,15 @@ pub(super) const DEMO_REQUESTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// `docfetch demo`: everything in one process, on a temporary setup.
-pub(super) async fn demo(dir: Option<PathBuf>, env: &Environment) -> Result<u8, CliError> {
+/// `docfetch demo`: everything in one process, on a temporary setup. With
+/// `serve`, the daemon (its dashboard and API on that address) and the
+/// simulated services stay up after the demo jobs finish, until Ctrl-C or
+/// SIGTERM.
+pub(super) async fn demo(
+    dir: Option<PathBuf>,
+    serve: Option<std::net::SocketAddr>,
+    env: &Environment,
+) -> Result<u8, CliError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| CliError::Failed(format!("{what}: {e}"));
     let root = match dir {
         Some(dir) => dir,
@@ -95,8 +102,14 @@ pub(super) async fn demo(dir: Option<PathBuf>, env: &Environment) -> Result<u8, 
     let sim = crate::sim::Sim::start_local(crate::sim::SimConfig::default())
         .await
         .map_err(|e| fail("cannot start the simulator", &e))?;
+    // Served, the jobs poll slower so that they can be watched finishing
+    // on the dashboard; otherwise the demo is over in a few seconds.
+    let (poll_initial, poll_max, listen) = match serve {
+        Some(addr) => ("2s", "5s", addr.to_string()),
+        None => ("300ms", "2s", String::new()),
+    };
     let config = format!(
-        "[store]\nurl = \"sqlite://{root}/docfetch.db\"\n[paths]\nrequests = \"{root}/requests\"\noutput = \"{root}/output\"\nattachments = \"{root}/attachments\"\nschedules = \"{root}/schedules.d\"\n[scheduler]\npoll_initial = \"300ms\"\npoll_max = \"2s\"\nretry_initial = \"300ms\"\n[inbox]\nscan_interval = \"200ms\"\nsettle = \"0s\"\n[log]\nlevel = \"warn\"\n[api]\nlisten = \"\"\n\n{}",
+        "[store]\nurl = \"sqlite://{root}/docfetch.db\"\n[paths]\nrequests = \"{root}/requests\"\noutput = \"{root}/output\"\nattachments = \"{root}/attachments\"\nschedules = \"{root}/schedules.d\"\n[scheduler]\npoll_initial = \"{poll_initial}\"\npoll_max = \"{poll_max}\"\nretry_initial = \"300ms\"\n[inbox]\nscan_interval = \"200ms\"\nsettle = \"0s\"\n[log]\nlevel = \"warn\"\n[api]\nlisten = \"{listen}\"\n\n{}",
         sim.accounts_toml(),
         root = root.display()
     );
@@ -117,10 +130,32 @@ pub(super) async fn demo(dir: Option<PathBuf>, env: &Environment) -> Result<u8, 
         })),
     ));
     if ready_rx.await.is_err() {
-        return match daemon.await {
-            Ok(Err(e)) => Err(e.into()),
+        return match (daemon.await, serve) {
+            (Ok(Err(e)), Some(addr)) => Err(CliError::Failed(format!(
+                "{e} (is another docfetch using {addr}? choose another address with --listen)"
+            ))),
+            (Ok(Err(e)), None) => Err(e.into()),
             _ => Err(CliError::Failed("the daemon did not start".into())),
         };
+    }
+    // Ctrl-C or SIGTERM ends a served demo at any point.
+    let stop = CancellationToken::new();
+    if let Some(addr) = serve {
+        let signal = crate::app::shutdown_signal();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            signal.await;
+            stop.cancel();
+        });
+        println!("\ndashboard: http://{addr}/");
+        println!(
+            "log in with the API token: docfetch --config {} api-token",
+            config_path.display()
+        );
+        if let Some(path) = settings.api.auth.token_path() {
+            println!("(the token is kept in {})", path.display());
+        }
+        println!();
     }
     // The Extern build uploads a scanned document from the attachments folder.
     let scan = settings.paths.attachments.join("inventory/scan.pdf");
@@ -137,7 +172,8 @@ pub(super) async fn demo(dir: Option<PathBuf>, env: &Environment) -> Result<u8, 
     }
     let store = Store::open(&settings.store.url).await?;
     let names: Vec<&str> = DEMO_REQUESTS.iter().map(|(_, name, _)| *name).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let patience = if serve.is_some() { 300 } else { 120 };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(patience);
     let mut shown: Vec<Option<(JobState, u32)>> = vec![None; names.len()];
     let mut failed = 0;
     loop {
@@ -160,12 +196,28 @@ pub(super) async fn demo(dir: Option<PathBuf>, env: &Environment) -> Result<u8, 
         }
         if tokio::time::Instant::now() > deadline {
             shutdown.cancel();
-            return Err(CliError::Failed(
-                "the demo jobs did not finish within two minutes".into(),
-            ));
+            return Err(CliError::Failed(format!(
+                "the demo jobs did not finish within {patience} s"
+            )));
+        }
+        if stop.is_cancelled() {
+            break;
         }
         failed = 0;
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(addr) = serve {
+        if !stop.is_cancelled() {
+            println!(
+                "\nthe demo jobs are finished; the dashboard stays at http://{addr}/ until Ctrl-C"
+            );
+            println!(
+                "more requests: drop files into {}",
+                settings.paths.requests.display()
+            );
+        }
+        stop.cancelled().await;
+        println!("stopping");
     }
     shutdown.cancel();
     match daemon.await {

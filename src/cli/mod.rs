@@ -154,6 +154,18 @@ pub enum Command {
         /// Folder for the demo's store, requests and output (default: a new temporary folder).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Keep the daemon and the simulated services running after the demo
+        /// jobs finish, with the dashboard on `--listen`, until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+        /// Where `--serve` puts the dashboard and the API.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = "127.0.0.1:8750",
+            requires = "serve"
+        )]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -260,7 +272,10 @@ pub fn load_settings(cli: &Cli, env: &Environment) -> Result<Arc<Settings>, CliE
 pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
     match &cli.command {
         Command::Sim { listen, pending } => return demo::sim(*listen, *pending).await.map(|()| 0),
-        Command::Demo { dir } => return demo::demo(dir.clone(), &env).await,
+        Command::Demo { dir, serve, listen } => {
+            let serve = serve.then_some(*listen);
+            return demo::demo(dir.clone(), serve, &env).await;
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             // Into a buffer first: writing straight to a closed pipe would panic.

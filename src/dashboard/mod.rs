@@ -149,9 +149,13 @@ pub fn html_response(status: StatusCode, markup: Markup) -> Response {
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Not `no-referrer`: under it a browser sends `Origin: null` with the
+    // page's own form posts, which the guard rightly refuses as cross-site.
+    // `same-origin` keeps the address from other sites and lets the page's
+    // own posts name their origin.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     response
 }
