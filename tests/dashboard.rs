@@ -271,7 +271,7 @@ async fn submit_cancel_retry_and_download_through_the_forms() {
     )
     .await;
     assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/jobs/from%2Dform");
+    assert_eq!(r.headers()["location"], "/jobs/from-form");
     let job = app.run_until_finished("from-form").await;
     assert_eq!(job.state, JobState::Done);
     let file = &job.result.unwrap().files[0];

@@ -8,6 +8,7 @@ mod support;
 
 mod api;
 mod atol;
+mod browser;
 mod crash;
 mod daemon;
 mod dashboard;

@@ -192,8 +192,17 @@ pub fn table(jobs: &[Job], lang: Lang) -> Markup {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters, so that job names
+/// such as `usn-2018q3` read the same in the address bar. The dot stays
+/// encoded: a browser would resolve a bare `..` segment away.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A job, file or schedule name as one path segment of a dashboard link.
 pub fn urlencode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(text, PATH_SEGMENT).to_string()
 }
 
 pub async fn show(
@@ -294,7 +303,7 @@ pub async fn show(
                         td { (time(e.at)) }
                         td { (e.kind) }
                         td { (e.message) }
-                        td { (present::why(present::detail(e).as_ref(), lang).unwrap_or_default()) }
+                        td { (present::why(present::detail(e).as_ref(), &e.kind, lang).unwrap_or_default()) }
                     }
                 }
             }

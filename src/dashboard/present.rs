@@ -16,6 +16,10 @@ pub fn time(ms: Millis) -> String {
 /// A span of milliseconds as `1 h 2 min`, `3 min 4 s`, `5 s`.
 pub fn span(ms: i64) -> String {
     let sign = if ms < 0 { "−" } else { "" };
+    if ms.unsigned_abs() < 1000 {
+        // Sub-second waits (tests, the demo) would all read "0 s".
+        return format!("{sign}{} ms", ms.unsigned_abs());
+    }
     let s = ms.unsigned_abs() / 1000;
     let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
     let text = if d > 0 {
@@ -50,7 +54,11 @@ pub fn size(bytes: u64) -> String {
 /// detail (`{"next_run_at","why","wait_ms","hint_ms","step"}`) when the
 /// event has one. Without it the event's own message already says it
 /// ("next check in 30 s", "retry in 2 s"), and nothing is added.
-pub fn why(detail: Option<&serde_json::Value>, lang: Lang) -> Option<String> {
+///
+/// `kind` is the event's kind: our own backoff means "retry after an
+/// error" only on an `error` event; after a poll or a step it is the poll
+/// backoff used when the service named no time.
+pub fn why(detail: Option<&serde_json::Value>, kind: &str, lang: Lang) -> Option<String> {
     let detail = detail?;
     let reason = detail.get("why")?.as_str()?;
     let wait = detail
@@ -73,8 +81,20 @@ pub fn why(detail: Option<&serde_json::Value>, lang: Lang) -> Option<String> {
         "retry_after" => format!("the service said Retry-After {hint}; waiting {wait}"),
         "eta" if ru => format!("сервис обещал готовность через {hint}; ждём {wait}"),
         "eta" => format!("the service promised it in {hint}; waiting {wait}"),
-        "backoff" if ru => format!("повтор после ошибки, шаг {step}: {wait}"),
-        "backoff" => format!("retry after an error, backoff step {step}: {wait}"),
+        "backoff" if kind == "error" && ru => format!("повтор после ошибки, шаг {step}: {wait}"),
+        "backoff" if kind == "error" => {
+            format!("retry after an error, backoff step {step}: {wait}")
+        }
+        "backoff" if ru && step > 0 => {
+            format!("сервис не назвал срок; пауза растёт с каждым опросом ({step}-й): {wait}")
+        }
+        "backoff" if ru => format!("сервис не назвал срок; первая проверка через {wait}"),
+        "backoff" if step > 0 => {
+            format!(
+                "the service named no time; the wait grows with each poll (poll {step}): {wait}"
+            )
+        }
+        "backoff" => format!("the service named no time; first check in {wait}"),
         "account_pause" if ru => format!("учётная запись на паузе после 429: {wait}"),
         "account_pause" => format!("the account pauses after a 429: {wait}"),
         "account_busy" if ru => "все слоты учётной записи заняты".to_string(),
@@ -146,12 +166,34 @@ mod tests {
     fn why_reads_the_structured_detail() {
         let d = serde_json::json!({"why": "retry_after", "wait_ms": 30000, "hint_ms": 30000});
         assert_eq!(
-            why(Some(&d), Lang::En).unwrap(),
+            why(Some(&d), "poll", Lang::En).unwrap(),
             "the service said Retry-After 30 s; waiting 30 s"
         );
-        assert!(why(None, Lang::En).is_none());
+        assert!(why(None, "poll", Lang::En).is_none());
         let d = serde_json::json!({"why": "account_pause", "wait_ms": 60000});
-        assert!(why(Some(&d), Lang::Ru).unwrap().contains("паузе"));
+        assert!(
+            why(Some(&d), "postponed", Lang::Ru)
+                .unwrap()
+                .contains("паузе")
+        );
+    }
+
+    #[test]
+    fn our_backoff_is_a_retry_only_after_an_error() {
+        let d = serde_json::json!({"why": "backoff", "wait_ms": 4000, "step": 3});
+        assert_eq!(
+            why(Some(&d), "error", Lang::En).unwrap(),
+            "retry after an error, backoff step 3: 4 s"
+        );
+        assert_eq!(
+            why(Some(&d), "poll", Lang::En).unwrap(),
+            "the service named no time; the wait grows with each poll (poll 3): 4 s"
+        );
+        let first = serde_json::json!({"why": "backoff", "wait_ms": 588, "step": 0});
+        assert_eq!(
+            why(Some(&first), "progress", Lang::En).unwrap(),
+            "the service named no time; first check in 588 ms"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod hostile;
 pub mod proxy;
 pub mod rig;
 pub mod strace;
+pub mod webdriver;
 
 /// Reports a check that cannot run here (a tool or a privilege is
 /// missing): a printed skip on a developer's machine, a failure under
