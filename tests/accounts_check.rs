@@ -279,3 +279,100 @@ async fn a_closed_port_is_a_network_failure_and_a_silent_server_a_timeout() {
     assert!(!printed.contains(WRONG), "{printed}");
     holder.abort();
 }
+
+/// A read-only tmpfs, unmounted when dropped: a folder not even root may
+/// write, so the check is the same whoever runs the tests.
+struct ReadOnlyMount(std::path::PathBuf);
+
+impl ReadOnlyMount {
+    fn mount(path: &Path) -> Result<ReadOnlyMount, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(ReadOnlyMount(path.to_path_buf()))
+        } else {
+            Err(format!(
+                "mount -t tmpfs -o ro failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn check_config(config: &Path) -> Output {
+    std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("check-config")
+        .env_remove("DOCFETCH_CONFIG")
+        .output()
+        .expect("docfetch runs")
+}
+
+#[tokio::test]
+async fn check_config_warns_about_an_output_folder_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "");
+    let out = check_config(&config);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning:"));
+    let _mount = match ReadOnlyMount::mount(&dir.path().join("output")) {
+        Ok(m) => m,
+        Err(why) => return crate::support::evidence::skip(&why),
+    };
+    let out = check_config(&config);
+    let said = String::from_utf8_lossy(&out.stdout);
+    // A warning, not an error: the daemon still starts.
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        said.contains("warning:   paths.output ") && said.contains("is not writable by this user"),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn check_config_fails_on_a_schedule_file_naming_a_missing_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedules = dir.path().join("var/schedules.d");
+    std::fs::create_dir_all(&schedules).unwrap();
+    std::fs::write(
+        schedules.join("nightly.toml"),
+        "name = \"nightly\"\ncron = \"0 2 * * *\"\n[request]\naccount = \"nobody\"\noperation = \"x\"\nname = \"n-{{now | %Y%m%d}}\"\n",
+    )
+    .unwrap();
+    let config_path = dir.path().join("docfetch.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[paths]\nrequests = \"{d}/requests\"\noutput = \"{d}/output\"\nschedules = \"{d}/var/schedules.d\"\n\
+             [accounts.remote]\nprovider = \"atol-kkt\"\nbase_url = \"http://atol.example.com\"\nallow_plain_http = true\nlogin = \"l\"\npassword = \"p\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = check_config(&config_path);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(said.contains("error:     schedule "), "{said}");
+    assert!(
+        said.contains("nightly.toml") && said.contains("nobody"),
+        "{said}"
+    );
+    assert!(
+        said.contains("warning:   accounts.remote.base_url http://atol.example.com"),
+        "{said}"
+    );
+}

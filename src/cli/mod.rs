@@ -115,7 +115,10 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
-    /// Load and validate the config, then print what it means.
+    /// Load and validate the config, then print what it means and what will
+    /// surely fail: a schedule file naming a missing account is an error
+    /// (exit 1); plain http:// off loopback and folders this user cannot
+    /// write are warnings.
     CheckConfig {
         /// Print nothing and answer for systemd's `ExecCondition=`: exit 0
         /// when the config is valid and names an account, 1 when it names
@@ -374,10 +377,7 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
             println!("queued {} again", done.job.name);
             Ok(0)
         }
-        Command::CheckConfig { .. } => {
-            setup::check_config(&settings);
-            Ok(0)
-        }
+        Command::CheckConfig { .. } => Ok(setup::check_config(&settings)),
         Command::Accounts { action: None, json } => accounts::accounts(&settings, json),
         Command::Accounts {
             action:
