@@ -1465,6 +1465,27 @@ fn csv_quote(field: &str) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------
+// `accounts check`
+// ---------------------------------------------------------------------------
+
+impl Atol {
+    /// `POST /api/auth/v1/gettoken`: the token is the whole login, and asking
+    /// for one orders nothing.
+    async fn check_login(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        use super::check::{CheckFailure, probe_context, probe_job};
+        let job = probe_job(account, PROVIDER);
+        let ctx = probe_context(&job, http, timeout);
+        self.login(&ctx).await.map_err(CheckFailure::login)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1909,26 +1930,5 @@ mod tests {
         );
         let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
         assert!(!keys.iter().any(|k| k.contains("token")), "{keys:?}");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// `accounts check`
-// ---------------------------------------------------------------------------
-
-impl Atol {
-    /// `POST /api/auth/v1/gettoken`: the token is the whole login, and asking
-    /// for one orders nothing.
-    async fn check_login(
-        &self,
-        account: &str,
-        http: &reqwest::Client,
-        timeout: Duration,
-    ) -> Result<(), super::check::CheckFailure> {
-        use super::check::{CheckFailure, probe_context, probe_job};
-        let job = probe_job(account, PROVIDER);
-        let ctx = probe_context(&job, http, timeout);
-        self.login(&ctx).await.map_err(CheckFailure::login)?;
-        Ok(())
     }
 }

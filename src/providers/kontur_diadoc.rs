@@ -1080,6 +1080,27 @@ async fn starts_with_pdf(folder: &crate::beneath::Subfolder, name: &str) -> bool
     .unwrap_or(false)
 }
 
+// ---------------------------------------------------------------------------
+// `accounts check`
+// ---------------------------------------------------------------------------
+
+impl KonturDiadoc {
+    /// `POST /V3/Authenticate` (or the OpenID token, for an account that
+    /// signs in that way): a token is all a check needs, and asking for one
+    /// reads no box and orders nothing.
+    async fn check_login(
+        &self,
+        _account: &str,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        self.token(http, timeout)
+            .await
+            .map_err(super::check::CheckFailure::login)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1381,26 +1402,5 @@ mod tests {
             "http://127.0.0.1:9/diadoc/V3/Authenticate"
         );
         assert_eq!(provider.logins(), 0);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// `accounts check`
-// ---------------------------------------------------------------------------
-
-impl KonturDiadoc {
-    /// `POST /V3/Authenticate` (or the OpenID token, for an account that
-    /// signs in that way): a token is all a check needs, and asking for one
-    /// reads no box and orders nothing.
-    async fn check_login(
-        &self,
-        _account: &str,
-        http: &reqwest::Client,
-        timeout: Duration,
-    ) -> Result<(), super::check::CheckFailure> {
-        self.token(http, timeout)
-            .await
-            .map_err(super::check::CheckFailure::login)?;
-        Ok(())
     }
 }
