@@ -6,6 +6,7 @@
 mod helpers;
 mod support;
 
+mod accounts_check;
 mod api;
 mod atol;
 mod browser;

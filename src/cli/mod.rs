@@ -1,5 +1,5 @@
 //! The command line: `docfetch run | submit | jobs | show | cancel | retry |
-//! check-config | api-token | sim | demo`. Parsing is clap's; each command is a function
+//! accounts [check] | check-config | api-token | sim | demo`. Parsing is clap's; each command is a function
 //! that returns how it ended, and `main` turns that into an exit code
 //! (0 success, 1 failure, 2 usage or config error).
 //!
@@ -102,6 +102,8 @@ pub enum Command {
     /// List the configured accounts: provider, base URL, and where each
     /// secret is read from (never the secret).
     Accounts {
+        #[command(subcommand)]
+        action: Option<AccountsAction>,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -113,7 +115,10 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
-    /// Load and validate the config, then print what it means.
+    /// Load and validate the config, then print what it means and what will
+    /// surely fail: a schedule file naming a missing account is an error
+    /// (exit 1); plain http:// off loopback and folders this user cannot
+    /// write are warnings.
     CheckConfig {
         /// Print nothing and answer for systemd's `ExecCondition=`: exit 0
         /// when the config is valid and names an account, 1 when it names
@@ -181,6 +186,24 @@ pub enum StoreAction {
         /// Target store URL.
         #[arg(long)]
         to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsAction {
+    /// Log in to each account's service the cheapest way it allows, ordering
+    /// nothing, and say per account OK or the service's reason with what to
+    /// fix. Exit 0 when all logged in, 1 when one failed, 2 for an unknown name.
+    Check {
+        /// Accounts to check (default: all).
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// Print one JSON object per account instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Seconds each account may take.
+        #[arg(long, default_value_t = 15, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
     },
 }
 
@@ -369,11 +392,25 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
             println!("queued {} again", done.job.name);
             Ok(0)
         }
-        Command::CheckConfig { .. } => {
-            setup::check_config(&settings);
-            Ok(0)
+        Command::CheckConfig { .. } => Ok(setup::check_config(&settings)),
+        Command::Accounts { action: None, json } => accounts::accounts(&settings, json),
+        Command::Accounts {
+            action:
+                Some(AccountsAction::Check {
+                    names,
+                    json: json_here,
+                    timeout,
+                }),
+            json,
+        } => {
+            accounts::check(
+                &settings,
+                &names,
+                json || json_here,
+                Duration::from_secs(timeout),
+            )
+            .await
         }
-        Command::Accounts { json } => accounts::accounts(&settings, json),
         Command::Health { ready } => setup::health(&settings, ready).await,
         Command::ApiToken { path } => setup::api_token(&settings, path),
         Command::Migrate => {

@@ -796,6 +796,15 @@ impl Provider for Atol {
         self.tokens.logins()
     }
 
+    async fn check(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: std::time::Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        self.check_login(account, http, timeout).await
+    }
+
     async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
         let operation = parse_request(&ctx.job.operation, &ctx.job.params).map_err(|e| {
             ProviderError::permanent(format!("the request is not valid for ATOL Online: {e}"))
@@ -1453,6 +1462,27 @@ fn csv_quote(field: &str) -> String {
         format!("\"{}\"", field.replace('"', "\"\""))
     } else {
         field.to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `accounts check`
+// ---------------------------------------------------------------------------
+
+impl Atol {
+    /// `POST /api/auth/v1/gettoken`: the token is the whole login, and asking
+    /// for one orders nothing.
+    async fn check_login(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        use super::check::{CheckFailure, probe_context, probe_job};
+        let job = probe_job(account, PROVIDER);
+        let ctx = probe_context(&job, http, timeout);
+        self.login(&ctx).await.map_err(CheckFailure::login)?;
+        Ok(())
     }
 }
 

@@ -571,6 +571,15 @@ impl Provider for Fresh {
         Fresh::new(account)
     }
 
+    async fn check(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: std::time::Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        self.check_login(account, http, timeout).await
+    }
+
     async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
         let mut cursor: Cursor = serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
             ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
@@ -644,6 +653,51 @@ fn header_file_name(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-file-name")
         .and_then(|v| crate::filename::decode_header_name(v.as_bytes()))
+}
+
+// ---------------------------------------------------------------------------
+// `accounts check`
+// ---------------------------------------------------------------------------
+
+impl Fresh {
+    /// Asks for the status of a 1C job that cannot exist: the call needs the
+    /// credentials and orders nothing. The seed answers an unknown id with
+    /// return code 10404, so any answer carrying a return code (or a 2xx)
+    /// means the credentials were taken. It is sent without `IBSession`,
+    /// which the seed's first part answers directly, so no session is left
+    /// open whatever the account's flow.
+    async fn check_login(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: std::time::Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        use super::check::CheckFailure;
+        let what = format!("asking 1C:Fresh about a job as account {account}");
+        let url = self.endpoint("jobs", "00000000-0000-0000-0000-000000000000");
+        let response = http
+            .get(url)
+            .basic_auth(&self.account.username, Some(self.account.password.expose()))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| CheckFailure::login(ProviderError::from_reqwest(&what, &e)))?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(CheckFailure::login(self.credentials_refused(status, &what)));
+        }
+        let body = read_body_limited(response, MAX_ANSWER, &what)
+            .await
+            .map_err(CheckFailure::login)?;
+        if status.is_success() || has_return_code(&body) {
+            return Ok(());
+        }
+        Err(CheckFailure::login(ProviderError::from_status(
+            &what,
+            status,
+            &excerpt(&body),
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -927,6 +927,15 @@ impl Provider for KonturDiadoc {
         }
     }
 
+    async fn check(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: std::time::Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        self.check_login(account, http, timeout).await
+    }
+
     async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
         let operation = Operation::parse(&ctx.job.operation)
             .map_err(|e| ProviderError::permanent(e.to_string()))?;
@@ -1069,6 +1078,27 @@ async fn starts_with_pdf(folder: &crate::beneath::Subfolder, name: &str) -> bool
     })
     .await
     .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------
+// `accounts check`
+// ---------------------------------------------------------------------------
+
+impl KonturDiadoc {
+    /// `POST /V3/Authenticate` (or the OpenID token, for an account that
+    /// signs in that way): a token is all a check needs, and asking for one
+    /// reads no box and orders nothing.
+    async fn check_login(
+        &self,
+        _account: &str,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        self.token(http, timeout)
+            .await
+            .map_err(super::check::CheckFailure::login)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

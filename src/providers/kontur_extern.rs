@@ -1779,6 +1779,15 @@ impl Provider for KonturExtern {
         self.oidc.logins()
     }
 
+    async fn check(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: std::time::Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        self.check_login(account, http, timeout).await
+    }
+
     async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
         let plan = parse_plan(&ctx.job.operation, &ctx.job.params)
             .map_err(|e| ProviderError::permanent(format!("the request is not valid: {e}")))?;
@@ -1991,6 +2000,64 @@ async fn save_json(
         size: bytes.len() as u64,
         sha256: hex(&Sha256::digest(&bytes)),
     })
+}
+
+// ---------------------------------------------------------------------------
+// `accounts check`
+// ---------------------------------------------------------------------------
+
+impl KonturExtern {
+    /// The OpenID token, then the account: `GetDraftsBuilder` of a builder
+    /// that cannot exist. The seed's API has no cheaper call under
+    /// `{accountId}`; it reads only. Extern answers 404 for the builder when
+    /// the account is reachable and 403 when the client may not use it.
+    async fn check_login(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        use super::check::{CheckFailure, CheckKind, probe_context, probe_job};
+        self.oidc.token(http).await.map_err(CheckFailure::login)?;
+        let job = probe_job(account, PROVIDER);
+        let ctx = probe_context(&job, http, timeout);
+        let what = format!(
+            "looking into Kontur.Extern account {}",
+            self.account.account_id
+        );
+        let url = self.endpoint(&["drafts", "builders", "00000000-0000-0000-0000-000000000000"]);
+        let answer = self
+            .call(&ctx, &what, |token| {
+                Ok(ctx
+                    .http
+                    .get(url.clone())
+                    .bearer_auth(token.expose())
+                    .timeout(timeout))
+            })
+            .await
+            .map_err(CheckFailure::access)?;
+        match answer.status {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            StatusCode::FORBIDDEN => {
+                let detail = ApiError::parse(&answer.body)
+                    .map(|e| format!(": {}", e.describe()))
+                    .unwrap_or_default();
+                Err(CheckFailure::new(
+                    CheckKind::Access,
+                    format!(
+                        "{what}: Kontur.Extern denied access to the account (HTTP 403{detail}); \
+                         check account_id and that this API client's user may use that account"
+                    ),
+                ))
+            }
+            status => Err(CheckFailure::access(failure(
+                &what,
+                status,
+                answer.retry_after,
+                &answer.body,
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! that decision is made in one place per provider and tested there.
 
 pub mod atol;
+pub mod check;
 pub mod fresh;
 pub mod kontur_diadoc;
 pub mod kontur_extern;
@@ -76,6 +77,22 @@ pub struct ProviderError {
     /// The service asked the whole account to slow down (429): no job of
     /// the account runs again before this much time has passed.
     pub account_cooldown: Option<Duration>,
+    /// How the request failed below HTTP, when it did (for `accounts check`,
+    /// which tells a timeout and a DNS or TLS failure from a refusal).
+    pub transport: Option<Transport>,
+    /// The HTTP status the error was classified from, when it was.
+    pub status: Option<u16>,
+}
+
+/// A failure below HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// No answer in time.
+    Timeout,
+    /// No connection: DNS, refused, TLS.
+    Connect,
+    /// The connection broke or the body could not be read.
+    Other,
 }
 
 impl ProviderError {
@@ -85,6 +102,8 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
             account_cooldown: None,
+            transport: None,
+            status: None,
         }
     }
 
@@ -94,6 +113,8 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
             account_cooldown: None,
+            transport: None,
+            status: None,
         }
     }
 
@@ -129,13 +150,24 @@ impl ProviderError {
             ),
             retry_after: Some(pause),
             account_cooldown: Some(pause),
+            transport: None,
+            status: Some(429),
         }
     }
 
     /// A transport-level failure: connection refused or reset, timeout, a
     /// body cut short. Always transient; the URL is never included.
     pub fn from_reqwest(context: &str, error: &reqwest::Error) -> Self {
-        ProviderError::transient(format!("{context}: {}", crate::http::describe(error)))
+        let mut e =
+            ProviderError::transient(format!("{context}: {}", crate::http::describe(error)));
+        e.transport = Some(if error.is_timeout() {
+            Transport::Timeout
+        } else if error.is_connect() {
+            Transport::Connect
+        } else {
+            Transport::Other
+        });
+        e
     }
 
     /// Classifies an HTTP status that the provider did not handle itself:
@@ -150,11 +182,13 @@ impl ProviderError {
         } else {
             format!("{context}: HTTP {status}: {detail}")
         };
-        if is_transient_status(status) {
+        let mut e = if is_transient_status(status) {
             ProviderError::transient(message)
         } else {
             ProviderError::permanent(message)
-        }
+        };
+        e.status = Some(status.as_u16());
+        e
     }
 }
 
@@ -316,6 +350,16 @@ pub trait Provider: Sized + Send + Sync + 'static {
         0
     }
 
+    /// Logs in to the service the cheapest way its document allows, ordering
+    /// nothing, so that wrong credentials show before the first job
+    /// (`docfetch accounts check`). `account` names the account in messages.
+    fn check(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<(), check::CheckFailure>> + Send;
+
     /// Tells the service a job was cancelled, where it has a way to hear it.
     /// Best effort: the job is cancelled either way.
     fn cancel_remote(
@@ -426,6 +470,18 @@ macro_rules! providers {
             pub async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
                 match self {
                     $(AnyProvider::$variant(p) => p.step(ctx).await,)+
+                }
+            }
+
+            /// Logs in the cheapest way the service allows, ordering nothing.
+            pub async fn check(
+                &self,
+                account: &str,
+                http: &reqwest::Client,
+                timeout: Duration,
+            ) -> Result<(), check::CheckFailure> {
+                match self {
+                    $(AnyProvider::$variant(p) => p.check(account, http, timeout).await,)+
                 }
             }
 

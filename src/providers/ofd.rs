@@ -1427,6 +1427,15 @@ impl Provider for Ofd {
         self.tokens.logins()
     }
 
+    async fn check(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: std::time::Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        self.check_login(account, http, timeout).await
+    }
+
     async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
         let mut cursor: Cursor = serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
             ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
@@ -1580,6 +1589,46 @@ fn find_ordered<'a>(
 /// The seed's answers drop fractions of seconds (`23:59:59.000` → `23:59:59`).
 fn truncate_seconds(t: NaiveDateTime) -> NaiveDateTime {
     t.with_nanosecond(0).unwrap_or(t)
+}
+
+// ---------------------------------------------------------------------------
+// `accounts check`
+// ---------------------------------------------------------------------------
+
+impl Ofd {
+    /// `CreateAuthToken`, then the agreement look-up a job would make: the
+    /// account's `agreement_id` in the report list, the one found by
+    /// `inn`/`kpp`, or the plain list when the account names neither. Reads
+    /// only; orders nothing.
+    async fn check_login(
+        &self,
+        account: &str,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(), super::check::CheckFailure> {
+        use super::check::CheckFailure;
+        let call = Call {
+            http,
+            who: Who { account, job: "" },
+            timeout: Some(timeout),
+        };
+        self.token(call).await.map_err(CheckFailure::login)?;
+        let what = format!("looking at the OFD.ru reports of account {account}");
+        if let Some(id) = self.account.agreement_id.clone() {
+            self.list(call, Some(&id), &what)
+                .await
+                .map_err(CheckFailure::access)?;
+        } else if self.account.inn.is_some() {
+            self.agreement_for(call, &Value::Null)
+                .await
+                .map_err(CheckFailure::access)?;
+        } else {
+            self.list(call, None, &what)
+                .await
+                .map_err(CheckFailure::access)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
