@@ -227,6 +227,7 @@ contracts!(
     cancel_and_retry_follow_the_state_machine,
     jobs_are_listed_newest_first_then_by_name_byte_order_with_filters_and_paging,
     counts_and_the_metrics_snapshot_agree_with_the_jobs,
+    the_dashboards_hours_and_account_counts_follow_every_change,
     completion_hooks_are_claimed_held_and_finished,
     old_finished_jobs_are_pruned_with_their_history_unless_hooks_are_pending,
     a_schedules_last_firing_only_moves_forward,
@@ -979,6 +980,104 @@ async fn counts_and_the_metrics_snapshot_agree_with_the_jobs(f: Fixture) {
         snapshot.by_state.iter().all(|(_, _, n)| *n > 0),
         "{snapshot:?}"
     );
+}
+
+async fn the_dashboards_hours_and_account_counts_follow_every_change(f: Fixture) {
+    let hour = |at: Millis| at / 3_600_000 * 3_600_000;
+    let ids = finish_jobs(
+        &f.store,
+        &[
+            ("d1", JobState::Done, false),
+            ("d2", JobState::Done, false),
+            ("f1", JobState::Failed, false),
+            ("w1", JobState::Waiting, false),
+        ],
+    )
+    .await;
+    let now = now_ms();
+    let hours = f
+        .store
+        .finished_per_hour(now - 24 * 3_600_000)
+        .await
+        .unwrap();
+    let total = |hours: &[docfetch::store::views::HourCount]| {
+        hours
+            .iter()
+            .fold((0, 0), |(d, x), h| (d + h.done, x + h.failed))
+    };
+    assert_eq!(total(&hours), (2, 1), "{hours:?}");
+    assert!(hours.iter().all(|h| h.hour == hour(h.hour)));
+    assert!(
+        hours
+            .iter()
+            .any(|h| h.hour == hour(now) || h.hour == hour(now - 60_000))
+    );
+    // A failed job retried and then done moves from one count to the other.
+    f.store
+        .retry(&ids["f1"], now_ms(), now_ms() + 60_000)
+        .await
+        .unwrap();
+    let hours = f
+        .store
+        .finished_per_hour(now - 24 * 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(total(&hours), (2, 0), "{hours:?}");
+    claim_one(&f.store, "o", now_ms(), 60_000).await;
+    f.store
+        .finish_step(&ids["f1"], "o", &finished(JobState::Done, false))
+        .await
+        .unwrap();
+    let hours = f
+        .store
+        .finished_per_hour(now - 24 * 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(total(&hours), (3, 0), "{hours:?}");
+    let mut other = new_job("other-account", now_ms());
+    other.account = "second".into();
+    f.store.insert(&other).await.unwrap();
+    // Nothing from before the window.
+    let later = f
+        .store
+        .finished_per_hour(now + 2 * 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(total(&later), (0, 0));
+
+    let n = |account: &str, state: JobState, counts: &[docfetch::store::views::AccountCount]| {
+        counts
+            .iter()
+            .filter(|c| c.account == account && c.state == state)
+            .map(|c| c.count)
+            .sum::<u64>()
+    };
+    let accounts = f.store.account_counts().await.unwrap();
+    assert_eq!(
+        (
+            n("acct", JobState::Done, &accounts),
+            n("acct", JobState::Waiting, &accounts),
+            n("acct", JobState::Failed, &accounts),
+            n("second", JobState::Queued, &accounts),
+        ),
+        (3, 1, 0, 1),
+        "{accounts:?}"
+    );
+    assert!(accounts.iter().all(|c| c.count > 0), "{accounts:?}");
+    // Pruning takes the done jobs out of both.
+    f.store
+        .prune(now_ms() + 1, now_ms() + 1, 100)
+        .await
+        .unwrap();
+    let accounts = f.store.account_counts().await.unwrap();
+    assert_eq!(n("acct", JobState::Done, &accounts), 0, "{accounts:?}");
+    assert_eq!(n("acct", JobState::Waiting, &accounts), 1);
+    let hours = f
+        .store
+        .finished_per_hour(now - 24 * 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(total(&hours), (0, 0), "{hours:?}");
 }
 
 async fn completion_hooks_are_claimed_held_and_finished(f: Fixture) {

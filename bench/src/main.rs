@@ -1,7 +1,7 @@
 //! `docfetch-bench`: the benchmark of docfetch, a crate of its own so that
 //! the shipped daemon does not carry it. It runs the real daemon code paths
 //! — store, scheduler, HTTP, downloads with fsync — against the built-in
-//! simulator over loopback, in eight phases, and prints one table (or
+//! simulator over loopback, in nine phases, and prints one table (or
 //! JSON); progress goes to stderr.
 //!
 //! | phase | module | what runs | what is measured |
@@ -11,6 +11,7 @@
 //! | `polling` | [`polling`] | the driver, OFD and Diadoc behind a recording [`proxy`] | requests per job against the minimum, lateness |
 //! | `idle` | [`idle`] | `docfetch run` as a child ([`daemon`]), 100k jobs due in an hour | CPU time, store queries, wake-ups |
 //! | `scale` | [`scale`] | `docfetch run` as a child on a 1M-job store (and a small one) | start-up to `READY=1`, RSS |
+//! | `dashboard` | [`dashboard`] | `docfetch run` as a child: its pages on a 1M-job store; the throughput workload with and without a live viewer | page p50/p99, jobs/s lost to a viewer, RSS |
 //! | `large` | [`large`] | `docfetch run` as a child, a streamed 1 GiB file | throughput against `curl -o`, peak RSS |
 //! | `pg` | [`pg`] | 1, 2 and 3 schedulers sharing one PostgreSQL database ([`pgdb`]) | jobs/s, claims per job, latency |
 //! | `peers` | [`peers`] | apalis (SQLite, PostgreSQL) and underway as child processes | their no-op rate, docfetch's real work against it |
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod daemon;
+mod dashboard;
 mod disk;
 mod idle;
 mod large;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The eight phases, in the order they run.
+/// The nine phases, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Phase {
     Store,
@@ -12,18 +12,20 @@ pub(crate) enum Phase {
     Polling,
     Idle,
     Scale,
+    Dashboard,
     Large,
     Pg,
     Peers,
 }
 
 impl Phase {
-    pub(crate) const ALL: [Phase; 8] = [
+    pub(crate) const ALL: [Phase; 9] = [
         Phase::Store,
         Phase::Throughput,
         Phase::Polling,
         Phase::Idle,
         Phase::Scale,
+        Phase::Dashboard,
         Phase::Large,
         Phase::Pg,
         Phase::Peers,
@@ -36,6 +38,7 @@ impl Phase {
             Phase::Polling => "polling",
             Phase::Idle => "idle",
             Phase::Scale => "scale",
+            Phase::Dashboard => "dashboard",
             Phase::Large => "large",
             Phase::Pg => "pg",
             Phase::Peers => "peers",
@@ -44,7 +47,10 @@ impl Phase {
 
     /// Phases that start `docfetch run` as a child process.
     pub(crate) fn needs_daemon_binary(self) -> bool {
-        matches!(self, Phase::Idle | Phase::Scale | Phase::Large)
+        matches!(
+            self,
+            Phase::Idle | Phase::Scale | Phase::Dashboard | Phase::Large
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use crate::options::{Options, Phase};
 use crate::pg::{PG_MAX_INSTANCES, pg_account_concurrency};
 use crate::report::{Machine, Report, Rows, TARGET_PG_LATENCY, TARGET_PG_VS_SQLITE, metric};
 use crate::util::{loadavg, lock};
-use crate::{idle, large, peers, pg, polling, scale, store, throughput};
+use crate::{dashboard, idle, large, peers, pg, polling, scale, store, throughput};
 
 /// Runs the selected phases and returns the report.
 pub(crate) async fn run(opts: &Options) -> Result<Report> {
@@ -75,6 +75,7 @@ pub(crate) async fn run_phases(
             Phase::Polling => polling::polling_phase(opts, rows, notes).await,
             Phase::Idle => idle::idle_phase(opts, rows, notes).await,
             Phase::Scale => scale::scale_phase(opts, rows, notes).await,
+            Phase::Dashboard => dashboard::dashboard_phase(opts, rows, notes).await,
             Phase::Large => large::large_phase(opts, rows, notes).await,
             Phase::Pg => pg::pg_phase(opts, rows, notes, prometheus).await,
             Phase::Peers => peers::peers_phase(opts, rows, notes).await,
@@ -160,6 +161,15 @@ pub(crate) fn settings_of(opts: &Options) -> Vec<(String, String)> {
                 opts.scale_waiting,
                 opts.scale_small,
                 docfetch::units::format_duration(opts.scale_settle)
+            ),
+        ));
+    }
+    if has(Phase::Dashboard) {
+        out.push((
+            "dashboard".into(),
+            format!(
+                "pages timed on a store of {} jobs ({} waiting) with the API token; then the throughput workload through `docfetch run` (POST /api/jobs), without and with one session following /events and fetching /jobs on every change",
+                opts.scale_jobs, opts.scale_waiting
             ),
         ));
     }

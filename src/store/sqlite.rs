@@ -716,7 +716,7 @@ impl SqliteStore {
     }
 
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        // Kept by triggers (migration 0003): a few rows, whatever the size.
+        // Kept by triggers (migrations 0003, 0007): a few rows, whatever the size.
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, SUM(n) FROM job_counts GROUP BY state HAVING SUM(n) > 0")
                 .fetch_all(&self.reader)
@@ -731,7 +731,8 @@ impl SqliteStore {
 
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT state, provider, n FROM job_counts WHERE n > 0 ORDER BY state, provider",
+            "SELECT state, provider, SUM(n) FROM job_counts GROUP BY state, provider
+              HAVING SUM(n) > 0 ORDER BY state, provider",
         )
         .fetch_all(&self.reader)
         .await?;

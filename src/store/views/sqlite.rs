@@ -25,11 +25,9 @@ pub(super) async fn finished_per_hour(
     s: &SqliteStore,
     since: Millis,
 ) -> Result<Vec<HourCount>, StoreError> {
-    // One range per state in `jobs_finished (state, finished_at)`.
+    // Kept by triggers (migration 0007): at most 2 × 48 rows.
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT state, finished_at / 3600000 AS h, COUNT(*) FROM jobs
-          WHERE state IN ('done', 'failed') AND finished_at >= ?1
-          GROUP BY state, h",
+        "SELECT state, hour, n FROM job_finished_hours WHERE hour >= ?1 / 3600000 AND n > 0",
     )
     .bind(since)
     .fetch_all(s.read_pool())
@@ -38,9 +36,10 @@ pub(super) async fn finished_per_hour(
 }
 
 pub(super) async fn account_counts(s: &SqliteStore) -> Result<Vec<AccountCount>, StoreError> {
-    // Walks `jobs_account_created` once; the accounts page is not the list.
+    // Kept by triggers (migration 0007): a few rows, whatever the size.
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT account, state, COUNT(*) FROM jobs GROUP BY account, state ORDER BY account",
+        "SELECT account, state, SUM(n) FROM job_counts GROUP BY account, state
+          HAVING SUM(n) > 0 ORDER BY account",
     )
     .fetch_all(s.read_pool())
     .await?;
