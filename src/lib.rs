@@ -25,6 +25,7 @@
 //! - [`inbox`]: the drop directory scanner; one bad file never stops a scan.
 //! - [`beneath`]: files below a configured folder, opened through its descriptor.
 //! - [`download`]: streamed, hashed, size-checked, fsynced, atomic file saves.
+//! - [`durable`]: files made durable in batches (data syncs at once, renames, folder syncs).
 //! - [`receipt`]: `job.json`, written last, meaning "this job is finished".
 //! - [`providers`]: one module per service, all behind [`providers::Provider`].
 //! - [`sim`]: fake providers that follow the services' documents, for tests,
@@ -45,6 +46,7 @@ pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod download;
+pub mod durable;
 pub mod filename;
 pub mod hooks;
 pub mod http;
