@@ -109,14 +109,14 @@ pub async fn run_until_stopped(
         path: settings.paths.requests.clone(),
         source,
     })?;
-    crate::download::ensure_dir(&settings.paths.schedules).map_err(|source| {
+    crate::beneath::ensure_dir(&settings.paths.schedules).map_err(|source| {
         AppError::Directory {
             path: settings.paths.schedules.clone(),
             source,
         }
     })?;
     // Durably: the folders of finished jobs hang from it.
-    crate::download::ensure_dir_durable(&settings.paths.output).map_err(|source| {
+    crate::beneath::ensure_dir_durable(&settings.paths.output).map_err(|source| {
         AppError::Directory {
             path: settings.paths.output.clone(),
             source,

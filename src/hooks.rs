@@ -54,7 +54,7 @@ pub fn webhook_signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     message.extend_from_slice(body);
     format!(
         "sha256={}",
-        crate::job::request::hex(&hmac_sha256(secret, &message))
+        crate::job::digest::hex(&hmac_sha256(secret, &message))
     )
 }
 
@@ -462,7 +462,7 @@ mod tests {
     fn hmac_matches_rfc_4231() {
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(
-            crate::job::request::hex(&mac),
+            crate::job::digest::hex(&mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         let long_key = [0xaau8; 131];
@@ -471,7 +471,7 @@ mod tests {
             b"Test Using Larger Than Block-Size Key - Hash Key First",
         );
         assert_eq!(
-            crate::job::request::hex(&mac),
+            crate::job::digest::hex(&mac),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
     }

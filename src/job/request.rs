@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::digest::sha256_hex;
 use super::{HookRef, Millis, NewJob, is_valid_name};
 use crate::config::Settings;
 
@@ -145,18 +145,7 @@ fn toml_error_message(text: &str, e: &toml::de::Error) -> String {
 
 /// SHA-256 of the request bytes, lower-case hex.
 pub fn fingerprint(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// Lower-case hex of a byte string.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    sha256_hex(bytes)
 }
 
 /// Refuses a submitted request that carries a command or a URL, saying how
