@@ -7,11 +7,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Settings, redact_store_url};
+use crate::config::Settings;
 use crate::inbox::Inbox;
 use crate::job::now_ms;
 use crate::providers::Providers;
 use crate::scheduler::Scheduler;
+use crate::store::redact_store_url;
 use crate::store::sqlite::DaemonLock;
 use crate::store::{Store, StoreError};
 

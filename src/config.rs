@@ -14,12 +14,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http::HttpSettings;
+use crate::job::RetryPolicy;
 use crate::providers::AccountConfig;
+use crate::store::redact_store_url;
 
 pub mod keys;
 use crate::units::{parse_duration, parse_size};
 use keys::is_loopback_name;
-pub use keys::{AccountKeys, ConfigError, Environment, PLAIN_HTTP, Secret, is_loopback};
+pub use keys::{
+    AccountKeys, ConfigError, Environment, PLAIN_HTTP, Secret, SecretFrom, SecretOrigin,
+    is_loopback,
+};
 
 /// Where jobs are kept. `Debug` hides the database password.
 #[derive(Clone)]
@@ -63,6 +69,18 @@ pub struct SchedulerSettings {
     pub shutdown_grace: Duration,
 }
 
+impl SchedulerSettings {
+    /// The backoff part of `[scheduler]`, for [`crate::job::retry`].
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            poll_initial: self.poll_initial,
+            poll_max: self.poll_max,
+            retry_initial: self.retry_initial,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InboxSettings {
     /// How often the drop directory is scanned.
@@ -71,14 +89,6 @@ pub struct InboxSettings {
     pub settle: Duration,
     /// Larger request files are rejected without being parsed.
     pub max_request_size: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct HttpSettings {
-    pub connect_timeout: Duration,
-    /// Bound on a whole non-download request, and on silence during a download.
-    pub timeout: Duration,
-    pub user_agent: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,35 +244,6 @@ pub struct Account {
     /// Where each of the account's secrets was read from (never the value),
     /// for `docfetch accounts`.
     pub secret_origins: Vec<SecretOrigin>,
-}
-
-/// Where one secret of an account came from: `KEY`, `KEY_file` or `KEY_env`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretOrigin {
-    /// The secret's key (`password`, `client_secret`, …).
-    pub key: String,
-    pub from: SecretFrom,
-}
-
-/// The three ways a secret can be given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretFrom {
-    /// Written into the config file itself.
-    Inline,
-    /// Read from this file (after `$CREDENTIALS_DIRECTORY` was applied).
-    File(PathBuf),
-    /// Read from this environment variable.
-    Env(String),
-}
-
-impl std::fmt::Display for SecretFrom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretFrom::Inline => write!(f, "inline in the config"),
-            SecretFrom::File(path) => write!(f, "file {}", path.display()),
-            SecretFrom::Env(var) => write!(f, "env ${var}"),
-        }
-    }
 }
 
 impl crate::providers::Providers {
@@ -953,17 +934,6 @@ fn hooks_settings(
         allow_request_commands,
         named,
     })
-}
-
-/// Hides the password of a database URL (`postgres://user:pw@host`).
-pub fn redact_store_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// A warning for a PostgreSQL store reached over the network without

@@ -154,7 +154,7 @@ impl Scheduler {
         settings: Arc<Settings>,
         owner: String,
     ) -> Self {
-        let policy = RetryPolicy::from_settings(&settings.scheduler);
+        let policy = settings.scheduler.retry_policy();
         Scheduler {
             store,
             providers,
