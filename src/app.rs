@@ -87,7 +87,13 @@ pub async fn run_until_stopped(
     let providers = Providers::from_settings(&settings);
     let owner = instance_id();
     let metrics = crate::metrics::install();
-    crate::metrics::register(&settings);
+    crate::metrics::register(
+        settings.scheduler.deadline,
+        settings
+            .accounts
+            .iter()
+            .map(|(name, account)| (name.as_str(), account.config.provider_name())),
+    );
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),
         providers.clone(),

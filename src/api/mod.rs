@@ -10,6 +10,7 @@
 //! refused, and every error is an RFC 7807 problem document.
 
 pub mod guard;
+pub mod metrics;
 pub mod server;
 pub mod token;
 
@@ -153,7 +154,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             "no metrics recorder is installed",
         );
     };
-    let mut response = crate::metrics::render(handle, &state.store, &state.providers)
+    let mut response = self::metrics::render(handle, &state.store, &state.providers)
         .await
         .into_response();
     response.headers_mut().insert(
