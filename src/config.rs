@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::http::HttpSettings;
 use crate::job::RetryPolicy;
 use crate::providers::AccountConfig;
+use crate::schedule::spec::Schedule;
 use crate::store::redact_store_url;
 
 pub mod keys;
@@ -246,6 +247,32 @@ pub struct Account {
     pub secret_origins: Vec<SecretOrigin>,
 }
 
+/// Requests are checked against the accounts, the hooks and the deadline
+/// configured here ([`crate::intake::prepare`]).
+impl crate::intake::Rules for Settings {
+    type NamedHook = NamedHook;
+
+    fn account(&self, name: &str) -> Option<&AccountConfig> {
+        self.accounts.get(name).map(|account| &account.config)
+    }
+
+    fn account_names(&self) -> Vec<&str> {
+        self.accounts.keys().map(String::as_str).collect()
+    }
+
+    fn allow_request_commands(&self) -> bool {
+        self.hooks.allow_request_commands
+    }
+
+    fn named_hooks(&self) -> &BTreeMap<String, NamedHook> {
+        &self.hooks.named
+    }
+
+    fn deadline(&self) -> Duration {
+        self.scheduler.deadline
+    }
+}
+
 impl crate::providers::Providers {
     /// The providers of every configured account. Written here, above both,
     /// so that `providers` needs only [`keys`] and never the settings.
@@ -274,7 +301,7 @@ pub struct Settings {
     pub accounts: BTreeMap<String, Account>,
     /// `[[schedules]]` from the config file (the schedule files are read by
     /// [`crate::schedule::Schedules`]).
-    pub schedules: Vec<crate::schedule::Schedule>,
+    pub schedules: Vec<Schedule>,
 }
 
 // ---------------------------------------------------------------------------
@@ -642,15 +669,11 @@ impl Settings {
             accounts,
             schedules: Vec::new(),
         };
-        let mut schedules: Vec<crate::schedule::Schedule> = Vec::new();
+        let mut schedules: Vec<Schedule> = Vec::new();
         for (i, table) in raw.schedules.into_iter().enumerate() {
-            let schedule = crate::schedule::Schedule::from_table(
-                table,
-                &format!("[[schedules]] #{}", i + 1),
-                None,
-                &settings,
-            )
-            .map_err(|e| ConfigError::invalid("schedules", e.to_string()))?;
+            let schedule =
+                Schedule::from_table(table, &format!("[[schedules]] #{}", i + 1), None, &settings)
+                    .map_err(|e| ConfigError::invalid("schedules", e.to_string()))?;
             if schedules.iter().any(|s| s.name == schedule.name) {
                 return Err(ConfigError::invalid(
                     "schedules",

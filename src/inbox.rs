@@ -84,11 +84,11 @@ pub async fn accept(
 ) -> Result<Job, AcceptError> {
     let sha = request::fingerprint(bytes);
     let parsed = request::parse(bytes, format)?;
-    let new = request::prepare(
+    let new = crate::intake::prepare(
         parsed,
         default_name,
         settings,
-        request::Trust::Submitted,
+        crate::intake::Trust::Submitted,
         source,
         sha.clone(),
         now_ms(),

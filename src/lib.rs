@@ -49,6 +49,7 @@ pub mod filename;
 pub mod hooks;
 pub mod http;
 pub mod inbox;
+pub mod intake;
 pub mod job;
 pub mod metrics;
 pub mod providers;
