@@ -102,6 +102,7 @@ impl HookRunner {
 
     /// Runs the hooks of every job whose hooks are due now. Returns how many
     /// jobs were handled.
+    #[tracing::instrument(name = "hooks_step", skip_all)]
     pub async fn step(&self) -> Result<usize, crate::store::StoreError> {
         let now = now_ms();
         // Held for twice the timeout: long enough for the hooks to finish.
@@ -130,6 +131,11 @@ impl HookRunner {
         (job.hooks.clone().unwrap_or_default().or(&fallback), secret)
     }
 
+    #[tracing::instrument(
+        name = "hooks",
+        skip_all,
+        fields(job = %job.name, job_id = %job.id, provider = %job.provider, account = %job.account)
+    )]
     async fn run_job_hooks(&self, job: Job) {
         let (hooks, account_secret) = self.hooks_for(&job);
         let mut results = Vec::new();

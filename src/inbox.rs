@@ -159,6 +159,7 @@ impl Inbox {
     }
 
     /// Looks at every file in the drop directory once.
+    #[tracing::instrument(name = "inbox_scan", skip_all)]
     pub async fn scan_once(&self) -> std::io::Result<ScanReport> {
         let mut report = ScanReport::default();
         let mut entries = tokio::fs::read_dir(self.dir()).await?;

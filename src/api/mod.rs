@@ -109,6 +109,7 @@ struct ListQuery {
     offset: Option<u32>,
 }
 
+#[tracing::instrument(name = "api_list_jobs", skip_all)]
 async fn list_jobs(State(state): State<Arc<ApiState>>, Query(q): Query<ListQuery>) -> Response {
     let job_state = match q.state.as_deref().map(str::parse::<JobState>).transpose() {
         Ok(s) => s,
@@ -135,6 +136,7 @@ async fn list_jobs(State(state): State<Arc<ApiState>>, Query(q): Query<ListQuery
     }
 }
 
+#[tracing::instrument(name = "api_show_job", skip_all, fields(job = %name))]
 async fn show_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
     let job = match state.store.find(&name).await {
         Ok(Some(job)) => job,
@@ -151,6 +153,7 @@ async fn show_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) 
     json(StatusCode::OK, value)
 }
 
+#[tracing::instrument(name = "api_create_job", skip_all)]
 async fn create_job(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     // Each API call is a new request: the source is unique so an identical
     // second submission is a duplicate, never silently the same job.
@@ -185,6 +188,7 @@ async fn create_job(State(state): State<Arc<ApiState>>, body: Bytes) -> Response
     }
 }
 
+#[tracing::instrument(name = "api_cancel_job", skip_all, fields(job = %name))]
 async fn cancel_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
     let done = match crate::commands::cancel(
         &state.store,
@@ -204,6 +208,7 @@ async fn cancel_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>
     json(StatusCode::OK, done.job.summary_json())
 }
 
+#[tracing::instrument(name = "api_retry_job", skip_all, fields(job = %name))]
 async fn retry_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
     match crate::commands::retry(&state.store, &state.settings, &name).await {
         Ok(done) => {
@@ -216,6 +221,7 @@ async fn retry_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>)
     }
 }
 
+#[tracing::instrument(name = "api_job_file", skip_all, fields(job = %name, file = %file))]
 async fn job_file(
     State(state): State<Arc<ApiState>>,
     Path((name, file)): Path<(String, String)>,
