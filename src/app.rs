@@ -7,11 +7,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Settings, redact_store_url};
+use crate::config::Settings;
 use crate::inbox::Inbox;
 use crate::job::now_ms;
 use crate::providers::Providers;
 use crate::scheduler::Scheduler;
+use crate::store::redact_store_url;
 use crate::store::sqlite::DaemonLock;
 use crate::store::{Store, StoreError};
 
@@ -86,7 +87,13 @@ pub async fn run_until_stopped(
     let providers = Providers::from_settings(&settings);
     let owner = instance_id();
     let metrics = crate::metrics::install();
-    crate::metrics::register(&settings);
+    crate::metrics::register(
+        settings.scheduler.deadline,
+        settings
+            .accounts
+            .iter()
+            .map(|(name, account)| (name.as_str(), account.config.provider_name())),
+    );
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),
         providers.clone(),
@@ -109,14 +116,14 @@ pub async fn run_until_stopped(
         path: settings.paths.requests.clone(),
         source,
     })?;
-    crate::download::ensure_dir(&settings.paths.schedules).map_err(|source| {
+    crate::beneath::ensure_dir(&settings.paths.schedules).map_err(|source| {
         AppError::Directory {
             path: settings.paths.schedules.clone(),
             source,
         }
     })?;
     // Durably: the folders of finished jobs hang from it.
-    crate::download::ensure_dir_durable(&settings.paths.output).map_err(|source| {
+    crate::beneath::ensure_dir_durable(&settings.paths.output).map_err(|source| {
         AppError::Directory {
             path: settings.paths.output.clone(),
             source,

@@ -160,7 +160,7 @@ impl Folder {
     /// parents, mode 0750) when missing.
     pub fn open_root(path: &Path, create: bool) -> io::Result<Folder> {
         if create {
-            crate::download::ensure_dir(path)?;
+            ensure_dir(path)?;
         }
         let fd = rustix::fs::openat(
             CWD,
@@ -457,6 +457,42 @@ fn regular(fd: OwnedFd, shown: impl FnOnce() -> PathBuf) -> io::Result<File> {
         ));
     }
     Ok(File::from(fd))
+}
+
+/// Creates `dir` (and parents) with mode 0750 if missing.
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+}
+
+/// [`ensure_dir`] for a folder that will hold durable files: each folder it
+/// creates has its parent `fsync`ed too, so the folder's own entry
+/// survives a power cut (on a file system without a journal, an `fsync` of
+/// a file does not make the folder that holds it durable). For folders the
+/// operator named in the config (links in their path are followed).
+/// Blocking: call it from a blocking thread.
+pub fn ensure_dir_durable(dir: &Path) -> std::io::Result<()> {
+    let is_dir = |d: &Path| std::fs::metadata(d).is_ok_and(|m| m.is_dir());
+    if is_dir(dir) {
+        return Ok(());
+    }
+    // The folders missing on the way, innermost first.
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(d) = next.filter(|d| !d.as_os_str().is_empty() && !is_dir(d)) {
+        missing.push(d);
+        next = d.parent();
+    }
+    ensure_dir(dir)?;
+    for made in missing.iter().rev() {
+        if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Folder::open_root(parent, false)?.sync()?;
+        }
+    }
+    Ok(())
 }
 
 /// The temporary name a file has while it is being written: `.NAME.part`.

@@ -14,12 +14,19 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http::HttpSettings;
+use crate::job::RetryPolicy;
 use crate::providers::AccountConfig;
+use crate::schedule::spec::Schedule;
+use crate::store::redact_store_url;
 
 pub mod keys;
 use crate::units::{parse_duration, parse_size};
 use keys::is_loopback_name;
-pub use keys::{AccountKeys, ConfigError, Environment, PLAIN_HTTP, Secret, is_loopback};
+pub use keys::{
+    AccountKeys, ConfigError, Environment, PLAIN_HTTP, Secret, SecretFrom, SecretOrigin,
+    is_loopback,
+};
 
 /// Where jobs are kept. `Debug` hides the database password.
 #[derive(Clone)]
@@ -63,6 +70,18 @@ pub struct SchedulerSettings {
     pub shutdown_grace: Duration,
 }
 
+impl SchedulerSettings {
+    /// The backoff part of `[scheduler]`, for [`crate::job::retry`].
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            poll_initial: self.poll_initial,
+            poll_max: self.poll_max,
+            retry_initial: self.retry_initial,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InboxSettings {
     /// How often the drop directory is scanned.
@@ -71,14 +90,6 @@ pub struct InboxSettings {
     pub settle: Duration,
     /// Larger request files are rejected without being parsed.
     pub max_request_size: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct HttpSettings {
-    pub connect_timeout: Duration,
-    /// Bound on a whole non-download request, and on silence during a download.
-    pub timeout: Duration,
-    pub user_agent: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,32 +247,29 @@ pub struct Account {
     pub secret_origins: Vec<SecretOrigin>,
 }
 
-/// Where one secret of an account came from: `KEY`, `KEY_file` or `KEY_env`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretOrigin {
-    /// The secret's key (`password`, `client_secret`, …).
-    pub key: String,
-    pub from: SecretFrom,
-}
+/// Requests are checked against the accounts, the hooks and the deadline
+/// configured here ([`crate::intake::prepare`]).
+impl crate::intake::Rules for Settings {
+    type NamedHook = NamedHook;
 
-/// The three ways a secret can be given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretFrom {
-    /// Written into the config file itself.
-    Inline,
-    /// Read from this file (after `$CREDENTIALS_DIRECTORY` was applied).
-    File(PathBuf),
-    /// Read from this environment variable.
-    Env(String),
-}
+    fn account(&self, name: &str) -> Option<&AccountConfig> {
+        self.accounts.get(name).map(|account| &account.config)
+    }
 
-impl std::fmt::Display for SecretFrom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretFrom::Inline => write!(f, "inline in the config"),
-            SecretFrom::File(path) => write!(f, "file {}", path.display()),
-            SecretFrom::Env(var) => write!(f, "env ${var}"),
-        }
+    fn account_names(&self) -> Vec<&str> {
+        self.accounts.keys().map(String::as_str).collect()
+    }
+
+    fn allow_request_commands(&self) -> bool {
+        self.hooks.allow_request_commands
+    }
+
+    fn named_hooks(&self) -> &BTreeMap<String, NamedHook> {
+        &self.hooks.named
+    }
+
+    fn deadline(&self) -> Duration {
+        self.scheduler.deadline
     }
 }
 
@@ -293,7 +301,7 @@ pub struct Settings {
     pub accounts: BTreeMap<String, Account>,
     /// `[[schedules]]` from the config file (the schedule files are read by
     /// [`crate::schedule::Schedules`]).
-    pub schedules: Vec<crate::schedule::Schedule>,
+    pub schedules: Vec<Schedule>,
 }
 
 // ---------------------------------------------------------------------------
@@ -661,15 +669,11 @@ impl Settings {
             accounts,
             schedules: Vec::new(),
         };
-        let mut schedules: Vec<crate::schedule::Schedule> = Vec::new();
+        let mut schedules: Vec<Schedule> = Vec::new();
         for (i, table) in raw.schedules.into_iter().enumerate() {
-            let schedule = crate::schedule::Schedule::from_table(
-                table,
-                &format!("[[schedules]] #{}", i + 1),
-                None,
-                &settings,
-            )
-            .map_err(|e| ConfigError::invalid("schedules", e.to_string()))?;
+            let schedule =
+                Schedule::from_table(table, &format!("[[schedules]] #{}", i + 1), None, &settings)
+                    .map_err(|e| ConfigError::invalid("schedules", e.to_string()))?;
             if schedules.iter().any(|s| s.name == schedule.name) {
                 return Err(ConfigError::invalid(
                     "schedules",
@@ -953,17 +957,6 @@ fn hooks_settings(
         allow_request_commands,
         named,
     })
-}
-
-/// Hides the password of a database URL (`postgres://user:pw@host`).
-pub fn redact_store_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// A warning for a PostgreSQL store reached over the network without

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::beneath::{Folder, Subfolder, part_name};
 use crate::durable::{self, Staged};
 use crate::job::SavedFile;
-use crate::job::request::hex;
+use crate::job::digest::hex;
 
 /// Why a download did not produce a file. The caller decides retry or fail
 /// through [`crate::providers::ProviderError::from`].
@@ -41,42 +41,6 @@ pub enum DownloadError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Creates `dir` (and parents) with mode 0750 if missing.
-pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)
-}
-
-/// [`ensure_dir`] for a folder that will hold durable files: each folder it
-/// creates has its parent `fsync`ed too, so the folder's own entry
-/// survives a power cut (on a file system without a journal, an `fsync` of
-/// a file does not make the folder that holds it durable). For folders the
-/// operator named in the config (links in their path are followed).
-/// Blocking: call it from a blocking thread.
-pub fn ensure_dir_durable(dir: &Path) -> std::io::Result<()> {
-    let is_dir = |d: &Path| std::fs::metadata(d).is_ok_and(|m| m.is_dir());
-    if is_dir(dir) {
-        return Ok(());
-    }
-    // The folders missing on the way, innermost first.
-    let mut missing = Vec::new();
-    let mut next = Some(dir);
-    while let Some(d) = next.filter(|d| !d.as_os_str().is_empty() && !is_dir(d)) {
-        missing.push(d);
-        next = d.parent();
-    }
-    ensure_dir(dir)?;
-    for made in missing.iter().rev() {
-        if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::beneath::Folder::open_root(parent, false)?.sync()?;
-        }
-    }
-    Ok(())
 }
 
 /// Runs blocking file work on tokio's blocking pool: one hand-off per

@@ -54,7 +54,7 @@ pub fn webhook_signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     message.extend_from_slice(body);
     format!(
         "sha256={}",
-        crate::job::request::hex(&hmac_sha256(secret, &message))
+        crate::job::digest::hex(&hmac_sha256(secret, &message))
     )
 }
 
@@ -102,6 +102,7 @@ impl HookRunner {
 
     /// Runs the hooks of every job whose hooks are due now. Returns how many
     /// jobs were handled.
+    #[tracing::instrument(name = "hooks_step", skip_all)]
     pub async fn step(&self) -> Result<usize, crate::store::StoreError> {
         let now = now_ms();
         // Held for twice the timeout: long enough for the hooks to finish.
@@ -130,6 +131,11 @@ impl HookRunner {
         (job.hooks.clone().unwrap_or_default().or(&fallback), secret)
     }
 
+    #[tracing::instrument(
+        name = "hooks",
+        skip_all,
+        fields(job = %job.name, job_id = %job.id, provider = %job.provider, account = %job.account)
+    )]
     async fn run_job_hooks(&self, job: Job) {
         let (hooks, account_secret) = self.hooks_for(&job);
         let mut results = Vec::new();
@@ -462,7 +468,7 @@ mod tests {
     fn hmac_matches_rfc_4231() {
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(
-            crate::job::request::hex(&mac),
+            crate::job::digest::hex(&mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         let long_key = [0xaau8; 131];
@@ -471,7 +477,7 @@ mod tests {
             b"Test Using Larger Than Block-Size Key - Hash Key First",
         );
         assert_eq!(
-            crate::job::request::hex(&mac),
+            crate::job::digest::hex(&mac),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
     }

@@ -8,7 +8,14 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use crate::config::HttpSettings;
+/// Timeouts and user agent of every client docfetch builds (`[http]`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    /// Bound on a whole non-download request, and on silence during a download.
+    pub timeout: Duration,
+    pub user_agent: String,
+}
 
 /// Builds the shared client. Redirects are never followed automatically.
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, reqwest::Error> {

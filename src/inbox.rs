@@ -84,11 +84,11 @@ pub async fn accept(
 ) -> Result<Job, AcceptError> {
     let sha = request::fingerprint(bytes);
     let parsed = request::parse(bytes, format)?;
-    let new = request::prepare(
+    let new = crate::intake::prepare(
         parsed,
         default_name,
         settings,
-        request::Trust::Submitted,
+        crate::intake::Trust::Submitted,
         source,
         sha.clone(),
         now_ms(),
@@ -159,6 +159,7 @@ impl Inbox {
     }
 
     /// Looks at every file in the drop directory once.
+    #[tracing::instrument(name = "inbox_scan", skip_all)]
     pub async fn scan_once(&self) -> std::io::Result<ScanReport> {
         let mut report = ScanReport::default();
         let mut entries = tokio::fs::read_dir(self.dir()).await?;

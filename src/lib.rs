@@ -18,24 +18,42 @@
 //!                            └──── wake-ups ───────┘     download ──▶ output/NAME/…
 //! ```
 //!
-//! - [`config`]: raw TOML/env settings turned into a validated [`config::Settings`].
-//! - [`job`]: job identity, request validation, states and the retry policy.
-//! - [`store`]: the durable queue (SQLite), with compare-and-set transitions.
-//! - [`scheduler`]: `step()` claims and runs due work; `run()` is the thin driver.
-//! - [`inbox`]: the drop directory scanner; one bad file never stops a scan.
+//! Modules, leaves first. No file reaches itself again through the imports
+//! of other modules (`scripts/check-module-graph` checks it); where two
+//! folders use each other it is through different files: the providers read
+//! their keys with [`config::keys`], and the settings hold a
+//! [`schedule::spec`] while the running schedules read the settings.
+//!
+//! - [`units`], [`filename`]: durations and sizes as written in the config;
+//!   file names from `Content-Disposition`, made safe.
 //! - [`beneath`]: files below a configured folder, opened through its descriptor.
+//! - [`http`]: the one place that builds HTTP clients; `Retry-After`, redaction.
+//! - [`metrics`]: counters and histograms, recorded where things happen.
+//! - [`job`]: job identity, states, request parsing, digests, retry policy.
 //! - [`download`]: streamed, hashed, size-checked, fsynced, atomic file saves.
 //! - [`durable`]: files made durable in batches (data syncs at once, renames, folder syncs).
 //! - [`receipt`]: `job.json`, written last, meaning "this job is finished".
 //! - [`providers`]: one module per service, all behind [`providers::Provider`].
-//! - [`sim`]: fake providers that follow the services' documents, for tests,
-//!   the benchmark and `docfetch demo`.
+//! - [`store`]: the durable queue (SQLite or PostgreSQL), compare-and-set
+//!   transitions, and the read-only views the dashboard pages through.
+//! - [`intake`]: a request checked against the configured accounts and
+//!   hooks ([`intake::Rules`]) and turned into a new job.
+//! - [`schedule`]: recurring jobs; [`schedule::spec`] is one parsed schedule.
+//! - [`config`]: raw TOML/env settings turned into a validated
+//!   [`config::Settings`]; [`config::keys`] reads keys and secrets.
+//! - [`telemetry`]: the tracing subscriber (text or JSON), secrets kept out.
+//! - [`scheduler`]: `step()` claims and runs due work; `run()` is the thin driver.
+//! - [`inbox`]: the drop directory scanner; one bad file never stops a scan.
 //! - [`hooks`]: the operator's commands and signed webhooks, run when jobs finish.
 //! - [`commands`]: cancel and retry, shared by the CLI and the API.
-//! - [`api`]: the local HTTP API, behind a token and a guard against web pages.
+//! - [`retention`]: finished jobs pruned after their configured age.
+//! - [`api`]: the local HTTP API and `/metrics`, behind a token and a guard
+//!   against web pages; [`api::shared`] is what the dashboard uses of it.
 //! - [`dashboard`]: web pages on the API's listener: jobs, accounts, schedules.
 //! - [`app`]: wiring and `run_until_stopped(shutdown)`.
 //! - [`cli`]: the command line.
+//! - [`sim`]: fake providers that follow the services' documents, for tests,
+//!   the benchmark and `docfetch demo`.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -51,6 +69,7 @@ pub mod filename;
 pub mod hooks;
 pub mod http;
 pub mod inbox;
+pub mod intake;
 pub mod job;
 pub mod metrics;
 pub mod providers;

@@ -1,7 +1,8 @@
-//! Prometheus metrics: what the daemon did (counters and histograms, recorded
-//! where it happens) and what the store holds (gauges, computed when
-//! `/metrics` is scraped, so they are never stale and cost nothing between
-//! scrapes).
+//! Prometheus metrics, recorded: what the daemon did (counters and
+//! histograms, recorded where it happens). What the store holds is computed
+//! when `/metrics` is scraped, in [`crate::api::metrics`]; this module needs
+//! nothing of the settings, the store or the providers, so every module can
+//! record.
 //!
 //! Names follow Prometheus conventions: `docfetch_…_total` for counters,
 //! `_seconds` and `_bytes` units, `_timestamp_seconds` for Unix times.
@@ -16,10 +17,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::config::Settings;
 use crate::job::now_ms;
-use crate::providers::Providers;
-use crate::store::Store;
 
 /// Buckets for durations, from a fast loopback call to a long download.
 const BUCKETS: &[f64] = &[
@@ -53,17 +51,14 @@ const HOOK_OUTCOMES: &[&str] = &["ok", "retry", "given_up"];
 /// Where requests come from, as [`request`] labels them.
 const REQUEST_SOURCES: &[&str] = &["inbox", "api", "cli"];
 
-/// How long a scrape waits for the store before it reports it not ready
-/// (a scrape that hangs on a dead database would hide everything else).
-const STORE_SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Describes every metric and creates, at zero, the series the alert rules
-/// count for each configured account, plus the configured job deadline.
-pub fn register(settings: &Settings) {
+/// count for each configured account (its name and provider), plus the
+/// configured job deadline.
+pub fn register<'a>(deadline: Duration, accounts: impl IntoIterator<Item = (&'a str, &'a str)>) {
     describe();
-    metrics::gauge!("docfetch_job_deadline_seconds").set(settings.scheduler.deadline.as_secs_f64());
-    for (name, account) in &settings.accounts {
-        let provider = account.config.provider_name();
+    metrics::gauge!("docfetch_job_deadline_seconds").set(deadline.as_secs_f64());
+    for (name, provider) in accounts {
+        let name = name.to_string();
         let labels = [
             ("provider", provider.to_string()),
             ("account", name.clone()),
@@ -258,83 +253,9 @@ fn unix_seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// Renders everything: the recorded metrics, the accounts' logins (counted
-/// by their token caches) and gauges read from the store. A store that does
-/// not answer is reported as `docfetch_store_ready 0`
-/// (without the store's gauges) rather than failing the scrape, so the
-/// alert says what is wrong.
-pub async fn render(handle: &PrometheusHandle, store: &Store, providers: &Providers) -> String {
-    let mut out = handle.render();
-    out.push_str(
-        "# HELP docfetch_token_refreshes_total Logins to a service (new tokens), by account.\n# TYPE docfetch_token_refreshes_total counter\n",
-    );
-    for account in providers.iter() {
-        out.push_str(&format!(
-            "docfetch_token_refreshes_total{{provider=\"{}\",account=\"{}\"}} {}\n",
-            account.provider.name(),
-            escape(&account.name),
-            account.provider.logins()
-        ));
-    }
-    let now = now_ms();
-    let snapshot = tokio::time::timeout(STORE_SCRAPE_TIMEOUT, store.snapshot()).await;
-    out.push_str(
-        "# HELP docfetch_store_ready 1 when the store answered this scrape, 0 when it failed or took over 5s.\n# TYPE docfetch_store_ready gauge\n",
-    );
-    let snapshot = match snapshot {
-        Ok(Ok(snapshot)) => snapshot,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "metrics: the store did not answer");
-            out.push_str("docfetch_store_ready 0\n");
-            return out;
-        }
-        Err(_) => {
-            tracing::warn!("metrics: the store did not answer within 5s");
-            out.push_str("docfetch_store_ready 0\n");
-            return out;
-        }
-    };
-    out.push_str("docfetch_store_ready 1\n");
-    out.push_str("# HELP docfetch_jobs Jobs in the store by state and provider.\n# TYPE docfetch_jobs gauge\n");
-    for (state, provider, count) in &snapshot.by_state {
-        out.push_str(&format!(
-            "docfetch_jobs{{state=\"{state}\",provider=\"{}\"}} {count}\n",
-            escape(provider)
-        ));
-    }
-    out.push_str(
-        "# HELP docfetch_oldest_waiting_job_age_seconds Age of the oldest queued or waiting job.\n# TYPE docfetch_oldest_waiting_job_age_seconds gauge\n",
-    );
-    let oldest = snapshot
-        .oldest_waiting_created
-        .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
-    out.push_str(&format!(
-        "docfetch_oldest_waiting_job_age_seconds {oldest}\n"
-    ));
-    out.push_str(
-        "# HELP docfetch_next_due_seconds Seconds until the next job is due (negative when overdue; absent when none waits).\n# TYPE docfetch_next_due_seconds gauge\n",
-    );
-    if let Some(due) = snapshot.next_due {
-        out.push_str(&format!(
-            "docfetch_next_due_seconds {}\n",
-            (due - now) as f64 / 1000.0
-        ));
-    }
-    out
-}
-
-/// Escapes a label value for the text exposition format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Environment;
     use metrics_exporter_prometheus::PrometheusRecorder;
 
     fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
@@ -352,13 +273,10 @@ mod tests {
 
     #[test]
     fn register_creates_what_the_alerts_count_at_zero_and_exports_the_deadline() {
-        let settings = Settings::from_toml(
-            "[scheduler]\ndeadline = \"2h\"\n[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/a/hs/dt/storage\"\nusername = \"u\"\npassword = \"p\"\n",
-            &Environment::default(),
-        )
-        .unwrap();
         let (recorder, handle) = recorder();
-        metrics::with_local_recorder(&recorder, || register(&settings));
+        metrics::with_local_recorder(&recorder, || {
+            register(Duration::from_secs(7200), [("a", "1c-fresh")])
+        });
         let text = handle.render();
         for series in [
             "docfetch_steps_total{provider=\"1c-fresh\",account=\"a\",outcome=\"failed\"}",
@@ -405,35 +323,5 @@ mod tests {
         assert!((before + 600.0..=after + 600.0).contains(&until), "{until}");
         let scanned = sample(&text, "docfetch_inbox_last_scan_timestamp_seconds").unwrap();
         assert!((before..=after).contains(&scanned), "{scanned}");
-    }
-
-    #[tokio::test]
-    async fn a_store_that_fails_is_reported_not_ready_instead_of_failing_the_scrape() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = Store::open(&url).await.unwrap();
-        let settings = Settings::from_toml(
-            "[accounts.a]\nprovider = \"1c-fresh\"\nbase_url = \"https://h/a/hs/dt/storage\"\nusername = \"u\"\npassword = \"p\"\n",
-            &Environment::default(),
-        )
-        .unwrap();
-        let providers = Providers::from_settings(&settings);
-        let (_recorder, handle) = recorder();
-        let text = render(&handle, &store, &providers).await;
-        assert_eq!(sample(&text, "docfetch_store_ready"), Some(1.0), "{text}");
-        let logins = "docfetch_token_refreshes_total{provider=\"1c-fresh\",account=\"a\"}";
-        assert_eq!(sample(&text, logins), Some(0.0), "{text}");
-        assert_eq!(
-            sample(&text, "docfetch_oldest_waiting_job_age_seconds"),
-            Some(0.0)
-        );
-
-        store.close().await.unwrap();
-        let text = render(&handle, &store, &providers).await;
-        assert_eq!(sample(&text, "docfetch_store_ready"), Some(0.0), "{text}");
-        assert_eq!(
-            sample(&text, "docfetch_oldest_waiting_job_age_seconds"),
-            None
-        );
     }
 }

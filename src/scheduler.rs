@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
 use crate::job::{
@@ -154,7 +154,7 @@ impl Scheduler {
         settings: Arc<Settings>,
         owner: String,
     ) -> Self {
-        let policy = RetryPolicy::from_settings(&settings.scheduler);
+        let policy = settings.scheduler.retry_policy();
         Scheduler {
             store,
             providers,
@@ -199,6 +199,7 @@ impl Scheduler {
 
     /// One pass: claims every job due now (up to `workers`), runs one step
     /// of each concurrently, and persists the outcomes.
+    #[tracing::instrument(name = "scheduler_step", skip_all)]
     pub async fn step(self: &Arc<Self>) -> Result<Vec<(String, Outcome)>, StoreError> {
         let mut set = JoinSet::new();
         self.claim_and_run(
@@ -241,10 +242,14 @@ impl Scheduler {
     /// Runs one claimed job until it waits, finishes or fails, and persists
     /// the result. Never returns an error: whatever happens is recorded on
     /// the job or left to its lease.
+    #[tracing::instrument(
+        name = "job",
+        skip_all,
+        fields(job = %job.name, job_id = %job.id, provider = %job.provider, account = %job.account, attempt = job.attempts + 1)
+    )]
     pub async fn run_job(self: Arc<Self>, job: Job, stop: CancellationToken) -> Outcome {
-        let span = info_span!("job", job = %job.name, job_id = %job.id, provider = %job.provider, account = %job.account, attempt = job.attempts + 1);
         let _working = self.in_flight.enter(&job.id);
-        self.run_job_inner(job, stop).instrument(span).await
+        self.run_job_inner(job, stop).await
     }
 
     async fn run_job_inner(self: Arc<Self>, job: Job, stop: CancellationToken) -> Outcome {

@@ -50,7 +50,7 @@ fn one_request(name: &str, serial: &str) -> Value {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    docfetch::job::request::hex(&Sha256::digest(bytes))
+    docfetch::job::digest::hex(&Sha256::digest(bytes))
 }
 
 /// `cash-registers.json` of a finished job.

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::helpers::TestApp;
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    docfetch::job::request::hex(&Sha256::digest(bytes))
+    docfetch::job::digest::hex(&Sha256::digest(bytes))
 }
 
 fn usn_request(account: &str, name: &str) -> serde_json::Value {

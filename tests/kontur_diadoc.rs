@@ -27,7 +27,7 @@ fn count(counter: &AtomicU64) -> u64 {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    docfetch::job::request::hex(&Sha256::digest(bytes))
+    docfetch::job::digest::hex(&Sha256::digest(bytes))
 }
 
 fn request(account: &str, operation: &str, document_id: &str, name: &str) -> serde_json::Value {

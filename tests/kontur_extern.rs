@@ -19,7 +19,7 @@ use crate::support::proxy::{Fault, Proxy};
 const ACCOUNT: &str = "kontur-extern-sim";
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    docfetch::job::request::hex(&Sha256::digest(bytes))
+    docfetch::job::digest::hex(&Sha256::digest(bytes))
 }
 
 fn random_bytes(len: usize) -> Vec<u8> {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::helpers::TestApp;
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    docfetch::job::request::hex(&Sha256::digest(bytes))
+    docfetch::job::digest::hex(&Sha256::digest(bytes))
 }
 
 /// The seed's order example (3.1) as a request, with `extra` merged into

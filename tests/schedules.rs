@@ -559,14 +559,14 @@ async fn a_job_stored_with_its_own_command_before_the_upgrade_still_runs_it() {
     let app = TestApp::spawn().await;
     let marker = app.dir.path().join("legacy-ran");
     // A row as an older docfetch stored it: the request's own argv.
-    let mut new = docfetch::job::request::prepare(
+    let mut new = docfetch::intake::prepare(
         serde_json::from_value(
             json!({"account": "fresh-sim", "operation": "balance_sheet", "name": "legacy"}),
         )
         .unwrap(),
         None,
-        &app.settings,
-        docfetch::job::request::Trust::Submitted,
+        app.settings.as_ref(),
+        docfetch::intake::Trust::Submitted,
         "legacy.json",
         String::new(),
         now_ms(),

@@ -51,7 +51,7 @@ impl BenchDb {
             .with_context(|| {
                 format!(
                     "cannot create database {name} on {}",
-                    docfetch::config::redact_store_url(server)
+                    docfetch::store::redact_store_url(server)
                 )
             });
         let _ = admin.close().await;
@@ -97,7 +97,7 @@ pub(crate) async fn pg_admin(server: &str) -> Result<sqlx::PgConnection> {
     sqlx::PgConnection::connect(server).await.with_context(|| {
         format!(
             "cannot connect to PostgreSQL at {}",
-            docfetch::config::redact_store_url(server)
+            docfetch::store::redact_store_url(server)
         )
     })
 }

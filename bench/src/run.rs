@@ -185,7 +185,7 @@ pub(crate) fn settings_of(opts: &Options) -> Vec<(String, String)> {
                 opts.pending,
                 opts.file_size,
                 opts.submitters,
-                docfetch::config::redact_store_url(url),
+                docfetch::store::redact_store_url(url),
                 opts.workers,
                 docfetch::units::format_duration(opts.poll_initial),
                 docfetch::units::format_duration(opts.poll_max),

@@ -35,7 +35,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
 
-use super::{MAX_BODY, problem};
+use super::shared::{MAX_BODY, problem};
 use crate::config::{ApiSettings, Secret};
 
 /// What kind of listener the requests came through.

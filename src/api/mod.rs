@@ -10,91 +10,29 @@
 //! refused, and every error is an RFC 7807 problem document.
 
 pub mod guard;
+pub mod metrics;
 pub mod server;
+pub mod shared;
 pub mod token;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 
 pub use self::guard::Served;
 pub use self::server::{Bound, ListenError, bind, serve};
-use crate::config::{Secret, Settings};
+pub use self::shared::ApiState;
+use self::shared::{MAX_BODY, file_response, json, problem, store_problem};
 use crate::inbox::{self, AcceptError};
 use crate::job::JobState;
 use crate::job::request::{RequestError, RequestFormat};
-use crate::providers::Providers;
-use crate::store::{JobFilter, Store, StoreError};
-
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 1 << 20;
-
-/// What the handlers share.
-pub struct ApiState {
-    pub store: Store,
-    pub settings: Arc<Settings>,
-    pub providers: Providers,
-    pub http: reqwest::Client,
-    pub metrics: Option<PrometheusHandle>,
-    /// The token `/api/*` calls must carry ([`token::resolve`]); `None`
-    /// only with `api.auth = "none"`.
-    pub token: Option<Secret>,
-}
-
-/// An RFC 7807 problem document.
-pub(crate) fn problem(status: StatusCode, title: &str, detail: impl std::fmt::Display) -> Response {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail.to_string(),
-    });
-    let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
-}
-
-fn json(status: StatusCode, value: serde_json::Value) -> Response {
-    let mut response = (status, value.to_string()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-pub(crate) fn store_problem(e: StoreError) -> Response {
-    match e {
-        StoreError::NotFound(key) => problem(
-            StatusCode::NOT_FOUND,
-            "No such job",
-            format!("no job named or with id {key:?}"),
-        ),
-        StoreError::Conflict { detail, .. } => problem(
-            StatusCode::CONFLICT,
-            "Not possible in the job's state",
-            detail,
-        ),
-        other => {
-            tracing::error!(error = %other, "API: store error");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Store unavailable",
-                "the job store did not answer; try again",
-            )
-        }
-    }
-}
+use crate::store::{JobFilter, StoreError};
 
 /// Builds the router for requests that arrive through `served`.
 pub fn router(state: Arc<ApiState>, served: Served) -> Router {
@@ -153,7 +91,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             "no metrics recorder is installed",
         );
     };
-    let mut response = crate::metrics::render(handle, &state.store, &state.providers)
+    let mut response = self::metrics::render(handle, &state.store, &state.providers)
         .await
         .into_response();
     response.headers_mut().insert(
@@ -171,6 +109,7 @@ struct ListQuery {
     offset: Option<u32>,
 }
 
+#[tracing::instrument(name = "api_list_jobs", skip_all)]
 async fn list_jobs(State(state): State<Arc<ApiState>>, Query(q): Query<ListQuery>) -> Response {
     let job_state = match q.state.as_deref().map(str::parse::<JobState>).transpose() {
         Ok(s) => s,
@@ -197,6 +136,7 @@ async fn list_jobs(State(state): State<Arc<ApiState>>, Query(q): Query<ListQuery
     }
 }
 
+#[tracing::instrument(name = "api_show_job", skip_all, fields(job = %name))]
 async fn show_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
     let job = match state.store.find(&name).await {
         Ok(Some(job)) => job,
@@ -213,6 +153,7 @@ async fn show_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) 
     json(StatusCode::OK, value)
 }
 
+#[tracing::instrument(name = "api_create_job", skip_all)]
 async fn create_job(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
     // Each API call is a new request: the source is unique so an identical
     // second submission is a duplicate, never silently the same job.
@@ -247,6 +188,7 @@ async fn create_job(State(state): State<Arc<ApiState>>, body: Bytes) -> Response
     }
 }
 
+#[tracing::instrument(name = "api_cancel_job", skip_all, fields(job = %name))]
 async fn cancel_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
     let done = match crate::commands::cancel(
         &state.store,
@@ -266,6 +208,7 @@ async fn cancel_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>
     json(StatusCode::OK, done.job.summary_json())
 }
 
+#[tracing::instrument(name = "api_retry_job", skip_all, fields(job = %name))]
 async fn retry_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
     match crate::commands::retry(&state.store, &state.settings, &name).await {
         Ok(done) => {
@@ -278,83 +221,10 @@ async fn retry_job(State(state): State<Arc<ApiState>>, Path(name): Path<String>)
     }
 }
 
-/// Cancels a job through [`crate::commands::cancel`], logging what could
-/// not be done after the commit (shared by the API and the dashboard).
-pub(crate) async fn cancel(state: &ApiState, name: &str) -> Result<crate::job::Job, StoreError> {
-    let done = crate::commands::cancel(
-        &state.store,
-        &state.settings,
-        &state.providers,
-        &state.http,
-        name,
-    )
-    .await?;
-    for w in &done.warnings {
-        tracing::warn!(job = %done.job.name, "{w}");
-    }
-    Ok(done.job)
-}
-
-/// Queues a failed or cancelled job again through
-/// [`crate::commands::retry`] (shared by the API and the dashboard).
-pub(crate) async fn retry(state: &ApiState, name: &str) -> Result<crate::job::Job, StoreError> {
-    let done = crate::commands::retry(&state.store, &state.settings, name).await?;
-    for w in &done.warnings {
-        tracing::warn!(job = %done.job.name, "{w}");
-    }
-    Ok(done.job)
-}
-
+#[tracing::instrument(name = "api_job_file", skip_all, fields(job = %name, file = %file))]
 async fn job_file(
     State(state): State<Arc<ApiState>>,
     Path((name, file)): Path<(String, String)>,
 ) -> Response {
     file_response(&state, name, file).await
-}
-
-/// Streams one of a job's recorded files (or its receipt) as an attachment
-/// (shared by the API and the dashboard).
-pub(crate) async fn file_response(state: &ApiState, name: String, file: String) -> Response {
-    let job = match state.store.find(&name).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return store_problem(StoreError::NotFound(name)),
-        Err(e) => return store_problem(e),
-    };
-    // Only files the job recorded (and its receipt) are served: the name is
-    // never used to build a path unless it matches one of them exactly.
-    let known = job
-        .result
-        .iter()
-        .flat_map(|r| r.files.iter())
-        .any(|f| f.name == file)
-        || (file == crate::filename::RECEIPT_NAME && job.state.is_finished());
-    if !known {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "No such file",
-            format!("job {} has no file {file:?}", job.name),
-        );
-    }
-    let path = crate::receipt::job_dir(&state.settings.paths.output, &job).join(&file);
-    let handle = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => return problem(StatusCode::NOT_FOUND, "File missing on disk", e),
-    };
-    let length = handle.metadata().await.map(|m| m.len()).ok();
-    let mut response = Body::from_stream(tokio_util::io::ReaderStream::new(handle)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Some(length) = length
-        && let Ok(v) = HeaderValue::from_str(&length.to_string())
-    {
-        headers.insert(header::CONTENT_LENGTH, v);
-    }
-    let encoded = percent_encoding::utf8_percent_encode(&file, percent_encoding::NON_ALPHANUMERIC);
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{encoded}")) {
-        headers.insert(header::CONTENT_DISPOSITION, v);
-    }
-    response
 }

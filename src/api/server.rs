@@ -108,7 +108,7 @@ fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
         Some(parent) => parent,
         None => Path::new("."),
     };
-    crate::download::ensure_dir(parent)?;
+    crate::beneath::ensure_dir(parent)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
         Ok(_) => {

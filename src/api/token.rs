@@ -92,10 +92,10 @@ pub fn load_or_create(path: &Path) -> Result<Secret, TokenError> {
         Some(dir) => dir,
         None => Path::new("."),
     };
-    crate::download::ensure_dir(dir).map_err(create)?;
+    crate::beneath::ensure_dir(dir).map_err(create)?;
     let mut bytes = [0u8; TOKEN_BYTES];
     getrandom::fill(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
-    let token = crate::job::request::hex(&bytes);
+    let token = crate::job::digest::hex(&bytes);
     // tempfile opens with O_EXCL and the mode given here; the umask can
     // only take bits away.
     let mut file = tempfile::Builder::new()

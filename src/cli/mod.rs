@@ -417,7 +417,7 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
             Store::open(&settings.store.url).await?;
             println!(
                 "store {} is up to date",
-                crate::config::redact_store_url(&settings.store.url)
+                crate::store::redact_store_url(&settings.store.url)
             );
             Ok(0)
         }
@@ -433,8 +433,8 @@ pub async fn execute(cli: Cli, env: Environment) -> Result<u8, CliError> {
                 report.jobs_copied,
                 report.events_copied,
                 report.schedules_copied,
-                crate::config::redact_store_url(&from),
-                crate::config::redact_store_url(&to),
+                crate::store::redact_store_url(&from),
+                crate::store::redact_store_url(&to),
                 report.jobs_skipped
             );
             if !report.name_conflicts.is_empty() {

@@ -187,7 +187,7 @@ pub(super) fn check_config(settings: &Settings) -> u8 {
     }
     println!(
         "store:     {}",
-        crate::config::redact_store_url(&settings.store.url)
+        crate::store::redact_store_url(&settings.store.url)
     );
     if let Some(warning) = crate::config::store_transport_warning(&settings.store.url) {
         println!("warning:   {warning}");

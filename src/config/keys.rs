@@ -115,7 +115,7 @@ pub struct AccountKeys<'a> {
     plain_http: Option<bool>,
     /// Where each secret read so far came from; shared, because the
     /// provider that reads the keys consumes them.
-    pub origins: std::rc::Rc<std::cell::RefCell<Vec<super::SecretOrigin>>>,
+    pub origins: std::rc::Rc<std::cell::RefCell<Vec<SecretOrigin>>>,
 }
 
 impl<'a> AccountKeys<'a> {
@@ -289,14 +289,12 @@ impl<'a> AccountKeys<'a> {
                 format!("give only one of `{key}`, `{file_key}` and `{env_key}`"),
             ));
         }
-        let origin = |from| super::SecretOrigin {
+        let origin = |from| SecretOrigin {
             key: key.to_string(),
             from,
         };
         if let Some(value) = inline {
-            self.origins
-                .borrow_mut()
-                .push(origin(super::SecretFrom::Inline));
+            self.origins.borrow_mut().push(origin(SecretFrom::Inline));
             return Ok(Some(Secret(value)));
         }
         if let Some(file) = file {
@@ -323,13 +321,13 @@ impl<'a> AccountKeys<'a> {
             }
             self.origins
                 .borrow_mut()
-                .push(origin(super::SecretFrom::File(path)));
+                .push(origin(SecretFrom::File(path)));
             return Ok(Some(Secret(value)));
         }
         if let Some(var) = var {
             self.origins
                 .borrow_mut()
-                .push(origin(super::SecretFrom::Env(var.clone())));
+                .push(origin(SecretFrom::Env(var.clone())));
             return match self.env.get(&var) {
                 Some(value) if !value.is_empty() => Ok(Some(Secret(value.to_string()))),
                 _ => Err(ConfigError::invalid(
@@ -358,6 +356,35 @@ impl<'a> AccountKeys<'a> {
         match self.table.keys().next() {
             None => Ok(()),
             Some(key) => Err(ConfigError::invalid(self.key(key), "unknown key")),
+        }
+    }
+}
+
+/// Where one secret of an account came from: `KEY`, `KEY_file` or `KEY_env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretOrigin {
+    /// The secret's key (`password`, `client_secret`, …).
+    pub key: String,
+    pub from: SecretFrom,
+}
+
+/// The three ways a secret can be given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretFrom {
+    /// Written into the config file itself.
+    Inline,
+    /// Read from this file (after `$CREDENTIALS_DIRECTORY` was applied).
+    File(PathBuf),
+    /// Read from this environment variable.
+    Env(String),
+}
+
+impl fmt::Display for SecretFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretFrom::Inline => write!(f, "inline in the config"),
+            SecretFrom::File(path) => write!(f, "file {}", path.display()),
+            SecretFrom::Env(var) => write!(f, "env ${var}"),
         }
     }
 }

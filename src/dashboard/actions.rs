@@ -40,7 +40,7 @@ pub async fn cancel(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    match crate::api::cancel(&d.api, &name).await {
+    match crate::api::shared::cancel(&d.api, &name).await {
         Ok(job) => {
             tracing::info!(job = %job.name, "cancelled from the dashboard");
             see_other(&format!("/jobs/{}", urlencode(&job.name)))
@@ -59,7 +59,7 @@ pub async fn retry(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    match crate::api::retry(&d.api, &name).await {
+    match crate::api::shared::retry(&d.api, &name).await {
         Ok(job) => {
             tracing::info!(job = %job.name, "retried from the dashboard");
             see_other(&format!("/jobs/{}", urlencode(&job.name)))
@@ -76,7 +76,7 @@ pub async fn file(
     if let Err(login) = require(&d, &request) {
         return *login;
     }
-    crate::api::file_response(&d.api, name, file).await
+    crate::api::shared::file_response(&d.api, name, file).await
 }
 
 pub async fn fire(

@@ -33,8 +33,8 @@ use maud::{DOCTYPE, Markup, html};
 
 use self::i18n::Lang;
 use self::session::Sessions;
-use crate::api::ApiState;
 use crate::api::guard::constant_time_eq;
+use crate::api::shared::ApiState;
 use crate::schedule::Schedules;
 
 /// What the pages share.

@@ -8,6 +8,7 @@
 //!               └──▶ failed / cancelled  (from any live state)
 //! ```
 
+pub mod digest;
 pub mod next_run;
 pub mod request;
 pub mod retry;

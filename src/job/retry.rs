@@ -8,9 +8,8 @@
 
 use std::time::Duration;
 
-use crate::config::SchedulerSettings;
-
-/// Backoff settings, taken from `[scheduler]`.
+/// Backoff settings, taken from `[scheduler]`
+/// (`SchedulerSettings::retry_policy` in [`crate::config`]).
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub poll_initial: Duration,
@@ -25,15 +24,6 @@ pub struct RetryPolicy {
 pub const JITTER: f64 = 0.2;
 
 impl RetryPolicy {
-    pub fn from_settings(s: &SchedulerSettings) -> Self {
-        RetryPolicy {
-            poll_initial: s.poll_initial,
-            poll_max: s.poll_max,
-            retry_initial: s.retry_initial,
-            max_attempts: s.max_attempts,
-        }
-    }
-
     /// The wait before the next poll, after `polls` "not ready" answers
     /// (counting the one just received). A provider hint wins, clamped to
     /// `[min(1s, poll_initial), poll_max]`; without one the wait doubles from

@@ -79,7 +79,8 @@ use url::Url;
 use super::token::TokenCache;
 use super::{Provider, ProviderError, Step, StepContext, excerpt, read_body_limited};
 use crate::config::keys::{AccountKeys, ConfigError, Secret};
-use crate::job::request::{RequestError, hex};
+use crate::job::digest::hex;
+use crate::job::request::RequestError;
 use crate::job::{JobResult, SavedFile};
 
 /// The provider name used in `[accounts.*] provider = "…"`.

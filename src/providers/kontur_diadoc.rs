@@ -1063,7 +1063,7 @@ async fn save_bytes(
     Ok(SavedFile {
         name: name.to_string(),
         size: bytes.len() as u64,
-        sha256: crate::job::request::hex(&Sha256::digest(bytes)),
+        sha256: crate::job::digest::hex(&Sha256::digest(bytes)),
     })
 }
 

@@ -83,7 +83,8 @@ use super::{
     read_body_limited,
 };
 use crate::config::keys::{AccountKeys, ConfigError, Secret};
-use crate::job::request::{RequestError, hex};
+use crate::job::digest::hex;
+use crate::job::request::RequestError;
 use crate::job::{JobResult, SavedFile};
 
 /// The provider name used in `[accounts.*] provider = "…"`.

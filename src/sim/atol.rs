@@ -254,7 +254,7 @@ impl AtolSim {
         h.update(self.seq.fetch_add(1, Ordering::SeqCst).to_le_bytes());
         h.update(self.base_url().as_bytes());
         h.update(what);
-        crate::job::request::hex(&h.finalize())
+        crate::job::digest::hex(&h.finalize())
     }
 
     /// A W3C-style trace id, as ASP.NET services print them.

@@ -209,7 +209,7 @@ impl FreshSim {
             .map(|f| {
                 (
                     f.name.clone(),
-                    crate::job::request::hex(&Sha256::digest(&f.bytes)),
+                    crate::job::digest::hex(&Sha256::digest(&f.bytes)),
                 )
             })
             .collect()
@@ -224,7 +224,7 @@ impl FreshSim {
         let mut h = Sha256::new();
         h.update(n.to_le_bytes());
         h.update(self.origin.lock().as_bytes());
-        let hex = crate::job::request::hex(&h.finalize());
+        let hex = crate::job::digest::hex(&h.finalize());
         // UUID-shaped, like the seed's ids.
         format!(
             "{}-{}-{}-{}-{}",
@@ -240,7 +240,7 @@ impl FreshSim {
         let mut h = Sha256::new();
         h.update(self.seq.fetch_add(1, Ordering::SeqCst).to_le_bytes());
         h.update(b"handoff");
-        crate::job::request::hex(&h.finalize())
+        crate::job::digest::hex(&h.finalize())
     }
 
     /// Builds the router, mounted at the root.

@@ -357,7 +357,7 @@ impl KonturExternSim {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_bytes(),
         );
-        let hex = crate::job::request::hex(&h.finalize());
+        let hex = crate::job::digest::hex(&h.finalize());
         format!(
             "{}-{}-{}-{}-{}",
             &hex[0..8],
@@ -587,7 +587,7 @@ impl Content {
                 pos = end;
             }
         }
-        self.sha256 = Some(crate::job::request::hex(&hasher.finalize()));
+        self.sha256 = Some(crate::job::digest::hex(&hasher.finalize()));
         // Only the hash is kept; tests compare hashes.
         self.parts.clear();
         true
@@ -1133,7 +1133,7 @@ mod tests {
         assert!(c.add(0, Bytes::copy_from_slice(&whole[..60])));
         assert_eq!(
             c.sha256.as_deref(),
-            Some(crate::job::request::hex(&Sha256::digest(&whole)).as_str())
+            Some(crate::job::digest::hex(&Sha256::digest(&whole)).as_str())
         );
     }
 }

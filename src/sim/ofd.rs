@@ -449,7 +449,7 @@ impl OfdSim {
         h.update(n.to_le_bytes());
         h.update(label.as_bytes());
         h.update(self.origin.lock().as_bytes());
-        crate::job::request::hex(&h.finalize())
+        crate::job::digest::hex(&h.finalize())
     }
 
     fn next_id(&self) -> String {
@@ -988,7 +988,7 @@ async fn download(
     let (name, bytes) = file;
     inner.served.push((
         name.clone(),
-        crate::job::request::hex(&Sha256::digest(&bytes)),
+        crate::job::digest::hex(&Sha256::digest(&bytes)),
     ));
     drop(inner);
     sim.counters.downloads.fetch_add(1, Ordering::SeqCst);

@@ -267,7 +267,7 @@ impl Store {
             Ok(Store::Postgres(postgres::PgStore::open(url).await?))
         } else {
             Err(StoreError::Open {
-                url: crate::config::redact_store_url(url),
+                url: redact_store_url(url),
                 message: "unsupported scheme; expected sqlite:// or postgres://".into(),
             })
         }
@@ -605,4 +605,15 @@ where
         hooks_state: row.try_get("hooks_state")?,
         hooks_attempts: counter("hooks_attempts")?,
     })
+}
+
+/// Hides the password of a database URL (`postgres://user:pw@host`).
+pub fn redact_store_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
 }

@@ -21,7 +21,7 @@
 //!   the lock held by a pooled connection.
 //!
 //! The URL's password never leaves this module: errors carry the URL with
-//! the password replaced by [`crate::config::redact_store_url`].
+//! the password replaced by [`crate::store::redact_store_url`].
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -207,7 +207,7 @@ impl Signals {
 
 fn open_error(url: &str, message: impl std::fmt::Display) -> StoreError {
     StoreError::Open {
-        url: crate::config::redact_store_url(url),
+        url: crate::store::redact_store_url(url),
         message: message.to_string(),
     }
 }

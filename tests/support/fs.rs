@@ -46,7 +46,7 @@ pub fn dirs_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    docfetch::job::request::hex(&Sha256::digest(bytes))
+    docfetch::job::digest::hex(&Sha256::digest(bytes))
 }
 
 /// Lower-case hex SHA-256 of a file's content.
