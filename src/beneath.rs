@@ -23,10 +23,10 @@
 //!
 //! A durable write keeps the order the rest of docfetch relies on: the file
 //! is written as `.NAME.part`, synced, renamed into place, and the folder
-//! is `fsync`ed ([`Folder::write_atomic`], through the batches of
-//! [`crate::durable`]). Every call is one system call on a descriptor
-//! already held, so the sequence is the same as with paths: `openat`
-//! `.part`, `write`s, `fdatasync` file, `renameat`, `fsync` folder.
+//! is `fsync`ed (`durable::write_atomic`, which does it in batches).
+//! Every call is one system call on a descriptor already held, so the
+//! sequence is the same as with paths: `openat` `.part`, `write`s,
+//! `fdatasync` file, `renameat`, `fsync` folder.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -144,7 +144,7 @@ impl Subfolder {
 
 /// Refuses anything but one plain path component: the names docfetch puts
 /// below a root (job names, sanitised file names) are never paths.
-fn one_name(name: &str) -> io::Result<&str> {
+pub fn one_name(name: &str) -> io::Result<&str> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -356,18 +356,6 @@ impl Folder {
         let is_file = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
         #[allow(clippy::useless_conversion)] // i64 on 64-bit targets, narrower elsewhere
         Ok((i64::from(stat.st_mtime), is_file))
-    }
-
-    /// Writes `contents` durably and atomically as `name`: `.NAME.part`,
-    /// `fdatasync`, rename, `fsync` of this folder, the last three in the
-    /// next batch of the file committer ([`crate::durable`]), which this
-    /// waits for. A failure removes the part. Blocking: call it from a
-    /// blocking thread.
-    pub fn write_atomic(&self, name: &str, contents: &[u8]) -> io::Result<()> {
-        let staged =
-            crate::durable::Staged::write(self.try_clone()?, one_name(name)?, contents, None)?;
-        crate::durable::commit_blocking(staged)?;
-        Ok(())
     }
 
     /// Opens `relative` (a path of one or more names) for reading, resolved
@@ -606,7 +594,7 @@ mod tests {
         std::fs::write(&victim, b"keep").unwrap();
         let folder = Subfolder::new(dir.path(), "job").open(true).unwrap();
         symlink(&victim, dir.path().join("job").join(part_name("x.json"))).unwrap();
-        let e = folder.write_atomic("x.json", b"new").unwrap_err();
+        let e = crate::durable::write_atomic(&folder, "x.json", b"new").unwrap_err();
         assert!(is_refused(&e), "{e}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert!(!dir.path().join("job/x.json").exists());
@@ -632,8 +620,8 @@ mod tests {
         let folder = Subfolder::new(dir.path().join("out"), "job")
             .open(true)
             .unwrap();
-        folder.write_atomic("job.json", b"{}").unwrap();
-        folder.write_atomic("job.json", b"{\"x\":1}").unwrap();
+        crate::durable::write_atomic(&folder, "job.json", b"{}").unwrap();
+        crate::durable::write_atomic(&folder, "job.json", b"{\"x\":1}").unwrap();
         let path = dir.path().join("out/job");
         assert_eq!(std::fs::read(path.join("job.json")).unwrap(), b"{\"x\":1}");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::beneath::{Folder, part_name};
+use crate::beneath::{Folder, one_name, part_name};
 
 /// A file written under its temporary name and ready to be made durable.
 #[derive(Debug)]
@@ -88,7 +88,7 @@ impl Staged {
         contents: &[u8],
         made_in: Option<Folder>,
     ) -> io::Result<Staged> {
-        let part = part_name(name);
+        let part = part_name(one_name(name)?);
         let written = folder.create_file(&part, 0o640).and_then(|mut file| {
             file.write_all(contents)?;
             Ok(file)
@@ -133,6 +133,16 @@ impl From<Failed> for io::Error {
     fn from(failed: Failed) -> io::Error {
         failed.source
     }
+}
+
+/// Writes `contents` durably and atomically as `name` in `folder`:
+/// `.NAME.part`, then `fdatasync`, rename and `fsync` of `folder` in the
+/// next batch, which this waits for. A failure removes the part.
+/// Blocking: call it from a blocking thread.
+pub fn write_atomic(folder: &Folder, name: &str, contents: &[u8]) -> io::Result<()> {
+    let staged = Staged::write(folder.try_clone()?, name, contents, None)?;
+    commit_blocking(staged)?;
+    Ok(())
 }
 
 /// Makes `staged` durable under its final name in the next batch.
