@@ -28,17 +28,20 @@
 //!
 //! # Why parallel `fdatasync`s, not `syncfs` or one after the other
 //!
-//! Measured on this machine's disk (ext4 without a journal, see
-//! BENCHMARKS.md, `docfetch-bench --only filesync`): 64 files of 4 KiB made
-//! durable by 64 `fdatasync`s issued at once took far less time than the
-//! same 64 one after the other, because each `fdatasync` is mostly the
-//! disk's cache flush and the block layer merges flushes that are waiting
-//! together into one. `syncfs` was not better than the parallel syncs even
-//! when nothing else was writing, and it gets worse with everything else
-//! the file system has dirty (the store's pages, other files being
-//! written, another program's data): it writes all of that back and waits
-//! for it. It also needs the output to be a file system of its own to be
-//! fair to anyone else. The parallel `fdatasync`s pay only for the batch.
+//! Measured with `measure_sync_modes` below (a batch of 64 files of 4 KiB
+//! in 8 folders; BENCHMARKS.md has the figures) on this machine's disk:
+//! ext4 without a journal on a virtual disk with a write-back cache, so
+//! each sync is mostly the disk's cache flush. Issued at once, the
+//! `fdatasync`s of a batch wait together and the block layer serves
+//! flushes that are waiting at the same time with one; one after the
+//! other, every file pays a flush of its own. `syncfs` needs one call, but
+//! it writes back and waits for everything dirty on the file system — the
+//! store's pages, files still arriving, any other program's data — so its
+//! cost is not the batch's but the machine's: on this shared disk it swung
+//! more than 3 × between rounds of the same measurement, and the output
+//! folder is not a file system of its own here. Parallel `fdatasync`s cost
+//! what the batch needs and nothing else, and never touch another
+//! program's data.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -444,12 +447,15 @@ fn commit_batch(shared: &Shared, pool: &mut Pool, batch: Vec<(Staged, Reply)>) {
 /// Work for a sync thread.
 type Task = Box<dyn FnOnce() + Send>;
 
+/// The queue the sync threads take their work from, one at a time.
+type Tasks = Arc<Mutex<mpsc::Receiver<Task>>>;
+
 /// The committer's sync threads, made as a batch first needs them (an idle
 /// daemon has none) and kept: a thread per sync in flight, so that every
 /// sync of a batch is issued at once, up to [`MAX_SYNC_THREADS`].
 #[derive(Default)]
 struct Pool {
-    tasks: Option<(mpsc::Sender<Task>, Arc<Mutex<mpsc::Receiver<Task>>>)>,
+    tasks: Option<(mpsc::Sender<Task>, Tasks)>,
     threads: usize,
     /// No more threads could be made.
     full: bool,
