@@ -73,14 +73,13 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::token::TokenCache;
 use super::{Provider, ProviderError, Step, StepContext, excerpt, read_body_limited};
 use crate::config::keys::{AccountKeys, ConfigError, Secret};
-use crate::job::request::{RequestError, hex};
-use crate::job::{JobResult, SavedFile};
+use crate::job::JobResult;
+use crate::job::request::RequestError;
 
 /// The provider name used in `[accounts.*] provider = "…"`.
 pub const PROVIDER: &str = "atol-kkt";
@@ -491,8 +490,8 @@ impl Atol {
         let json = pretty(&document)?;
         let csv = csv_document(&cursor.registers);
         let files = vec![
-            save_file(ctx, "cash-registers.json", &json).await?,
-            save_file(ctx, "cash-registers.csv", &csv).await?,
+            ctx.save_bytes("cash-registers.json", &json).await?,
+            ctx.save_bytes("cash-registers.csv", &csv).await?,
         ];
         tracing::info!(count, pages = cursor.pages, "saved the cash-register list");
         cursor.registers = Vec::new();
@@ -531,8 +530,8 @@ impl Atol {
         let csv = csv_document(std::slice::from_ref(&data));
         let stem = crate::filename::sanitize(&format!("cash-register-{serial}"), "cash-register");
         let files = vec![
-            save_file(ctx, &format!("{stem}.json"), &json).await?,
-            save_file(ctx, &format!("{stem}.csv"), &csv).await?,
+            ctx.save_bytes(&format!("{stem}.json"), &json).await?,
+            ctx.save_bytes(&format!("{stem}.csv"), &csv).await?,
         ];
         Ok(Step::Done {
             cursor: Value::Object(Default::default()),
@@ -860,37 +859,6 @@ fn pretty<T: Serialize>(value: &T) -> Result<Vec<u8>, ProviderError> {
         .map_err(|e| ProviderError::permanent(format!("cannot encode the JSON file: {e}")))?;
     bytes.push(b'\n');
     Ok(bytes)
-}
-
-/// Writes a generated file atomically into the job's folder.
-async fn save_file(
-    ctx: &StepContext<'_>,
-    name: &str,
-    bytes: &[u8],
-) -> Result<SavedFile, ProviderError> {
-    let size = bytes.len() as u64;
-    if size > ctx.max_file_size {
-        return Err(ProviderError::permanent(format!(
-            "{name} would be {size} bytes, over the {}-byte limit (scheduler.max_file_size)",
-            ctx.max_file_size
-        )));
-    }
-    crate::download::write_atomic(&ctx.output_dir, name, bytes)
-        .await
-        .map_err(|e| {
-            ProviderError::disk(
-                format!(
-                    "cannot write {}: {e}",
-                    ctx.output_dir.path().join(name).display()
-                ),
-                &e,
-            )
-        })?;
-    Ok(SavedFile {
-        name: name.to_string(),
-        size,
-        sha256: hex(&Sha256::digest(bytes)),
-    })
 }
 
 /// Starts the walk over after the list changed under it.

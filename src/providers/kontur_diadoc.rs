@@ -60,15 +60,14 @@ use reqwest::header::{
 };
 use reqwest::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::oidc::{Oidc, OidcConfig};
 use super::token::TokenCache;
 use super::{Provider, ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
 use crate::config::keys::{AccountKeys, ConfigError, Secret};
+use crate::job::JobResult;
 use crate::job::request::RequestError;
-use crate::job::{JobResult, SavedFile};
 
 /// The provider name used in `[accounts.*] provider = "…"`.
 pub const PROVIDER: &str = "kontur-diadoc";
@@ -543,8 +542,8 @@ impl KonturDiadoc {
         let pdf = crate::filename::sanitize(&format!("{stem}.protocol.pdf"), "protocol.pdf");
         let sig = crate::filename::sanitize(&format!("{stem}.protocol.sig"), "protocol.sig");
         let files = vec![
-            save_bytes(ctx, &pdf, &protocol.print_form).await?,
-            save_bytes(ctx, &sig, &protocol.signature).await?,
+            ctx.save_bytes(&pdf, &protocol.print_form).await?,
+            ctx.save_bytes(&sig, &protocol.signature).await?,
         ];
         let mut warnings = Vec::new();
         if protocol.signature.is_empty() {
@@ -1031,31 +1030,6 @@ fn disposition_name(headers: &HeaderMap) -> Option<String> {
     headers
         .get(CONTENT_DISPOSITION)
         .and_then(|v| crate::filename::from_content_disposition(v.as_bytes()))
-}
-
-/// Writes a file held in memory atomically and describes it for the receipt.
-async fn save_bytes(
-    ctx: &StepContext<'_>,
-    name: &str,
-    bytes: &[u8],
-) -> Result<SavedFile, ProviderError> {
-    crate::download::write_atomic(&ctx.output_dir, name, bytes)
-        .await
-        .map_err(|e| {
-            // A full or failing disk may pass: retried.
-            ProviderError::disk(
-                format!(
-                    "cannot write {}: {e}",
-                    ctx.output_dir.path().join(name).display()
-                ),
-                &e,
-            )
-        })?;
-    Ok(SavedFile {
-        name: name.to_string(),
-        size: bytes.len() as u64,
-        sha256: crate::job::request::hex(&Sha256::digest(bytes)),
-    })
 }
 
 /// Whether a saved file starts with `%PDF`.
