@@ -3,6 +3,9 @@
 //! the way [`AccountKeys`](crate::config::keys::AccountKeys) reads an
 //! account's config. Each provider says what its keys mean; this says how
 //! a missing, mistyped or misspelt key is reported, once for all of them.
+//! The typed readers are strict: a `null` is a wrong type, not an absent
+//! key; [`Params::get`] is there for the services that send `null` for
+//! "not given".
 
 use serde_json::{Map, Value};
 
@@ -64,9 +67,9 @@ impl<'a> Params<'a> {
         self.raw(key).ok_or_else(|| Params::invalid(key, message))
     }
 
-    /// An optional string (`null` counts as absent).
+    /// An optional string.
     pub fn string(&self, key: &str) -> Result<Option<&'a str>, RequestError> {
-        match self.get(key) {
+        match self.raw(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(Params::invalid(
@@ -76,10 +79,10 @@ impl<'a> Params<'a> {
         }
     }
 
-    /// An optional `true` or `false` (`null` counts as absent); with
-    /// `lenient`, the strings `"true"` and `"false"` count too.
+    /// An optional `true` or `false`; with `lenient`, the strings `"true"`
+    /// and `"false"` (any case) count too.
     pub fn boolean(&self, key: &str, lenient: bool) -> Result<Option<bool>, RequestError> {
-        match self.get(key) {
+        match self.raw(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(Value::String(s)) if lenient && s.eq_ignore_ascii_case("true") => Ok(Some(true)),
@@ -91,8 +94,7 @@ impl<'a> Params<'a> {
         }
     }
 
-    /// An optional whole number within `range` (`null` counts as absent);
-    /// `meaning` says what it counts, for the error.
+    /// An optional whole number within `range`; `meaning` says what it counts, for the error.
     pub fn integer_in(
         &self,
         key: &str,
@@ -118,9 +120,9 @@ impl<'a> Params<'a> {
         }
     }
 
-    /// An optional date `YYYY-MM-DD` (`null` counts as absent).
+    /// An optional date `YYYY-MM-DD`.
     pub fn date(&self, key: &str) -> Result<Option<chrono::NaiveDate>, RequestError> {
-        let Some(value) = self.get(key) else {
+        let Some(value) = self.raw(key) else {
             return Ok(None);
         };
         value
@@ -177,12 +179,13 @@ mod tests {
     }
 
     #[test]
-    fn null_counts_as_absent_where_it_should() {
+    fn null_is_absent_only_through_get() {
         let value = json!({"n": null, "t": "TRUE", "k": 3});
         let p = Params::object(&value, "").unwrap();
-        assert_eq!(p.string("n").unwrap(), None);
-        assert_eq!(p.boolean("n", false).unwrap(), None);
-        assert_eq!(p.date("n").unwrap(), None);
+        assert!(p.string("n").is_err());
+        assert!(p.boolean("n", false).is_err());
+        assert!(p.date("n").is_err());
+        assert_eq!(p.get("n"), None);
         assert!(p.raw("n").is_some());
         assert_eq!(p.boolean("t", true).unwrap(), Some(true));
         assert!(p.boolean("t", false).is_err());
