@@ -22,52 +22,7 @@ pub fn validate_request(operation: &str, params: &Value) -> Result<(), RequestEr
     .map();
     let get = |key: &str| field(params, key).filter(|v| !v.is_null());
 
-    // CustomReportId and ReportType: one of them (3.1, table 3).
-    let custom = match get("CustomReportId") {
-        None => false,
-        Some(Value::String(s)) if uuid::Uuid::parse_str(s.trim()).is_ok() => true,
-        Some(other) => {
-            return Err(Params::invalid(
-                "CustomReportId",
-                format!("expected the UUID of a custom report template, found {other}"),
-            ));
-        }
-    };
-    // With a custom template the seed leaves ReportType to the template.
-    if !custom {
-        match get("ReportType") {
-            None => {
-                return Err(Params::invalid(
-                    "ReportType",
-                    format!(
-                        "required unless params.CustomReportId names a custom template; expected one of {}",
-                        REPORT_TYPES.join(", ")
-                    ),
-                ));
-            }
-            Some(Value::String(t)) if REPORT_TYPES.contains(&t.as_str()) => {}
-            Some(Value::String(t)) => {
-                let hint = REPORT_TYPES
-                    .iter()
-                    .find(|known| known.eq_ignore_ascii_case(t.trim()))
-                    .map(|known| format!(" (did you mean {known:?}?)"))
-                    .unwrap_or_default();
-                return Err(Params::invalid(
-                    "ReportType",
-                    format!(
-                        "{t:?} is not an OFD.ru report type{hint}; expected one of {}",
-                        REPORT_TYPES.join(", ")
-                    ),
-                ));
-            }
-            Some(other) => {
-                return Err(Params::invalid(
-                    "ReportType",
-                    format!("expected a string such as \"ReceiptReport\", found {other}"),
-                ));
-            }
-        }
-    }
+    report_kind(params)?;
 
     let from = required_date(params, "DateFrom")?;
     let to = required_date(params, "DateTo")?;
@@ -126,6 +81,63 @@ pub fn validate_request(operation: &str, params: &Value) -> Result<(), RequestEr
         ));
     }
 
+    agreement_id(object)
+}
+
+/// `CustomReportId` or `ReportType`: one of them (3.1, table 3).
+fn report_kind(params: &Value) -> Result<(), RequestError> {
+    let get = |key: &str| field(params, key).filter(|v| !v.is_null());
+    let custom = match get("CustomReportId") {
+        None => false,
+        Some(Value::String(s)) if uuid::Uuid::parse_str(s.trim()).is_ok() => true,
+        Some(other) => {
+            return Err(Params::invalid(
+                "CustomReportId",
+                format!("expected the UUID of a custom report template, found {other}"),
+            ));
+        }
+    };
+    // With a custom template the seed leaves ReportType to the template.
+    if !custom {
+        match get("ReportType") {
+            None => {
+                return Err(Params::invalid(
+                    "ReportType",
+                    format!(
+                        "required unless params.CustomReportId names a custom template; expected one of {}",
+                        REPORT_TYPES.join(", ")
+                    ),
+                ));
+            }
+            Some(Value::String(t)) if REPORT_TYPES.contains(&t.as_str()) => {}
+            Some(Value::String(t)) => {
+                let hint = REPORT_TYPES
+                    .iter()
+                    .find(|known| known.eq_ignore_ascii_case(t.trim()))
+                    .map(|known| format!(" (did you mean {known:?}?)"))
+                    .unwrap_or_default();
+                return Err(Params::invalid(
+                    "ReportType",
+                    format!(
+                        "{t:?} is not an OFD.ru report type{hint}; expected one of {}",
+                        REPORT_TYPES.join(", ")
+                    ),
+                ));
+            }
+            Some(other) => {
+                return Err(Params::invalid(
+                    "ReportType",
+                    format!("expected a string such as \"ReceiptReport\", found {other}"),
+                ));
+            }
+        }
+    }
+
+    Ok(())
+}
+
+/// `OfdAgreementId`, in either of the seed's spellings.
+fn agreement_id(object: &serde_json::Map<String, Value>) -> Result<(), RequestError> {
     // The seed spells it `ofdAgreementId` in table 3 and `OfdAgreementId`
     // in its example; either is accepted, but not two different values.
     let spellings: Vec<&Value> = object
