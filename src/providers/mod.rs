@@ -14,6 +14,7 @@ pub mod kontur_diadoc;
 pub mod kontur_extern;
 pub mod ofd;
 pub mod oidc;
+pub mod params;
 pub mod token;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use crate::config::keys::{AccountKeys, ConfigError};
 use crate::download::{self, DownloadError};
 use crate::job::request::RequestError;
 use crate::job::{Job, JobResult, SavedFile};
+use sha2::{Digest, Sha256};
 
 /// What a finished step asks the scheduler to do next.
 #[derive(Debug, Clone, PartialEq)]
@@ -257,6 +259,37 @@ impl StepContext<'_> {
         .await?;
         crate::metrics::download(&self.job.provider, saved.size, started.elapsed());
         Ok(saved)
+    }
+    /// Writes a file held in memory (a generated document, a body already
+    /// read) atomically into the job's folder and describes it for the
+    /// receipt. Over `max_file_size` it is refused for good: the same
+    /// contents will be just as large next time.
+    pub async fn save_bytes(&self, name: &str, bytes: &[u8]) -> Result<SavedFile, ProviderError> {
+        let size = bytes.len() as u64;
+        if size > self.max_file_size {
+            return Err(ProviderError::permanent(format!(
+                "{name} would be {size} bytes, over the {}-byte limit (scheduler.max_file_size)",
+                self.max_file_size
+            )));
+        }
+        download::write_atomic(&self.output_dir, name, bytes)
+            .await
+            .map_err(|e| {
+                // A full or failing disk may pass (transient); a path
+                // refused as unsafe will not (permanent).
+                ProviderError::disk(
+                    format!(
+                        "cannot write {}: {e}",
+                        self.output_dir.path().join(name).display()
+                    ),
+                    &e,
+                )
+            })?;
+        Ok(SavedFile {
+            name: name.to_string(),
+            size,
+            sha256: crate::job::digest::hex(&Sha256::digest(bytes)),
+        })
     }
 }
 

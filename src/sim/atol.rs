@@ -22,6 +22,7 @@
 //! (a missing comma in the list, a trailing comma in the 403); this fake
 //! serves valid JSON. Register data is deterministic: see [`register_data`].
 
+use super::{Mutex, Origin};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,8 +167,8 @@ struct Inner {
 pub struct AtolSim {
     pub config: AtolSimConfig,
     pub counters: AtolCounters,
-    origin: std::sync::Mutex<String>,
-    inner: std::sync::Mutex<Inner>,
+    origin: Origin,
+    inner: Mutex<Inner>,
     seq: AtomicU64,
 }
 
@@ -180,27 +181,24 @@ impl AtolSim {
         Arc::new(AtolSim {
             config,
             counters: AtolCounters::default(),
-            origin: std::sync::Mutex::new(String::new()),
-            inner: std::sync::Mutex::new(inner),
+            origin: Origin::default(),
+            inner: Mutex::new(inner),
             seq: AtomicU64::new(1),
         })
     }
 
     pub fn set_origin(&self, origin: &str) {
-        *self.origin.lock().unwrap_or_else(|e| e.into_inner()) = origin.to_string();
+        self.origin.set(origin);
     }
 
     /// The account `base_url` for this service.
     pub fn base_url(&self) -> String {
-        self.origin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.origin.get()
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Shrugs off poisoning: the fake stays usable if a handler panicked.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Every token issued so far, in order.

@@ -38,6 +38,7 @@
 //! | `notpdf` | a protocol (and print form) whose PDF is not a PDF |
 //! | `expired` | the archive's first `ShelfDownload` is 404 (gone from the shelf) |
 
+use super::{Mutex, Origin};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,8 +182,8 @@ pub struct KonturDiadocSim {
     pub config: KonturDiadocSimConfig,
     pub identity: Arc<IdentitySim>,
     pub counters: KonturDiadocCounters,
-    inner: std::sync::Mutex<Inner>,
-    origin: std::sync::Mutex<String>,
+    inner: Mutex<Inner>,
+    origin: Origin,
     seq: AtomicU64,
 }
 
@@ -192,22 +193,19 @@ impl KonturDiadocSim {
             config,
             identity,
             counters: KonturDiadocCounters::default(),
-            inner: std::sync::Mutex::new(Inner::default()),
-            origin: std::sync::Mutex::new(String::new()),
+            inner: Mutex::new(Inner::default()),
+            origin: Origin::default(),
             seq: AtomicU64::new(1),
         })
     }
 
     pub fn set_origin(&self, origin: &str) {
-        *self.origin.lock().unwrap_or_else(|e| e.into_inner()) = origin.to_string();
+        self.origin.set(origin);
     }
 
     /// The account `base_url` for this service.
     pub fn base_url(&self) -> String {
-        self.origin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.origin.get()
     }
 
     /// The `[accounts.NAME]` tables a config needs for this service: one
@@ -281,7 +279,7 @@ impl KonturDiadocSim {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Builds the router, mounted at [`PREFIX`].

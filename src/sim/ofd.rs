@@ -70,20 +70,7 @@ const REPORT_TYPES: &[(&str, &str)] = &[
     ("FnScheduleReport", "График смены ФН"),
 ];
 
-mod lock {
-    //! `std::sync::Mutex` that shrugs off poisoning: the simulator's state
-    //! stays usable even if a handler panicked while holding it.
-    pub struct Mutex<T>(std::sync::Mutex<T>);
-    impl<T> Mutex<T> {
-        pub fn new(value: T) -> Self {
-            Mutex(std::sync::Mutex::new(value))
-        }
-        pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner())
-        }
-    }
-}
-use lock::Mutex;
+use super::{Mutex, Origin};
 
 /// Per-report behaviour, from the order body's `_sim` (all optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -335,7 +322,7 @@ pub struct OfdSim {
     pub config: OfdSimConfig,
     pub counters: OfdCounters,
     inner: Mutex<Inner>,
-    origin: Mutex<String>,
+    origin: Origin,
     seq: AtomicU64,
     fail_lists: AtomicU64,
     reject_tokens: AtomicU64,
@@ -350,19 +337,19 @@ impl OfdSim {
             config,
             counters: OfdCounters::default(),
             inner: Mutex::new(Inner::default()),
-            origin: Mutex::new(String::new()),
+            origin: Origin::default(),
             seq: AtomicU64::new(1),
             rate_limited: AtomicBool::new(false),
         })
     }
 
     pub fn set_origin(&self, origin: &str) {
-        *self.origin.lock() = origin.to_string();
+        self.origin.set(origin);
     }
 
     /// The account `base_url` for this service.
     pub fn base_url(&self) -> String {
-        self.origin.lock().clone()
+        self.origin.get()
     }
 
     pub fn orders(&self) -> u64 {
@@ -448,7 +435,7 @@ impl OfdSim {
         let mut h = Sha256::new();
         h.update(n.to_le_bytes());
         h.update(label.as_bytes());
-        h.update(self.origin.lock().as_bytes());
+        h.update(self.origin.get().as_bytes());
         crate::job::digest::hex(&h.finalize())
     }
 
