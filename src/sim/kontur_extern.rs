@@ -151,6 +151,9 @@ pub struct ErrorKnob {
 pub struct DocumentKnobs {
     /// The build lists the document in `error-drafts-builder-documents`.
     pub error: Option<String>,
+    /// Further messages for the document, each listed as an entry of its
+    /// own (as Extern does for a document with several faults).
+    pub more_errors: Vec<String>,
 }
 
 /// Counters a test can read.
@@ -182,6 +185,8 @@ pub struct KonturExternCounters {
     pub put_updated: AtomicU64,
     /// `PUT`s of an unknown id refused (see `refuse_put_create`).
     pub put_refused: AtomicU64,
+    /// Answers held back after a creation (see `stall_after_creating`).
+    pub stalled: AtomicU64,
     /// `GET …/documents` and `GET …/files` requests answered.
     pub document_lists: AtomicU64,
     pub file_lists: AtomicU64,
@@ -390,6 +395,7 @@ impl KonturExternSim {
             }
         };
         if stall {
+            self.counters.stalled.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
     }
@@ -1318,6 +1324,10 @@ async fn task(
                 };
                 if let Some(message) = &document.knobs.error {
                     errors.push(json!({ "document-id": document_id, "error-message": message }));
+                    for message in &document.knobs.more_errors {
+                        errors
+                            .push(json!({ "document-id": document_id, "error-message": message }));
+                    }
                     continue;
                 }
                 // One draft per `label-for-grouping` (null is a label too).

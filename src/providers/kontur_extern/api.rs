@@ -114,6 +114,18 @@ pub(super) fn failure(
     }
 }
 
+/// Whether the answer to a `PUT` of an id Extern does not know yet says
+/// that this server does not create things that way (the seed documents it
+/// does; an older or a different deployment may not): 404 (no such object
+/// and none made), 405 (no `PUT` here) or 501 (not implemented). Nothing
+/// was created, so the caller may fall back to `POST`.
+pub(super) fn refuses_put_create(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+    )
+}
+
 /// A success answer's JSON; anything else is garbage, worth a retry.
 pub(super) fn json_of(body: &[u8], what: &str) -> Result<Value, ProviderError> {
     serde_json::from_slice::<Value>(body)
@@ -374,6 +386,41 @@ impl KonturExtern {
             })
     }
 
+    /// Sends a JSON request and returns whatever status it answered.
+    pub(super) async fn send_json(
+        &self,
+        ctx: &StepContext<'_>,
+        what: &str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Answer, ProviderError> {
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|e| {
+                ProviderError::permanent(format!("{what}: the request cannot be encoded: {e}"))
+            })?),
+            None => None,
+        };
+        self.call(ctx, what, |token| {
+            let mut request = ctx
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token.expose())
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(ctx.timeout);
+            request = match &body {
+                Some(b) => request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(b.clone()),
+                // A POST without a body still says so, or some proxies
+                // answer 411.
+                None => request.header(CONTENT_LENGTH, 0),
+            };
+            Ok(request)
+        })
+        .await
+    }
+
     /// Sends a JSON request and returns the body of a 2xx answer.
     pub(super) async fn call_ok(
         &self,
@@ -383,31 +430,7 @@ impl KonturExtern {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Vec<u8>, ProviderError> {
-        let body = match body {
-            Some(b) => Some(serde_json::to_vec(b).map_err(|e| {
-                ProviderError::permanent(format!("{what}: the request cannot be encoded: {e}"))
-            })?),
-            None => None,
-        };
-        let answer = self
-            .call(ctx, what, |token| {
-                let mut request = ctx
-                    .http
-                    .request(method.clone(), url.clone())
-                    .bearer_auth(token.expose())
-                    .header(reqwest::header::ACCEPT, "application/json")
-                    .timeout(ctx.timeout);
-                request = match &body {
-                    Some(b) => request
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(b.clone()),
-                    // A POST without a body still says so, or some proxies
-                    // answer 411.
-                    None => request.header(CONTENT_LENGTH, 0),
-                };
-                Ok(request)
-            })
-            .await?;
+        let answer = self.send_json(ctx, what, method, url, body).await?;
         if !answer.status.is_success() {
             return Err(failure(
                 what,

@@ -192,7 +192,9 @@ impl KonturExternAccount {
 
 mod api;
 mod attachments;
+mod create;
 mod drafts;
+mod lookup;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -200,8 +202,9 @@ mod tests;
 use self::api::*;
 pub use self::api::{ApiError, DocumentError, Task, list_items, read_build_result};
 use self::attachments::*;
-use self::drafts::*;
-pub use self::drafts::{find_document, find_file};
+use self::create::*;
+use self::lookup::*;
+pub use self::lookup::{find_document, find_file};
 pub use self::request::validate_request;
 use self::request::*;
 
@@ -216,8 +219,13 @@ struct Cursor {
     /// One entry per requested document, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     documents: Vec<DocumentCursor>,
+    /// The builder's id once it exists at Extern.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     builder_id: Option<String>,
+    /// The id chosen for the builder before it is created with `PUT`; it
+    /// may exist at Extern already (see [`create`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chosen_builder_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     task_id: Option<String>,
     /// Steps in a row without a wait (see [`BURST`]).
@@ -230,6 +238,13 @@ struct Cursor {
 struct DocumentCursor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     document_id: Option<String>,
+    /// The id chosen for the document before it is created with `PUT`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "chosen-document-id"
+    )]
+    chosen_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     files: Vec<FileCursor>,
 }
@@ -250,6 +265,13 @@ struct FileCursor {
     /// The DraftsBuilder file id once attached to its document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     file_id: Option<String>,
+    /// The id chosen for the file before it is created with `PUT`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "chosen-file-id"
+    )]
+    chosen_id: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -309,6 +331,26 @@ impl Cursor {
         })
     }
 
+    /// Where the id of the next thing to create is chosen: the builder's,
+    /// else the first document's or file's that does not exist yet, in
+    /// the order they are created. `None` once everything exists.
+    fn next_choice(&mut self) -> Option<&mut Option<String>> {
+        if self.builder_id.is_none() {
+            return Some(&mut self.chosen_builder_id);
+        }
+        for document in &mut self.documents {
+            if document.document_id.is_none() {
+                return Some(&mut document.chosen_id);
+            }
+            for file in &mut document.files {
+                if file.file_id.is_none() {
+                    return Some(&mut file.chosen_id);
+                }
+            }
+        }
+        None
+    }
+
     /// Whether every file is attached to its document (nothing is read
     /// from disk any more).
     fn all_attached(&self) -> bool {
@@ -359,6 +401,10 @@ pub struct KonturExtern {
     /// names it: so a key stays true if that step's commit fails, and holds
     /// after an adoption too.
     unsent: Mutex<HashSet<String>>,
+    /// Set once this account's server refused to create with `PUT` (see
+    /// [`create`]): from then on no ids are chosen and things are created
+    /// with `POST`.
+    put_refused: std::sync::atomic::AtomicBool,
 }
 
 impl KonturExtern {
@@ -369,6 +415,7 @@ impl KonturExtern {
             client_limit: client_limit(&key),
             account,
             unsent: Mutex::new(HashSet::new()),
+            put_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -440,93 +487,27 @@ impl Provider for KonturExtern {
 
         if let Some((d, f)) = cursor.next_upload() {
             let note = self.upload_part(ctx, &plan, &mut cursor, d, f).await?;
+            // After the last part, the builder's id is chosen at once.
+            self.choose_next(&mut cursor);
             return Ok(progress(cursor, note));
         }
 
         let builder_id = match cursor.builder_id.clone() {
             Some(id) => id,
-            None => {
-                let id = self.create_builder(ctx, &plan).await?;
-                let note = format!("files uploaded; drafts builder {id} created");
-                self.mark_unsent(document_key(&id, 0));
-                cursor.builder_id = Some(id);
-                return Ok(progress(cursor, note));
-            }
+            None => return self.builder_step(ctx, &plan, cursor).await,
         };
 
-        for (d, document) in plan.documents.iter().enumerate() {
+        for d in 0..plan.documents.len() {
             let Some(state) = cursor.documents.get(d) else {
                 continue;
             };
-            let document_id = match state.document_id.clone() {
-                Some(id) => id,
-                None => {
-                    let (id, found) = self
-                        .document(ctx, &builder_id, &cursor, document, d)
-                        .await?;
-                    let note = if found {
-                        format!(
-                            "document {d} found again as {id}; an interrupted attempt had created it"
-                        )
-                    } else {
-                        format!("document {d} created as {id}")
-                    };
-                    if d + 1 < plan.documents.len() {
-                        self.mark_unsent(document_key(&builder_id, d + 1));
-                    }
-                    self.mark_unsent(file_key(&id, 0));
-                    if let Some(state) = cursor.documents.get_mut(d) {
-                        state.document_id = Some(id);
-                    }
-                    return Ok(progress(cursor, note));
-                }
+            let Some(document_id) = state.document_id.clone() else {
+                return self.document_step(ctx, &plan, cursor, &builder_id, d).await;
             };
-            for (f, file) in document.files.iter().enumerate() {
-                let Some(file_state) = state.files.get(f) else {
-                    continue;
-                };
-                if file_state.file_id.is_some() {
-                    continue;
-                }
-                let Some(content_id) = file_state.content_id.clone() else {
-                    return Err(ProviderError::permanent(
-                        "the job's saved progress lost a content id",
-                    ));
-                };
-                let recorded: Vec<&str> = state
-                    .files
-                    .iter()
-                    .filter_map(|s| s.file_id.as_deref())
-                    .collect();
-                let (id, found) = self
-                    .file(
-                        ctx,
-                        &builder_id,
-                        &document_id,
-                        &content_id,
-                        &recorded,
-                        file,
-                        d,
-                        f,
-                    )
-                    .await?;
-                let note = if found {
-                    format!(
-                        "{:?} found attached to document {d} as file {id}; an interrupted attempt had attached it",
-                        file.path
-                    )
-                } else {
-                    format!("{:?} attached to document {d} as file {id}", file.path)
-                };
-                if f + 1 < document.files.len() {
-                    self.mark_unsent(file_key(&document_id, f + 1));
-                }
-                if let Some(file_state) =
-                    cursor.documents.get_mut(d).and_then(|s| s.files.get_mut(f))
-                {
-                    file_state.file_id = Some(id);
-                }
-                return Ok(progress(cursor, note));
+            if let Some(f) = state.files.iter().position(|s| s.file_id.is_none()) {
+                return self
+                    .file_step(ctx, &plan, cursor, &builder_id, &document_id, d, f)
+                    .await;
             }
         }
 
