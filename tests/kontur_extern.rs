@@ -775,6 +775,54 @@ async fn a_build_without_any_draft_fails_and_names_the_documents() {
 }
 
 #[tokio::test]
+async fn a_build_without_any_draft_names_each_document_once_and_briefly() {
+    let app = TestApp::spawn().await;
+    attach(&app, "brief/a.pdf", b"a");
+    attach(&app, "brief/b.pdf", b"b");
+    // Extern lists the first document three times: a long, multi-line
+    // message twice and another once.
+    let long = "Строка описи не соответствует формату.\n".repeat(20);
+    app.submit(request(
+        "brief",
+        related(),
+        json!([
+            {"builder-data": {"type": "scanned", "scanned-document-name": "Первый",
+                              "_sim": {"error": long, "more_errors": [long, "Вторая ошибка"]}},
+             "files": [{"path": "brief/a.pdf"}]},
+            {"builder-data": {"type": "scanned", "scanned-document-name": "Второй",
+                              "_sim": {"error": "Неверный формат"}},
+             "files": [{"path": "brief/b.pdf"}]},
+        ]),
+    ))
+    .await;
+    let job = app.run_until_finished("brief").await;
+    assert_eq!(job.state, JobState::Failed);
+    let error = job.last_error.unwrap();
+    assert_eq!(error.matches("documents[0] (Первый)").count(), 1, "{error}");
+    assert_eq!(error.matches("documents[1] (Второй)").count(), 1, "{error}");
+    assert!(error.contains("(+1 more)"), "{error}");
+    assert!(error.contains("Неверный формат"), "{error}");
+    assert!(!error.contains('\n'), "one line: {error}");
+    assert!(
+        error.chars().count() < 600,
+        "brief ({} characters): {error}",
+        error.chars().count()
+    );
+    assert!(!error.contains("Вторая ошибка"), "{error}");
+    // The result file keeps every entry Extern gave.
+    let result: Value = serde_json::from_slice(
+        &std::fs::read(app.output("brief").join("build-result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        result["error-drafts-builder-documents"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+}
+
+#[tokio::test]
 async fn a_failed_build_task_fails_the_job_with_the_error_id_message_and_trace() {
     let app = TestApp::spawn().await;
     app.submit(small_job(

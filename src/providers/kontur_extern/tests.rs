@@ -1,5 +1,6 @@
 //! Unit tests: request parsing, answer reading, classification, the cursor.
 
+use super::drafts::brief_reasons;
 use super::*;
 use crate::config::keys::Environment;
 use crate::providers::ErrorClass;
@@ -378,10 +379,15 @@ fn the_cursor_is_shaped_like_the_request_and_survives_a_round_trip() {
         size: 10,
         uploaded: 10,
         file_id: None,
+        chosen_id: Some("7d3c2b1a-0000-4000-8000-000000000001".into()),
     };
     assert_eq!(cursor.next_upload(), Some((1, 0)));
     let stored = cursor.to_value();
     assert_eq!(stored["documents"][0]["files"][0]["content-id"], "c1");
+    assert_eq!(
+        stored["documents"][0]["files"][0]["chosen-file-id"],
+        "7d3c2b1a-0000-4000-8000-000000000001"
+    );
     assert_eq!(Cursor::load(&stored, &plan).unwrap(), cursor);
     let mut bigger = stored.clone();
     bigger["documents"].as_array_mut().unwrap().push(json!({}));
@@ -450,5 +456,92 @@ fn endpoints_put_the_account_first() {
         p.endpoint(&["drafts", "builders", "b1", "tasks", "t/1"])
             .as_str(),
         "https://h/extern/v1/6f9619ff-8b86-d011-b42d-00cf4fc964ff/drafts/builders/b1/tasks/t%2F1"
+    );
+}
+
+#[test]
+fn a_failed_builds_reasons_name_each_document_once_on_one_short_line() {
+    let long = "слишком длинное сообщение\n".repeat(30);
+    let summary = vec![
+        (
+            "documents[0] (A)".to_string(),
+            vec![long.as_str(), "second"],
+        ),
+        ("documents[1] (B)".to_string(), vec!["bad format"]),
+    ];
+    let text = brief_reasons(&summary);
+    assert!(!text.contains('\n'), "{text}");
+    assert!(text.starts_with("documents[0] (A): слишком"), "{text}");
+    assert!(
+        text.contains("… (+1 more); documents[1] (B): bad format"),
+        "{text}"
+    );
+    assert!(!text.contains("second"), "{text}");
+
+    let many: Vec<(String, Vec<&str>)> = (0..13)
+        .map(|i| (format!("documents[{i}]"), vec!["x"]))
+        .collect();
+    let text = brief_reasons(&many);
+    assert_eq!(text.matches(": x").count(), 10, "{text}");
+    assert!(text.ends_with("and 3 more documents"), "{text}");
+}
+
+#[test]
+fn ids_are_chosen_in_the_order_things_are_created() {
+    let mut cursor = Cursor {
+        documents: vec![
+            DocumentCursor {
+                files: vec![FileCursor::default(), FileCursor::default()],
+                ..Default::default()
+            },
+            DocumentCursor {
+                files: vec![FileCursor::default()],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let mut order = Vec::new();
+    while let Some(slot) = cursor.next_choice() {
+        *slot = Some("chosen".into());
+        let stored = cursor.to_value();
+        // What the chosen id stands for is created next; then it exists.
+        if cursor.builder_id.is_none() {
+            order.push("builder".to_string());
+            cursor.builder_id = cursor.chosen_builder_id.take();
+            continue;
+        }
+        let (d, doc) = cursor
+            .documents
+            .iter_mut()
+            .enumerate()
+            .find(|(_, doc)| {
+                doc.document_id.is_none() || doc.files.iter().any(|f| f.file_id.is_none())
+            })
+            .expect("something left");
+        if doc.document_id.is_none() {
+            order.push(format!("document {d}"));
+            doc.document_id = doc.chosen_id.take();
+        } else if let Some((f, file)) = doc
+            .files
+            .iter_mut()
+            .enumerate()
+            .find(|(_, f)| f.file_id.is_none())
+        {
+            order.push(format!("file {d}/{f}"));
+            file.file_id = file.chosen_id.take();
+        }
+        assert!(stored.to_string().contains("chosen"), "{stored}");
+    }
+    assert_eq!(
+        order,
+        [
+            "builder",
+            "document 0",
+            "file 0/0",
+            "file 0/1",
+            "document 1",
+            "file 1/0"
+        ]
     );
 }
