@@ -11,14 +11,13 @@
 //!    with the first part and `Content-Range: bytes 0-N/SIZE`, the following
 //!    parts with `PUT …/contents/{contentId}` (parts of at most 64 MB, streamed
 //!    from disk);
-//! 2. **builder**: `POST /v1/{accountId}/drafts/builders` → builder id;
-//! 3. **documents**: `POST …/builders/{builderId}/documents` per document, then
-//!    `POST …/documents/{documentId}/files` per file (content id, base64
-//!    signature, meta). When an earlier attempt of the same creation may
-//!    have reached Extern (see *Creating things once* below), the builder's
-//!    documents (`GET …/builders/{builderId}/documents`) or the document's
-//!    files (`GET …/documents/{documentId}/files`) are listed first and a
-//!    match is adopted instead of creating a second one;
+//! 2. **builder**: `PUT /v1/{accountId}/drafts/builders/{builderId}` under an
+//!    id chosen and committed first ([`create`]);
+//! 3. **documents**: `PUT …/builders/{builderId}/documents/{documentId}` per
+//!    document, then `PUT …/documents/{documentId}/files/{fileId}` per file
+//!    (content id, base64 signature, meta), each under a chosen id. A server
+//!    that refuses to create with `PUT` gets `POST` and a list look-up
+//!    instead ([`lookup`]);
 //! 4. **build**: `POST …/builders/{builderId}/build?deferred=true` → a task.
 //!    A 409 `urn:error:externapi:concurrentApiTaskActive` means a build of this
 //!    builder is already running — ours, started just before a crash — and
@@ -41,24 +40,28 @@
 //!
 //! A creation whose answer is lost — the process dies before the cursor is
 //! committed, or the connection is reset or times out after Extern acted —
-//! would be repeated by the next attempt. For documents and files this is
-//! prevented by looking before creating: a document of the builder with the
-//! same `builder-data` (compared as JSON, `null` members ignored), or a file
-//! of the document with the same `content-id`, that the cursor does not
-//! already record, is taken as the one the interrupted attempt created.
+//! is repeated by the next attempt. With `PUT` under a committed id the
+//! repeat finds what the lost attempt made ([`create`]). Where a server
+//! refuses that, documents and files are looked for before they are
+//! created with `POST` ([`lookup`]): a document of the builder with the
+//! same `builder-data`, or a file of the document with the same
+//! `content-id`, that the cursor does not already record. The look costs
+//! one request, so it is skipped when the creation is known not to have
+//! been sent (creations made possible by a step of this process and not
+//! attempted since, kept in memory as OFD does with report names).
 //!
-//! The look costs one request, so it is skipped when the creation is known
-//! not to have been sent: the provider keeps in memory the creations that
-//! became possible through a step of this process and were not attempted
-//! since (as OFD does with report names). The normal path therefore sends no
-//! list request; a restart, a retried step or a lost answer does.
+//! Limits. Uploads are not looked up: a repeated first part makes a
+//! second, unused content. On a server without `PUT`-create, a builder
+//! whose creation was cut off leaves one orphaned, empty builder behind
+//! (Extern lists no builders), and a request carried out only after the
+//! client gave up *and* after the retry looked can still be doubled.
 //!
-//! Limits. A builder cannot be looked up (Extern lists no builders), so a
-//! crash between creating the builder and committing its id leaves one
-//! orphaned, empty builder behind; the job goes on with a new one. Uploads
-//! are not looked up either: a repeated first part makes a second, unused
-//! content. A request that Extern carries out only after the client gave up
-//! *and* after the retry looked (a very slow server) can still be doubled.
+//! # Layout
+//!
+//! `request` (the params), `api` (calls, auth, the one classification of
+//! answers), `attachments` (files on disk and their upload), `create` and
+//! `lookup` (phases 2–3), `drafts` (the build and its result); this file
+//! holds the account, the cursor and the step state machine.
 //!
 //! Where the seed is ambiguous, the reading chosen is noted next to the code.
 
