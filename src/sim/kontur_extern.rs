@@ -944,7 +944,7 @@ async fn create_document(
 ) -> Response {
     let id = sim.next_id();
     match upsert_document(&sim, &builder_id, &id, &body, false) {
-        Ok(r) | Err(r) => r,
+        Upsert::Created(r) | Upsert::Answered(r) => r,
     }
 }
 
@@ -958,48 +958,58 @@ async fn put_document(
         return *r;
     }
     match upsert_document(&sim, &builder_id, &document_id, &body, true) {
-        Ok(r) => {
+        Upsert::Created(r) => {
             sim.after_creation(Created::Document).await;
             r
         }
-        Err(r) => r,
+        Upsert::Answered(r) => r,
     }
 }
 
+/// What a create-or-update did: created something (a `PUT` that did may
+/// be held back, see `stall_after_creating`), or answered otherwise.
+enum Upsert {
+    Created(Response),
+    Answered(Response),
+}
+
 /// Creates document `id` in the builder, or (`put`) updates it when it
-/// exists. `Ok` only when something was created.
+/// exists.
 fn upsert_document(
     sim: &KonturExternSim,
     builder_id: &str,
     id: &str,
     body: &Bytes,
     put: bool,
-) -> Result<Response, Response> {
-    let request = parse_body(body).map_err(|r| *r)?;
+) -> Upsert {
+    let request = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return Upsert::Answered(*r),
+    };
     let builder_data = request.get("builder-data").cloned().unwrap_or(json!({}));
     let mut inner = sim.lock();
     let Some(builder) = inner.builders.get(builder_id) else {
-        return Err(not_found("drafts builder"));
+        return Upsert::Answered(not_found("drafts builder"));
     };
     if let Some(refusal) = locked(builder) {
-        return Err(refusal);
+        return Upsert::Answered(refusal);
     }
     let builder_type = builder.builder_type.clone();
     if let Some(document) = inner.documents.get_mut(id) {
         if !put || document.builder_id != builder_id {
-            return Err(bad_request("the document id is taken by another document"));
+            return Upsert::Answered(bad_request("the document id is taken by another document"));
         }
         document.knobs = knobs(&builder_data);
         document.builder_data = builder_data.clone();
         sim.counters.put_updated.fetch_add(1, Ordering::SeqCst);
-        return Err(json_answer(
+        return Upsert::Answered(json_answer(
             StatusCode::OK,
             document_item(id, builder_id, &builder_type, &builder_data),
         ));
     }
     if put && sim.config.refuse_put_create {
         sim.counters.put_refused.fetch_add(1, Ordering::SeqCst);
-        return Err(not_found("document"));
+        return Upsert::Answered(not_found("document"));
     }
     if let Some(builder) = inner.builders.get_mut(builder_id) {
         builder.documents.push(id.to_string());
@@ -1016,7 +1026,7 @@ fn upsert_document(
     if put {
         sim.counters.put_created.fetch_add(1, Ordering::SeqCst);
     }
-    Ok(json_answer(
+    Upsert::Created(json_answer(
         StatusCode::CREATED,
         document_item(id, builder_id, &builder_type, &builder_data),
     ))
@@ -1107,7 +1117,7 @@ async fn create_file(
 ) -> Response {
     let id = sim.next_id();
     match upsert_file(&sim, &account, &builder_id, &document_id, &id, &body, false) {
-        Ok(r) | Err(r) => r,
+        Upsert::Created(r) | Upsert::Answered(r) => r,
     }
 }
 
@@ -1129,16 +1139,16 @@ async fn put_file(
         &body,
         true,
     ) {
-        Ok(r) => {
+        Upsert::Created(r) => {
             sim.after_creation(Created::File).await;
             r
         }
-        Err(r) => r,
+        Upsert::Answered(r) => r,
     }
 }
 
 /// Creates file `id` in the document, or (`put`) replaces it when it
-/// exists. `Ok` only when something was created.
+/// exists.
 fn upsert_file(
     sim: &KonturExternSim,
     account: &str,
@@ -1147,33 +1157,40 @@ fn upsert_file(
     id: &str,
     body: &Bytes,
     put: bool,
-) -> Result<Response, Response> {
-    let request = parse_body(body).map_err(|r| *r)?;
+) -> Upsert {
+    let request = match parse_body(body) {
+        Ok(v) => v,
+        Err(r) => return Upsert::Answered(*r),
+    };
     let Some(content_id) = request.get("content-id").and_then(Value::as_str) else {
-        return Err(bad_request("content-id is required"));
+        return Upsert::Answered(bad_request("content-id is required"));
     };
     let Some(file_name) = request
         .pointer("/meta/file-name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
     else {
-        return Err(bad_request("meta.file-name is required"));
+        return Upsert::Answered(bad_request("meta.file-name is required"));
     };
     let signature = match request.get("base64-signature-content") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match base64::engine::general_purpose::STANDARD.decode(s) {
             Ok(bytes) => Some(bytes),
-            Err(_) => return Err(bad_request("base64-signature-content is not base64")),
+            Err(_) => {
+                return Upsert::Answered(bad_request("base64-signature-content is not base64"));
+            }
         },
-        Some(_) => return Err(bad_request("base64-signature-content must be a string")),
+        Some(_) => {
+            return Upsert::Answered(bad_request("base64-signature-content must be a string"));
+        }
     };
     let base = sim.base_url();
     let mut inner = sim.lock();
     match inner.builders.get(builder_id) {
-        None => return Err(not_found("drafts builder")),
+        None => return Upsert::Answered(not_found("drafts builder")),
         Some(builder) => {
             if let Some(refusal) = locked(builder) {
-                return Err(refusal);
+                return Upsert::Answered(refusal);
             }
         }
     }
@@ -1182,13 +1199,13 @@ fn upsert_file(
         .get(document_id)
         .is_none_or(|d| d.builder_id != builder_id)
     {
-        return Err(not_found("document"));
+        return Upsert::Answered(not_found("document"));
     }
     let Some(sha256) = inner.contents.get(content_id).map(|c| c.sha256.clone()) else {
-        return Err(bad_request(&format!("content {content_id} not found")));
+        return Upsert::Answered(bad_request(&format!("content {content_id} not found")));
     };
     let Some(sha256) = sha256 else {
-        return Err(bad_request(&format!(
+        return Upsert::Answered(bad_request(&format!(
             "content {content_id} is not completely uploaded"
         )));
     };
@@ -1205,22 +1222,22 @@ fn upsert_file(
     let answer = file_item(&base, account, &file);
     if let Some(existing) = inner.files.iter_mut().find(|f| f.id == id) {
         if !put || existing.document_id != document_id {
-            return Err(bad_request("the file id is taken by another file"));
+            return Upsert::Answered(bad_request("the file id is taken by another file"));
         }
         *existing = file;
         sim.counters.put_updated.fetch_add(1, Ordering::SeqCst);
-        return Err(json_answer(StatusCode::OK, answer));
+        return Upsert::Answered(json_answer(StatusCode::OK, answer));
     }
     if put && sim.config.refuse_put_create {
         sim.counters.put_refused.fetch_add(1, Ordering::SeqCst);
-        return Err(not_found("file"));
+        return Upsert::Answered(not_found("file"));
     }
     inner.files.push(file);
     sim.counters.files.fetch_add(1, Ordering::SeqCst);
     if put {
         sim.counters.put_created.fetch_add(1, Ordering::SeqCst);
     }
-    Ok(json_answer(StatusCode::CREATED, answer))
+    Upsert::Created(json_answer(StatusCode::CREATED, answer))
 }
 
 async fn build(
