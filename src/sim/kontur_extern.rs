@@ -10,6 +10,13 @@
 //! - `POST …/drafts/builders`, `POST …/builders/{id}/documents`,
 //!   `POST …/documents/{id}/files` (the content must be complete, the
 //!   signature valid base64);
+//! - `PUT …/drafts/builders/{id}`, `PUT …/builders/{id}/documents/{id}`,
+//!   `PUT …/documents/{id}/files/{id}` with the same bodies: the seed's
+//!   "if no builder / document / file with the given id is found, the method
+//!   creates it" — 201 when created under the caller's id (a UUID), 200 when
+//!   updated. [`KonturExternSimConfig::refuse_put_create`] makes the service
+//!   answer 404 to a `PUT` of an unknown id instead, as a server without
+//!   that feature would;
 //! - `GET …/builders/{id}/documents` and `GET …/documents/{id}/files`: bare
 //!   JSON arrays, as the SDKs read them (`DraftsBuilderDocument[]`: `id`,
 //!   `drafts-builder-id`, `meta` with `builder-type` and `builder-data`;
@@ -83,6 +90,9 @@ pub struct KonturExternSimConfig {
     /// Written into the account: `grant` (with the identity simulator's
     /// login and password or refresh token).
     pub grant: Option<String>,
+    /// A `PUT` of an unknown builder, document or file id answers 404
+    /// instead of creating it.
+    pub refuse_put_create: bool,
 }
 
 impl Default for KonturExternSimConfig {
@@ -98,6 +108,7 @@ impl Default for KonturExternSimConfig {
             upload_part_size: None,
             concurrency: None,
             grant: None,
+            refuse_put_create: false,
         }
     }
 }
@@ -140,6 +151,9 @@ pub struct ErrorKnob {
 pub struct DocumentKnobs {
     /// The build lists the document in `error-drafts-builder-documents`.
     pub error: Option<String>,
+    /// Further messages for the document, each listed as an entry of its
+    /// own (as Extern does for a document with several faults).
+    pub more_errors: Vec<String>,
 }
 
 /// Counters a test can read.
@@ -161,15 +175,32 @@ pub struct KonturExternCounters {
     pub unauthorized: AtomicU64,
     /// Requests answered 429.
     pub rate_limited: AtomicU64,
+    /// Builders, documents and files created, whichever way.
     pub builders: AtomicU64,
     pub documents: AtomicU64,
     pub files: AtomicU64,
+    /// Of those, the ones a `PUT` created under the caller's id.
+    pub put_created: AtomicU64,
+    /// `PUT`s that found their builder, document or file and updated it.
+    pub put_updated: AtomicU64,
+    /// `PUT`s of an unknown id refused (see `refuse_put_create`).
+    pub put_refused: AtomicU64,
+    /// Answers held back after a creation (see `stall_after_creating`).
+    pub stalled: AtomicU64,
     /// `GET …/documents` and `GET …/files` requests answered.
     pub document_lists: AtomicU64,
     pub file_lists: AtomicU64,
     /// Requests being answered right now, and the most seen at once.
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+}
+
+/// What a `PUT` creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Builder,
+    Document,
+    File,
 }
 
 /// A file attached to a document, as a test sees it.
@@ -246,6 +277,8 @@ pub struct KonturExternSim {
     origin: std::sync::Mutex<String>,
     seq: AtomicU64,
     poll_seq: AtomicU64,
+    /// See [`KonturExternSim::stall_after_creating`].
+    stall_after: std::sync::Mutex<Option<Created>>,
     rate_limit_left: AtomicU32,
     unauthorized_left: AtomicU32,
 }
@@ -255,6 +288,7 @@ impl KonturExternSim {
         Arc::new(KonturExternSim {
             rate_limit_left: AtomicU32::new(config.rate_limited_requests),
             unauthorized_left: AtomicU32::new(config.unauthorized_requests),
+            stall_after: std::sync::Mutex::new(None),
             config,
             identity,
             counters: KonturExternCounters::default(),
@@ -343,6 +377,29 @@ impl KonturExternSim {
             .unwrap_or_default()
     }
 
+    /// The next `PUT` that creates a `what` creates it and then never
+    /// answers: the caller's request is in flight with the work done, the
+    /// moment a crash or a timeout loses the answer. Fires once.
+    pub fn stall_after_creating(&self, what: Created) {
+        *self.stall_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+    }
+
+    async fn after_creation(&self, what: Created) {
+        let stall = {
+            let mut armed = self.stall_after.lock().unwrap_or_else(|e| e.into_inner());
+            if *armed == Some(what) {
+                armed.take();
+                true
+            } else {
+                false
+            }
+        };
+        if stall {
+            self.counters.stalled.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -377,7 +434,15 @@ impl KonturExternSim {
             .route(&format!("{v1}/drafts/builders"), post(create_builder))
             .route(
                 &format!("{v1}/drafts/builders/{{builder}}"),
-                get(get_builder),
+                get(get_builder).put(put_builder),
+            )
+            .route(
+                &format!("{v1}/drafts/builders/{{builder}}/documents/{{document}}"),
+                put(put_document),
+            )
+            .route(
+                &format!("{v1}/drafts/builders/{{builder}}/documents/{{document}}/files/{{file}}"),
+                put(put_file),
             )
             .route(
                 &format!("{v1}/drafts/builders/{{builder}}/documents"),
@@ -680,31 +745,41 @@ fn knob_error(knob: &ErrorKnob) -> Response {
     )
 }
 
-async fn create_builder(State(sim): State<Arc<KonturExternSim>>, body: Bytes) -> Response {
-    let request = match parse_body(&body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
+/// A builder as a create or update request describes it.
+struct BuilderRequest {
+    builder_type: String,
+    builder_data: Value,
+    knobs: BuilderKnobs,
+    request: Value,
+}
+
+/// Reads and checks a builder request (the `create_error` knob included).
+fn builder_request(sim: &KonturExternSim, body: &Bytes) -> Result<BuilderRequest, Box<Response>> {
+    let request = parse_body(body)?;
     let builder_data = request.get("builder-data").cloned().unwrap_or(Value::Null);
     let knobs: BuilderKnobs = knobs(&builder_data);
     if let Some(knob) = &knobs.create_error {
         let mut inner = sim.lock();
         let answered = inner
             .create_errors
-            .entry(String::from_utf8_lossy(&body).into_owned())
+            .entry(String::from_utf8_lossy(body).into_owned())
             .or_default();
         if knob.times.is_none_or(|times| *answered < times) {
             *answered += 1;
-            return knob_error(knob);
+            return Err(Box::new(knob_error(knob)));
         }
     }
     match request.get("builder-type").and_then(Value::as_str) {
         Some(t) if t.starts_with("urn:drafts-builder-type:") => {}
-        _ => return bad_request("builder-type must be a urn:drafts-builder-type:… value"),
+        _ => {
+            return Err(Box::new(bad_request(
+                "builder-type must be a urn:drafts-builder-type:… value",
+            )));
+        }
     }
     for key in ["sender", "payer", "recipient"] {
         if !request.get(key).is_some_and(Value::is_object) {
-            return bad_request(&format!("{key} is required"));
+            return Err(Box::new(bad_request(&format!("{key} is required"))));
         }
     }
     let builder_type = request
@@ -712,26 +787,106 @@ async fn create_builder(State(sim): State<Arc<KonturExternSim>>, body: Bytes) ->
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    Ok(BuilderRequest {
+        builder_type,
+        builder_data,
+        knobs,
+        request,
+    })
+}
+
+/// The answer for a builder: `DraftsBuilder`.
+fn builder_answer(status: StatusCode, id: &str, request: BuilderRequest) -> Response {
+    let mut meta = request.request;
+    if let Some(map) = meta.as_object_mut() {
+        map.remove("builder-data");
+    }
+    json_answer(
+        status,
+        json!({ "id": id, "status": "new", "meta": meta, "builder-data": request.builder_data }),
+    )
+}
+
+async fn create_builder(State(sim): State<Arc<KonturExternSim>>, body: Bytes) -> Response {
+    let request = match builder_request(&sim, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
     let id = sim.next_id();
     sim.lock().builders.insert(
         id.clone(),
         Builder {
-            builder_type,
-            knobs,
+            builder_type: request.builder_type.clone(),
+            knobs: request.knobs.clone(),
             state: BuilderState::New,
             documents: Vec::new(),
             task: None,
         },
     );
     sim.counters.builders.fetch_add(1, Ordering::SeqCst);
-    let mut meta = request.clone();
-    if let Some(map) = meta.as_object_mut() {
-        map.remove("builder-data");
+    builder_answer(StatusCode::CREATED, &id, request)
+}
+
+/// An id chosen by the caller must be a UUID.
+fn caller_id(id: &str, what: &str) -> Result<(), Box<Response>> {
+    match uuid::Uuid::parse_str(id) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Box::new(bad_request(&format!("{what} id must be a UUID")))),
     }
-    json_answer(
-        StatusCode::CREATED,
-        json!({ "id": id, "status": "new", "meta": meta, "builder-data": builder_data }),
-    )
+}
+
+/// `PUT …/builders/{id}`: updates the builder, or creates it under `id`.
+async fn put_builder(
+    State(sim): State<Arc<KonturExternSim>>,
+    Path((_, builder_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = caller_id(&builder_id, "drafts builder") {
+        return *r;
+    }
+    let request = match builder_request(&sim, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    // The lock is let go before any await.
+    let updated = {
+        let mut inner = sim.lock();
+        match inner.builders.get_mut(&builder_id) {
+            Some(builder) => {
+                if let Some(refusal) = locked(builder) {
+                    return refusal;
+                }
+                builder.builder_type = request.builder_type.clone();
+                builder.knobs = request.knobs.clone();
+                true
+            }
+            None if sim.config.refuse_put_create => {
+                sim.counters.put_refused.fetch_add(1, Ordering::SeqCst);
+                return not_found("drafts builder");
+            }
+            None => {
+                inner.builders.insert(
+                    builder_id.clone(),
+                    Builder {
+                        builder_type: request.builder_type.clone(),
+                        knobs: request.knobs.clone(),
+                        state: BuilderState::New,
+                        documents: Vec::new(),
+                        task: None,
+                    },
+                );
+                false
+            }
+        }
+    };
+    if updated {
+        sim.counters.put_updated.fetch_add(1, Ordering::SeqCst);
+        return builder_answer(StatusCode::OK, &builder_id, request);
+    }
+    sim.counters.builders.fetch_add(1, Ordering::SeqCst);
+    sim.counters.put_created.fetch_add(1, Ordering::SeqCst);
+    sim.after_creation(Created::Builder).await;
+    builder_answer(StatusCode::CREATED, &builder_id, request)
 }
 
 fn builder_state_name(state: BuilderState) -> &'static str {
@@ -787,34 +942,94 @@ async fn create_document(
     Path((_, builder_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let request = match parse_body(&body) {
+    let id = sim.next_id();
+    match upsert_document(&sim, &builder_id, &id, &body, false) {
+        Upsert::Created(r) | Upsert::Answered(r) => r,
+    }
+}
+
+/// `PUT …/documents/{id}`: updates the document, or creates it under `id`.
+async fn put_document(
+    State(sim): State<Arc<KonturExternSim>>,
+    Path((_, builder_id, document_id)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = caller_id(&document_id, "document") {
+        return *r;
+    }
+    match upsert_document(&sim, &builder_id, &document_id, &body, true) {
+        Upsert::Created(r) => {
+            sim.after_creation(Created::Document).await;
+            r
+        }
+        Upsert::Answered(r) => r,
+    }
+}
+
+/// What a create-or-update did: created something (a `PUT` that did may
+/// be held back, see `stall_after_creating`), or answered otherwise.
+enum Upsert {
+    Created(Response),
+    Answered(Response),
+}
+
+/// Creates document `id` in the builder, or (`put`) updates it when it
+/// exists.
+fn upsert_document(
+    sim: &KonturExternSim,
+    builder_id: &str,
+    id: &str,
+    body: &Bytes,
+    put: bool,
+) -> Upsert {
+    let request = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return *r,
+        Err(r) => return Upsert::Answered(*r),
     };
     let builder_data = request.get("builder-data").cloned().unwrap_or(json!({}));
-    let id = sim.next_id();
     let mut inner = sim.lock();
-    let Some(builder) = inner.builders.get_mut(&builder_id) else {
-        return not_found("drafts builder");
+    let Some(builder) = inner.builders.get(builder_id) else {
+        return Upsert::Answered(not_found("drafts builder"));
     };
     if let Some(refusal) = locked(builder) {
-        return refusal;
+        return Upsert::Answered(refusal);
     }
-    builder.documents.push(id.clone());
     let builder_type = builder.builder_type.clone();
+    if let Some(document) = inner.documents.get_mut(id) {
+        if !put || document.builder_id != builder_id {
+            return Upsert::Answered(bad_request("the document id is taken by another document"));
+        }
+        document.knobs = knobs(&builder_data);
+        document.builder_data = builder_data.clone();
+        sim.counters.put_updated.fetch_add(1, Ordering::SeqCst);
+        return Upsert::Answered(json_answer(
+            StatusCode::OK,
+            document_item(id, builder_id, &builder_type, &builder_data),
+        ));
+    }
+    if put && sim.config.refuse_put_create {
+        sim.counters.put_refused.fetch_add(1, Ordering::SeqCst);
+        return Upsert::Answered(not_found("document"));
+    }
+    if let Some(builder) = inner.builders.get_mut(builder_id) {
+        builder.documents.push(id.to_string());
+    }
     inner.documents.insert(
-        id.clone(),
+        id.to_string(),
         Document {
-            builder_id: builder_id.clone(),
+            builder_id: builder_id.to_string(),
             knobs: knobs(&builder_data),
             builder_data: builder_data.clone(),
         },
     );
     sim.counters.documents.fetch_add(1, Ordering::SeqCst);
-    json_answer(
+    if put {
+        sim.counters.put_created.fetch_add(1, Ordering::SeqCst);
+    }
+    Upsert::Created(json_answer(
         StatusCode::CREATED,
-        document_item(&id, &builder_id, &builder_type, &builder_data),
-    )
+        document_item(id, builder_id, &builder_type, &builder_data),
+    ))
 }
 
 /// A document as `DraftsBuilderDocument` shows it.
@@ -900,66 +1115,129 @@ async fn create_file(
     Path((account, builder_id, document_id)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    let request = match parse_body(&body) {
+    let id = sim.next_id();
+    match upsert_file(&sim, &account, &builder_id, &document_id, &id, &body, false) {
+        Upsert::Created(r) | Upsert::Answered(r) => r,
+    }
+}
+
+/// `PUT …/files/{id}`: replaces the file, or creates it under `id`.
+async fn put_file(
+    State(sim): State<Arc<KonturExternSim>>,
+    Path((account, builder_id, document_id, file_id)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = caller_id(&file_id, "file") {
+        return *r;
+    }
+    match upsert_file(
+        &sim,
+        &account,
+        &builder_id,
+        &document_id,
+        &file_id,
+        &body,
+        true,
+    ) {
+        Upsert::Created(r) => {
+            sim.after_creation(Created::File).await;
+            r
+        }
+        Upsert::Answered(r) => r,
+    }
+}
+
+/// Creates file `id` in the document, or (`put`) replaces it when it
+/// exists.
+fn upsert_file(
+    sim: &KonturExternSim,
+    account: &str,
+    builder_id: &str,
+    document_id: &str,
+    id: &str,
+    body: &Bytes,
+    put: bool,
+) -> Upsert {
+    let request = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return *r,
+        Err(r) => return Upsert::Answered(*r),
     };
     let Some(content_id) = request.get("content-id").and_then(Value::as_str) else {
-        return bad_request("content-id is required");
+        return Upsert::Answered(bad_request("content-id is required"));
     };
     let Some(file_name) = request
         .pointer("/meta/file-name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
     else {
-        return bad_request("meta.file-name is required");
+        return Upsert::Answered(bad_request("meta.file-name is required"));
     };
     let signature = match request.get("base64-signature-content") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match base64::engine::general_purpose::STANDARD.decode(s) {
             Ok(bytes) => Some(bytes),
-            Err(_) => return bad_request("base64-signature-content is not base64"),
+            Err(_) => {
+                return Upsert::Answered(bad_request("base64-signature-content is not base64"));
+            }
         },
-        Some(_) => return bad_request("base64-signature-content must be a string"),
+        Some(_) => {
+            return Upsert::Answered(bad_request("base64-signature-content must be a string"));
+        }
     };
-    let id = sim.next_id();
     let base = sim.base_url();
     let mut inner = sim.lock();
-    match inner.builders.get(&builder_id) {
-        None => return not_found("drafts builder"),
+    match inner.builders.get(builder_id) {
+        None => return Upsert::Answered(not_found("drafts builder")),
         Some(builder) => {
             if let Some(refusal) = locked(builder) {
-                return refusal;
+                return Upsert::Answered(refusal);
             }
         }
     }
     if inner
         .documents
-        .get(&document_id)
+        .get(document_id)
         .is_none_or(|d| d.builder_id != builder_id)
     {
-        return not_found("document");
+        return Upsert::Answered(not_found("document"));
     }
     let Some(sha256) = inner.contents.get(content_id).map(|c| c.sha256.clone()) else {
-        return bad_request(&format!("content {content_id} not found"));
+        return Upsert::Answered(bad_request(&format!("content {content_id} not found")));
     };
     let Some(sha256) = sha256 else {
-        return bad_request(&format!("content {content_id} is not completely uploaded"));
+        return Upsert::Answered(bad_request(&format!(
+            "content {content_id} is not completely uploaded"
+        )));
     };
     let file = SimFile {
-        id,
-        builder_id,
-        document_id,
+        id: id.to_string(),
+        builder_id: builder_id.to_string(),
+        document_id: document_id.to_string(),
         content_id: content_id.to_string(),
         file_name: file_name.to_string(),
         meta: request.get("meta").cloned().unwrap_or(Value::Null),
         content_sha256: sha256,
         signature,
     };
-    let answer = file_item(&base, &account, &file);
+    let answer = file_item(&base, account, &file);
+    if let Some(existing) = inner.files.iter_mut().find(|f| f.id == id) {
+        if !put || existing.document_id != document_id {
+            return Upsert::Answered(bad_request("the file id is taken by another file"));
+        }
+        *existing = file;
+        sim.counters.put_updated.fetch_add(1, Ordering::SeqCst);
+        return Upsert::Answered(json_answer(StatusCode::OK, answer));
+    }
+    if put && sim.config.refuse_put_create {
+        sim.counters.put_refused.fetch_add(1, Ordering::SeqCst);
+        return Upsert::Answered(not_found("file"));
+    }
     inner.files.push(file);
     sim.counters.files.fetch_add(1, Ordering::SeqCst);
-    json_answer(StatusCode::CREATED, answer)
+    if put {
+        sim.counters.put_created.fetch_add(1, Ordering::SeqCst);
+    }
+    Upsert::Created(json_answer(StatusCode::CREATED, answer))
 }
 
 async fn build(
@@ -1063,6 +1341,10 @@ async fn task(
                 };
                 if let Some(message) = &document.knobs.error {
                     errors.push(json!({ "document-id": document_id, "error-message": message }));
+                    for message in &document.knobs.more_errors {
+                        errors
+                            .push(json!({ "document-id": document_id, "error-message": message }));
+                    }
                     continue;
                 }
                 // One draft per `label-for-grouping` (null is a label too).
