@@ -563,6 +563,9 @@ impl Scheduler {
             ErrorClass::Permanent => "permanent",
         };
         crate::metrics::error(&job.provider, &job.account, class);
+        if let Some(account) = self.providers.get(&job.account) {
+            account.note_error(now_ms(), &e.message);
+        }
         if let (Some(pause), Some(account)) = (e.account_cooldown, self.providers.get(&job.account))
         {
             warn!(pause = %format_duration(pause), "the service asked to slow down; pausing the account");

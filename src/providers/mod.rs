@@ -393,6 +393,11 @@ pub trait Provider: Sized + Send + Sync + 'static {
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<(), check::CheckFailure>> + Send;
 
+    /// How old the account's login token is, for providers that keep one.
+    fn token_age(&self) -> Option<Duration> {
+        None
+    }
+
     /// Tells the service a job was cancelled, where it has a way to hear it.
     /// Best effort: the job is cancelled either way.
     fn cancel_remote(
@@ -491,6 +496,13 @@ macro_rules! providers {
                 }
             }
 
+            /// How old the account's login token is (never the token).
+            pub fn token_age(&self) -> Option<Duration> {
+                match self {
+                    $(AnyProvider::$variant(p) => p.token_age(),)+
+                }
+            }
+
             pub fn new(name: &str, config: &AccountConfig) -> AnyProvider {
                 match config {
                     $(AccountConfig::$variant(account) => AnyProvider::$variant(Box::new(
@@ -582,6 +594,9 @@ pub struct Account {
     /// The limit `limit` enforces, for the store's account-wide slots.
     pub concurrency: usize,
     cooldown_until: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The last error a step of this account met, and when (for the
+    /// dashboard; provider messages carry no secrets).
+    last_error: std::sync::Mutex<Option<(crate::job::Millis, String)>>,
 }
 
 impl Account {
@@ -592,6 +607,20 @@ impl Account {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         guard.filter(|until| *until > std::time::Instant::now())
+    }
+
+    /// Remembers the error a step of this account just met.
+    pub fn note_error(&self, at: crate::job::Millis, message: &str) {
+        let mut guard = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = Some((at, one_line(message, 300)));
+    }
+
+    /// The last error a step of this account met since the daemon started.
+    pub fn last_error(&self) -> Option<(crate::job::Millis, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Pauses the whole account for `pause` (never shortens a longer pause).
@@ -629,6 +658,7 @@ impl Providers {
                         limit: Arc::new(tokio::sync::Semaphore::new(config.concurrency())),
                         concurrency: config.concurrency(),
                         cooldown_until: std::sync::Mutex::new(None),
+                        last_error: std::sync::Mutex::new(None),
                     };
                     (name.to_string(), Arc::new(runtime))
                 })

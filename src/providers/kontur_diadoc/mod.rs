@@ -476,6 +476,13 @@ impl Provider for KonturDiadoc {
         self.check_login(account, http, timeout).await
     }
 
+    fn token_age(&self) -> Option<std::time::Duration> {
+        match &self.credentials {
+            Credentials::Diadoc { cache, .. } => cache.age(),
+            Credentials::Oidc(oidc) => oidc.token_age(),
+        }
+    }
+
     fn logins(&self) -> u64 {
         match &self.credentials {
             Credentials::Diadoc { cache, .. } => cache.logins(),

@@ -477,6 +477,10 @@ impl Provider for KonturExtern {
         self.check_login(account, http, timeout).await
     }
 
+    fn token_age(&self) -> Option<std::time::Duration> {
+        self.oidc.token_age()
+    }
+
     fn logins(&self) -> u64 {
         self.oidc.logins()
     }

@@ -616,6 +616,10 @@ impl Provider for Ofd {
         self.check_login(account, http, timeout).await
     }
 
+    fn token_age(&self) -> Option<std::time::Duration> {
+        self.tokens.age()
+    }
+
     fn logins(&self) -> u64 {
         self.tokens.logins()
     }
