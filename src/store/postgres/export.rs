@@ -2,6 +2,7 @@
 //! between stores (`docfetch store copy`).
 
 use super::*;
+use crate::store::shape::{bind_stored_job, stored_job_columns};
 
 impl PgStore {
     pub async fn export_jobs(
@@ -36,59 +37,17 @@ impl PgStore {
         events: &[JobEvent],
     ) -> Result<bool, StoreError> {
         let job = &stored.job;
-        let json = |v: &serde_json::Value| v.to_string();
-        let result = job
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let hooks = job
-            .hooks
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.inner.pool.begin().await?;
         // No conflict target: an existing id or name both mean "already there".
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
-                               attempts, polls, steps, next_run_at, lease_owner, lease_until,
-                               last_error, result, created_at, updated_at, finished_at,
-                               deadline_at, source, request_sha256, hooks, hooks_state,
-                               hooks_attempts, hooks_next_at)
+        let insert = sqlx::query(concat!(
+            "INSERT INTO jobs (",
+            stored_job_columns!(),
+            ")
              VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8::json, $9, $10, $11, $12, $13, $14,
                      $15, $16::json, $17, $18, $19, $20, $21, $22, $23::json, $24, $25, $26)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&job.id)
-        .bind(&job.name)
-        .bind(&job.account)
-        .bind(&job.provider)
-        .bind(&job.operation)
-        .bind(json(&job.params))
-        .bind(job.state.as_str())
-        .bind(json(&job.cursor))
-        .bind(i64::from(job.attempts))
-        .bind(i64::from(job.polls))
-        .bind(i64::from(job.steps))
-        .bind(job.next_run_at)
-        .bind(job.lease_owner.as_deref())
-        .bind(job.lease_until)
-        .bind(job.last_error.as_deref())
-        .bind(result)
-        .bind(job.created_at)
-        .bind(job.updated_at)
-        .bind(job.finished_at)
-        .bind(job.deadline_at)
-        .bind(&job.source)
-        .bind(&job.request_sha256)
-        .bind(hooks)
-        .bind(job.hooks_state.as_deref())
-        .bind(i64::from(job.hooks_attempts))
-        .bind(stored.hooks_next_at)
-        .execute(&mut *tx)
-        .await?;
+             ON CONFLICT DO NOTHING"
+        ));
+        let inserted = bind_stored_job(insert, stored)?.execute(&mut *tx).await?;
         if inserted.rows_affected() == 0 {
             return Ok(false);
         }

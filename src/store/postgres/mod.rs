@@ -45,6 +45,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::shape::{json_text, json_text_opt};
 use super::{
     JobFilter, Settlement, SlotGrant, Snapshot, StoreError, StoredJob, Transition, expect_one,
     job_from_row,
@@ -283,14 +284,8 @@ impl PgStore {
     }
 
     pub async fn insert(&self, job: &NewJob) -> Result<Job, StoreError> {
-        let params =
-            serde_json::to_string(&job.params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let hooks = job
-            .hooks
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let params = json_text(&job.params)?;
+        let hooks = json_text_opt(job.hooks.as_ref())?;
         let row = sqlx::query(concat!(
             "WITH added AS (
                  INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
@@ -490,12 +485,7 @@ impl PgStore {
     }
 
     pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
-        let result = s
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = json_text_opt(s.result.as_ref())?;
         let done = sqlx::query(
             "UPDATE jobs SET cursor = $3::json, result = $4::json, last_error = $5,
                              attempts = $6, finished_at = $7, updated_at = $8
@@ -521,12 +511,7 @@ impl PgStore {
         t: &Transition,
     ) -> Result<Job, StoreError> {
         let now = crate::job::now_ms();
-        let result = t
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = json_text_opt(t.result.as_ref())?;
         let finished_at = t.state.is_finished().then_some(now);
         // A waiting job is due again at a time the other daemons have not
         // seen; pending hooks are due now.

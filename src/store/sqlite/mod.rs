@@ -33,6 +33,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
+use super::shape::{json_text, json_text_opt};
 use super::{
     JobFilter, Settlement, Snapshot, StoreError, StoredJob, Transition, expect_one, job_from_row,
 };
@@ -287,14 +288,8 @@ impl SqliteStore {
     }
 
     pub async fn insert(&self, job: &NewJob) -> Result<Job, StoreError> {
-        let params =
-            serde_json::to_string(&job.params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let hooks = job
-            .hooks
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let params = json_text(&job.params)?;
+        let hooks = json_text_opt(job.hooks.as_ref())?;
         let op = WriteOp::Insert {
             job: Box::new(job.clone()),
             params,
@@ -459,12 +454,7 @@ impl SqliteStore {
     }
 
     pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
-        let result = s
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = json_text_opt(s.result.as_ref())?;
         let op = WriteOp::Settle {
             id: id.to_string(),
             owner: owner.to_string(),
@@ -483,12 +473,7 @@ impl SqliteStore {
         owner: &str,
         t: &Transition,
     ) -> Result<Job, StoreError> {
-        let result = t
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = json_text_opt(t.result.as_ref())?;
         let op = WriteOp::Finish {
             id: id.to_string(),
             owner: owner.to_string(),
@@ -586,7 +571,7 @@ impl SqliteStore {
     }
 
     pub async fn reclaim_expired(&self, now: Millis, keep: &[String]) -> Result<u64, StoreError> {
-        let keep = serde_json::to_string(keep).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let keep = json_text(keep)?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
                              next_run_at = ?1, updated_at = ?1
