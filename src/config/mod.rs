@@ -83,7 +83,7 @@ pub struct SchedulerSettings {
 
 impl SchedulerSettings {
     /// The backoff part of `[scheduler]`, for [`crate::job::retry`].
-    pub fn retry_policy(&self) -> RetryPolicy {
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             poll_initial: self.poll_initial,
             poll_max: self.poll_max,
@@ -455,7 +455,7 @@ fn state_dir(store_url: &str) -> PathBuf {
 /// `verify-full` (the default is `prefer`), whoever sits between the daemon
 /// and the database can read and change the jobs, cursors included. `None`
 /// for SQLite, a unix socket, loopback, or a verifying `sslmode`.
-pub fn store_transport_warning(url: &str) -> Option<String> {
+pub(crate) fn store_transport_warning(url: &str) -> Option<String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return None;
     }

@@ -366,7 +366,7 @@ impl Store {
     }
     /// [`postpone`](Self::postpone) until `next.next_run_at`, recording a
     /// `postponed` event whose detail says why.
-    pub async fn postpone_because(
+    pub(crate) async fn postpone_because(
         &self,
         id: &str,
         owner: &str,
@@ -526,7 +526,7 @@ impl Store {
     /// Writes a job exactly as another store holds it, with its history, in
     /// one transaction. `false`, with nothing written, when a job with its
     /// id or its name is already here.
-    pub async fn import_job(
+    pub(crate) async fn import_job(
         &self,
         job: &StoredJob,
         events: &[JobEvent],

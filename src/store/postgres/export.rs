@@ -31,7 +31,7 @@ impl PgStore {
             .collect()
     }
 
-    pub async fn import_job(
+    pub(crate) async fn import_job(
         &self,
         stored: &StoredJob,
         events: &[JobEvent],

@@ -55,9 +55,9 @@ use crate::job::{Job, JobEvent, JobState, Millis, NewJob, NextRun};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Announces that jobs were added or became due at another time.
-pub const JOBS_CHANNEL: &str = "docfetch_jobs";
+pub(crate) const JOBS_CHANNEL: &str = "docfetch_jobs";
 /// Announces that a finished job has completion hooks to run.
-pub const HOOKS_CHANNEL: &str = "docfetch_hooks";
+pub(crate) const HOOKS_CHANNEL: &str = "docfetch_hooks";
 
 /// Announcement payloads are `"<sender> <when>"`: work due now wakes the
 /// other daemons at once; work due later (a job waiting for its next poll)
@@ -603,7 +603,7 @@ impl PgStore {
     }
 
     /// [`postpone`](Self::postpone), and a `postponed` event that says why.
-    pub async fn postpone_because(
+    pub(crate) async fn postpone_because(
         &self,
         id: &str,
         owner: &str,

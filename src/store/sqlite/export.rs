@@ -26,7 +26,7 @@ impl SqliteStore {
             .collect()
     }
 
-    pub async fn import_job(
+    pub(crate) async fn import_job(
         &self,
         stored: &StoredJob,
         events: &[JobEvent],

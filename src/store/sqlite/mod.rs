@@ -151,7 +151,7 @@ fn wrote(written: &Written) -> bool {
 }
 
 /// The file path inside a `sqlite://path` or `sqlite:path` URL.
-pub fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
+pub(crate) fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -515,7 +515,7 @@ impl SqliteStore {
     }
 
     /// [`postpone`](Self::postpone), and a `postponed` event that says why.
-    pub async fn postpone_because(
+    pub(crate) async fn postpone_because(
         &self,
         id: &str,
         owner: &str,
