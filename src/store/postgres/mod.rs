@@ -23,6 +23,15 @@
 //! The URL's password never leaves this module: errors carry the URL with
 //! the password replaced by [`crate::store::redact_store_url`].
 
+mod commands;
+mod export;
+mod hooks;
+mod listen;
+mod slots;
+mod upkeep;
+
+use listen::{Signals, connect_listener, listen};
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -36,6 +45,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::shape::{json_text, json_text_opt};
 use super::{
     JobFilter, Settlement, SlotGrant, Snapshot, StoreError, StoredJob, Transition, expect_one,
     job_from_row,
@@ -45,9 +55,9 @@ use crate::job::{Job, JobEvent, JobState, Millis, NewJob, NextRun};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Announces that jobs were added or became due at another time.
-pub const JOBS_CHANNEL: &str = "docfetch_jobs";
+pub(crate) const JOBS_CHANNEL: &str = "docfetch_jobs";
 /// Announces that a finished job has completion hooks to run.
-pub const HOOKS_CHANNEL: &str = "docfetch_hooks";
+pub(crate) const HOOKS_CHANNEL: &str = "docfetch_hooks";
 
 /// Announcement payloads are `"<sender> <when>"`: work due now wakes the
 /// other daemons at once; work due later (a job waiting for its next poll)
@@ -86,6 +96,7 @@ macro_rules! job_columns {
          hooks_state, hooks_attempts"
     };
 }
+use job_columns;
 
 /// Due jobs, oldest due first, at most `$4`, as of `$3`, locked for this
 /// transaction. Rows another daemon is claiming right now are skipped, not
@@ -126,6 +137,7 @@ macro_rules! announce {
         )
     };
 }
+use announce;
 
 /// Runs `$update` (an `UPDATE … RETURNING id`) and returns how many rows it
 /// moved, announcing them on the channels `$channels` with `$payload`
@@ -167,41 +179,6 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop_listener.cancel();
-    }
-}
-
-/// What the listener task needs; no reference back to [`Inner`], so the
-/// store can be dropped while the task runs.
-#[derive(Clone)]
-struct Signals {
-    instance: String,
-    wakeup: Arc<Notify>,
-    hooks_wakeup: Arc<Notify>,
-    changes: Arc<AtomicI64>,
-}
-
-impl Signals {
-    fn received(&self, n: &PgNotification) {
-        let (sender, due) = n
-            .payload()
-            .split_once(' ')
-            .unwrap_or((n.payload(), DUE_NOW));
-        if sender == self.instance {
-            return;
-        }
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        if n.channel() == HOOKS_CHANNEL {
-            self.hooks_wakeup.notify_one();
-        } else if due != DUE_LATER {
-            self.wakeup.notify_one();
-        }
-    }
-
-    /// Announcements may have been missed: make everyone look again.
-    fn missed(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        self.wakeup.notify_one();
-        self.hooks_wakeup.notify_one();
     }
 }
 
@@ -307,14 +284,8 @@ impl PgStore {
     }
 
     pub async fn insert(&self, job: &NewJob) -> Result<Job, StoreError> {
-        let params =
-            serde_json::to_string(&job.params).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let hooks = job
-            .hooks
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let params = json_text(&job.params)?;
+        let hooks = json_text_opt(job.hooks.as_ref())?;
         let row = sqlx::query(concat!(
             "WITH added AS (
                  INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
@@ -514,12 +485,7 @@ impl PgStore {
     }
 
     pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
-        let result = s
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = json_text_opt(s.result.as_ref())?;
         let done = sqlx::query(
             "UPDATE jobs SET cursor = $3::json, result = $4::json, last_error = $5,
                              attempts = $6, finished_at = $7, updated_at = $8
@@ -545,12 +511,7 @@ impl PgStore {
         t: &Transition,
     ) -> Result<Job, StoreError> {
         let now = crate::job::now_ms();
-        let result = t
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = json_text_opt(t.result.as_ref())?;
         let finished_at = t.state.is_finished().then_some(now);
         // A waiting job is due again at a time the other daemons have not
         // seen; pending hooks are due now.
@@ -642,7 +603,7 @@ impl PgStore {
     }
 
     /// [`postpone`](Self::postpone), and a `postponed` event that says why.
-    pub async fn postpone_because(
+    pub(crate) async fn postpone_because(
         &self,
         id: &str,
         owner: &str,
@@ -725,140 +686,6 @@ impl PgStore {
         Ok(u64::try_from(reclaimed).unwrap_or(0))
     }
 
-    /// See [`Store::take_account_slot`]: one call of the function of
-    /// migration 0003, which decides under a per-account advisory lock.
-    pub async fn take_account_slot(
-        &self,
-        account: &str,
-        job_id: &str,
-        owner: &str,
-        limit: usize,
-        now: Millis,
-    ) -> Result<SlotGrant, StoreError> {
-        let (answer,): (i64,) =
-            sqlx::query_as("SELECT docfetch_take_account_slot($1, $2, $3, $4, $5)")
-                .bind(account)
-                .bind(job_id)
-                .bind(owner)
-                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-                .bind(now)
-                .fetch_one(&self.inner.pool)
-                .await?;
-        Ok(match answer {
-            0 => SlotGrant::Granted,
-            until if until > 0 => SlotGrant::Cooling(until),
-            _ => SlotGrant::Busy,
-        })
-    }
-
-    pub async fn release_account_slot(
-        &self,
-        account: &str,
-        job_id: &str,
-        owner: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM account_slots WHERE account = $1 AND job_id = $2 AND owner = $3")
-            .bind(account)
-            .bind(job_id)
-            .bind(owner)
-            .execute(&self.inner.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn cool_down_account(&self, account: &str, until: Millis) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO account_cooldowns (account, until_ms) VALUES ($1, $2)
-             ON CONFLICT (account) DO UPDATE
-                 SET until_ms = GREATEST(account_cooldowns.until_ms, EXCLUDED.until_ms)",
-        )
-        .bind(account)
-        .bind(until)
-        .execute(&self.inner.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn cancel(&self, key: &str, now: Millis) -> Result<Job, StoreError> {
-        let row = sqlx::query(concat!(
-            "WITH moved AS (
-                 UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_until = NULL,
-                                 finished_at = $2, updated_at = $2,
-                                 last_error = 'cancelled by a user'
-                 WHERE (id = $1 OR name = $1) AND state IN ('queued', 'waiting', 'running')
-                 RETURNING ",
-            job_columns!(),
-            "),
-             history AS (
-                 INSERT INTO job_events (job_id, at, kind, message)
-                 SELECT id, $2, 'cancelled', 'cancelled by a user' FROM moved)
-             SELECT * FROM moved"
-        ))
-        .bind(key)
-        .bind(now)
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        match row {
-            Some(row) => job_from_row(&row),
-            None => Err(self
-                .not_in_state(key, "cancel", "queued, waiting or running")
-                .await),
-        }
-    }
-
-    pub async fn retry(
-        &self,
-        key: &str,
-        now: Millis,
-        deadline_at: Millis,
-    ) -> Result<Job, StoreError> {
-        let row = sqlx::query(concat!(
-            "WITH moved AS (
-                 UPDATE jobs SET state = 'queued', cursor = '{}', attempts = 0, next_run_at = $2,
-                                 last_error = NULL, result = NULL, finished_at = NULL,
-                                 updated_at = $2, deadline_at = $3
-                 WHERE (id = $1 OR name = $1) AND state IN ('failed', 'cancelled')
-                 RETURNING ",
-            job_columns!(),
-            "),
-             history AS (
-                 INSERT INTO job_events (job_id, at, kind, message, detail)
-                 SELECT id, $2, 'retried', 'queued again by a user', $6 FROM moved)
-             SELECT moved.*, ",
-            announce!(moved, "$4", "$5"),
-            " FROM moved"
-        ))
-        .bind(key)
-        .bind(now)
-        .bind(deadline_at)
-        .bind(self.payload(DUE_NOW))
-        .bind(&[JOBS_CHANNEL][..])
-        .bind(NextRun::now(now).to_json_string())
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        match row {
-            Some(row) => {
-                self.inner.wakeup.notify_one();
-                job_from_row(&row)
-            }
-            None => Err(self.not_in_state(key, "retry", "failed or cancelled").await),
-        }
-    }
-
-    async fn not_in_state(&self, key: &str, action: &str, expected: &str) -> StoreError {
-        match self.find(key).await {
-            Ok(Some(job)) => StoreError::Conflict {
-                id: job.id,
-                detail: format!(
-                    "cannot {action} a job that is {}; expected {expected}",
-                    job.state
-                ),
-            },
-            Ok(None) => StoreError::NotFound(key.to_string()),
-            Err(e) => e,
-        }
-    }
-
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
@@ -919,289 +746,6 @@ impl PgStore {
             )));
         }
         Ok(())
-    }
-
-    pub async fn claim_hooks(
-        &self,
-        now: Millis,
-        hold_until: Millis,
-        limit: u32,
-    ) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "WITH due AS MATERIALIZED (
-                 SELECT id FROM jobs
-                 WHERE hooks_state = 'pending' AND hooks_next_at <= $1
-                 ORDER BY hooks_next_at LIMIT $3
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE jobs SET hooks_next_at = $2
-             WHERE id IN (SELECT id FROM due)
-             RETURNING ",
-            job_columns!()
-        ))
-        .bind(now)
-        .bind(hold_until)
-        .bind(i64::from(limit))
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter().map(job_from_row).collect()
-    }
-
-    pub async fn finish_hooks(
-        &self,
-        id: &str,
-        state: &str,
-        attempts: u32,
-        next_at: Millis,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET hooks_state = $2, hooks_attempts = $3, hooks_next_at = $4
-             WHERE id = $1 AND hooks_state = 'pending'",
-        )
-        .bind(id)
-        .bind(state)
-        .bind(i64::from(attempts))
-        .bind(next_at)
-        .execute(&self.inner.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn next_hooks_at(&self) -> Result<Option<Millis>, StoreError> {
-        let row: (Option<i64>,) =
-            sqlx::query_as("SELECT MIN(hooks_next_at) FROM jobs WHERE hooks_state = 'pending'")
-                .fetch_one(&self.inner.pool)
-                .await?;
-        Ok(row.0)
-    }
-
-    pub async fn prune(
-        &self,
-        done_before: Millis,
-        failed_before: Millis,
-        limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        // Jobs whose hooks have not run yet are kept until they have.
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs WHERE state = 'done' AND finished_at < $1
-                     AND (hooks_state IS NULL OR hooks_state <> 'pending')
-                 UNION ALL
-                 SELECT id FROM jobs WHERE state IN ('failed', 'cancelled') AND finished_at < $2
-                     AND (hooks_state IS NULL OR hooks_state <> 'pending')
-                 LIMIT $3)
-             RETURNING name",
-        )
-        .bind(done_before)
-        .bind(failed_before)
-        .bind(i64::from(limit))
-        .fetch_all(&self.inner.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
-    }
-
-    pub async fn last_fire(&self, schedule: &str) -> Result<Option<Millis>, StoreError> {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT last_fire_at FROM schedule_runs WHERE schedule = $1")
-                .bind(schedule)
-                .fetch_optional(&self.inner.pool)
-                .await?;
-        Ok(row.map(|r| r.0))
-    }
-
-    pub async fn set_last_fire(&self, schedule: &str, at: Millis) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO schedule_runs (schedule, last_fire_at) VALUES ($1, $2)
-             ON CONFLICT (schedule) DO UPDATE
-             SET last_fire_at = GREATEST(schedule_runs.last_fire_at, EXCLUDED.last_fire_at)",
-        )
-        .bind(schedule)
-        .bind(at)
-        .execute(&self.inner.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Counts announcements from other processes; a lost listener
-    /// connection also counts, since announcements may have been missed.
-    pub async fn change_counter(&self) -> Result<i64, StoreError> {
-        Ok(self.inner.changes.load(Ordering::SeqCst))
-    }
-
-    pub async fn export_jobs(
-        &self,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<StoredJob>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            ", hooks_next_at FROM jobs
-             WHERE $1::text IS NULL OR id > $1
-             ORDER BY id LIMIT $2"
-        ))
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredJob {
-                    job: job_from_row(row)?,
-                    hooks_next_at: row.try_get("hooks_next_at")?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn import_job(
-        &self,
-        stored: &StoredJob,
-        events: &[JobEvent],
-    ) -> Result<bool, StoreError> {
-        let job = &stored.job;
-        let json = |v: &serde_json::Value| v.to_string();
-        let result = job
-            .result
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let hooks = job
-            .hooks
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.inner.pool.begin().await?;
-        // No conflict target: an existing id or name both mean "already there".
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
-                               attempts, polls, steps, next_run_at, lease_owner, lease_until,
-                               last_error, result, created_at, updated_at, finished_at,
-                               deadline_at, source, request_sha256, hooks, hooks_state,
-                               hooks_attempts, hooks_next_at)
-             VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8::json, $9, $10, $11, $12, $13, $14,
-                     $15, $16::json, $17, $18, $19, $20, $21, $22, $23::json, $24, $25, $26)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&job.id)
-        .bind(&job.name)
-        .bind(&job.account)
-        .bind(&job.provider)
-        .bind(&job.operation)
-        .bind(json(&job.params))
-        .bind(job.state.as_str())
-        .bind(json(&job.cursor))
-        .bind(i64::from(job.attempts))
-        .bind(i64::from(job.polls))
-        .bind(i64::from(job.steps))
-        .bind(job.next_run_at)
-        .bind(job.lease_owner.as_deref())
-        .bind(job.lease_until)
-        .bind(job.last_error.as_deref())
-        .bind(result)
-        .bind(job.created_at)
-        .bind(job.updated_at)
-        .bind(job.finished_at)
-        .bind(job.deadline_at)
-        .bind(&job.source)
-        .bind(&job.request_sha256)
-        .bind(hooks)
-        .bind(job.hooks_state.as_deref())
-        .bind(i64::from(job.hooks_attempts))
-        .bind(stored.hooks_next_at)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(false);
-        }
-        for event in events {
-            insert_event(
-                &mut tx,
-                &job.id,
-                event.at,
-                &event.kind,
-                &event.message,
-                event.detail.as_ref(),
-            )
-            .await?;
-        }
-        if matches!(job.state, JobState::Queued | JobState::Waiting) {
-            self.announce(&mut tx, &[JOBS_CHANNEL], DUE_NOW).await?;
-        }
-        if job.hooks_state.as_deref() == Some("pending") {
-            self.announce(&mut tx, &[HOOKS_CHANNEL], DUE_NOW).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    pub async fn schedule_runs(&self) -> Result<Vec<(String, Millis)>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT schedule, last_fire_at FROM schedule_runs ORDER BY schedule")
-                .fetch_all(&self.inner.pool)
-                .await?;
-        Ok(rows)
-    }
-}
-
-async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(JOBS_CHANNEL).await?;
-    listener.listen(HOOKS_CHANNEL).await?;
-    Ok(listener)
-}
-
-/// Turns notifications into wake-ups until `stop`. A lost connection is
-/// restored with backoff; announcements sent while it was down are lost,
-/// so both the loss and the restore count as a change and wake everyone.
-async fn listen(pool: PgPool, mut listener: PgListener, signals: Signals, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let received = tokio::select! {
-            _ = stop.cancelled() => return,
-            received = listener.try_recv() => received,
-        };
-        match received {
-            Ok(Some(notification)) => {
-                backoff = Duration::from_millis(100);
-                signals.received(&notification);
-            }
-            // The connection dropped; sqlx has already reconnected and
-            // listens again.
-            Ok(None) => {
-                debug!("the store's notification connection was restored");
-                signals.missed();
-            }
-            Err(sqlx::Error::PoolClosed) => return,
-            Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "lost the store's notification connection; polling until it is back");
-                // Count the loss now, not only on restore: whoever watches
-                // the counter learns of the gap as soon as it opens, and
-                // the wake-up makes the scheduler poll the store meanwhile.
-                signals.missed();
-                // Start from a fresh listener: the failed one may hold a
-                // broken connection.
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
-                    match connect_listener(&pool).await {
-                        Ok(fresh) => {
-                            listener = fresh;
-                            signals.missed();
-                            break;
-                        }
-                        Err(sqlx::Error::PoolClosed) => return,
-                        Err(e) => {
-                            warn!(error = %e, retry_in = ?backoff, "cannot listen for store notifications yet")
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
