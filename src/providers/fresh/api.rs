@@ -1,121 +1,8 @@
-//! 1C:Fresh data transfer service (`hs/dt`), seed `000_eb637a5ecde06dbd.txt`.
-//!
-//! Three phases, each one step, with the 1C job id and file id kept in the
-//! cursor so a restart resumes where it stopped:
-//!
-//! 1. **order**: `POST {base}/async/{id}` → a `jobs` id;
-//! 2. **poll**: `GET {base}/jobs/{jobs id}` → `10202` (keep waiting) or a
-//!    `files` id;
-//! 3. **fetch**: `GET {base}/files/{files id}` → the file.
-//!
-//! With `flow = "ibsession"` (the default, the seed's worked example) each
-//! request opens a session with `IBSession: start`, is handed off by a
-//! `Location` URL and an `ibsession` cookie, and the hand-off is completed
-//! with a second request to that URL. Hand-off URLs live about ten minutes,
-//! so they are never stored: a resumed job starts a new hand-off.
-//! With `flow = "plain"` the seed's first part is followed: the same three
-//! calls answered directly.
-//!
-//! Where the seed is ambiguous, the reading chosen is noted next to the code.
+//! 1C:Fresh calls: ordering, polling and fetching over HTTP, the `IBSession`
+//! hand-offs, and the one place that reads return codes and classifies
+//! errors.
 
-use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
-use reqwest::{Method, Response, StatusCode};
-use serde::{Deserialize, Serialize};
-use url::Url;
-
-use super::{Provider, ProviderError, Step, StepContext, excerpt, one_line, read_body_limited};
-use crate::config::keys::{AccountKeys, ConfigError, Secret};
-use crate::job::JobResult;
-use crate::job::request::RequestError;
-
-/// The provider name used in `[accounts.*] provider = "…"`.
-pub const PROVIDER: &str = "1c-fresh";
-
-/// Largest JSON answer accepted from the service (its answers are ~200 bytes).
-const MAX_ANSWER: usize = 1 << 20;
-
-/// How requests are exchanged with the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    /// `IBSession: start` / `finish` with `Location` hand-offs (the seed's example).
-    IbSession,
-    /// Direct answers (the seed's first part).
-    Plain,
-}
-
-/// `[accounts.NAME]` for `provider = "1c-fresh"`.
-#[derive(Debug, Clone)]
-pub struct FreshAccount {
-    /// `…/hs/dt/storage`: the seed's `{{baseURL}}`.
-    pub base_url: Url,
-    pub username: String,
-    pub password: Secret,
-    pub flow: Flow,
-    /// Steps of this account's jobs run at once (default 8).
-    pub concurrency: usize,
-}
-
-impl FreshAccount {
-    pub fn from_keys(keys: &mut AccountKeys<'_>) -> Result<Self, ConfigError> {
-        let base_url = keys.url("base_url", None)?;
-        let username = keys.required("username")?;
-        let password = keys.required_secret("password")?;
-        let flow = match keys.string("flow")?.as_deref() {
-            None | Some("ibsession") => Flow::IbSession,
-            Some("plain") => Flow::Plain,
-            Some(other) => {
-                return Err(ConfigError::invalid(
-                    format!("accounts.{}.flow", keys.account),
-                    format!("expected \"ibsession\" or \"plain\", found {other:?}"),
-                ));
-            }
-        };
-        let concurrency = super::concurrency_key(keys, 8)?;
-        Ok(FreshAccount {
-            base_url,
-            username,
-            password,
-            flow,
-            concurrency,
-        })
-    }
-}
-
-/// For 1C:Fresh the operation is the data id (`tax_usn_calculator`), a
-/// single URL path segment, and `params` is the settings JSON sent as-is.
-pub fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError> {
-    if operation.len() > 200
-        || !operation
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
-        return Err(RequestError::field(
-            "operation",
-            format!(
-                "{operation:?} is not a 1C:Fresh data id: expected letters, digits, '_', '-' or '.' (such as \"tax_usn_calculator\")"
-            ),
-        ));
-    }
-    if !(params.is_object() || params.is_array()) {
-        return Err(RequestError::field(
-            "params",
-            "expected a JSON object: the data settings sent to 1C:Fresh as-is",
-        ));
-    }
-    Ok(())
-}
-
-/// Where a 1C job is, stored as the job's cursor.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Cursor {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    job_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    file_id: Option<String>,
-    /// `10240` messages, kept for the receipt.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<String>,
-}
+use super::*;
 
 /// The `general` envelope every answer carries.
 // Public (hidden) for the property tests in tests/fuzz.rs.
@@ -129,7 +16,7 @@ pub enum Answer {
 }
 
 /// Whether a body carries a `general.response` code at all.
-fn has_return_code(body: &[u8]) -> bool {
+pub(super) fn has_return_code(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.pointer("/general/response").cloned())
@@ -217,7 +104,7 @@ pub fn interpret(body: &[u8], what: &str) -> Result<Answer, ProviderError> {
 }
 
 /// The result of opening a session with `IBSession: start`.
-enum Opened {
+pub(super) enum Opened {
     /// The seed's case: a `Location` to continue at and the session cookie.
     Handoff {
         location: Url,
@@ -228,18 +115,13 @@ enum Opened {
     Direct(Response),
 }
 
-/// A 1C:Fresh account's provider.
-pub struct Fresh {
-    account: FreshAccount,
-}
-
 impl Fresh {
     pub fn new(account: FreshAccount) -> Self {
         Fresh { account }
     }
 
     /// `{base}/{storage}/{id}` with the id as one encoded path segment.
-    fn endpoint(&self, storage: &str, id: &str) -> Url {
+    pub(super) fn endpoint(&self, storage: &str, id: &str) -> Url {
         let mut url = self.account.base_url.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.pop_if_empty().push(storage).push(id);
@@ -247,13 +129,18 @@ impl Fresh {
         url
     }
 
-    fn request(&self, ctx: &StepContext<'_>, method: Method, url: Url) -> reqwest::RequestBuilder {
+    pub(super) fn request(
+        &self,
+        ctx: &StepContext<'_>,
+        method: Method,
+        url: Url,
+    ) -> reqwest::RequestBuilder {
         ctx.http
             .request(method, url)
             .basic_auth(&self.account.username, Some(self.account.password.expose()))
     }
 
-    async fn send(
+    pub(super) async fn send(
         &self,
         request: reqwest::RequestBuilder,
         what: &str,
@@ -265,7 +152,7 @@ impl Fresh {
     }
 
     /// Phase 1: order the data. Returns the 1C job id.
-    async fn order(
+    pub(super) async fn order(
         &self,
         ctx: &StepContext<'_>,
     ) -> Result<(String, Option<String>), ProviderError> {
@@ -319,7 +206,11 @@ impl Fresh {
     }
 
     /// Phase 2: ask whether the 1C job is finished.
-    async fn poll(&self, ctx: &StepContext<'_>, job_id: &str) -> Result<Answer, ProviderError> {
+    pub(super) async fn poll(
+        &self,
+        ctx: &StepContext<'_>,
+        job_id: &str,
+    ) -> Result<Answer, ProviderError> {
         let what = format!("polling 1C job {job_id}");
         let url = self.endpoint("jobs", job_id);
         if self.account.flow == Flow::IbSession {
@@ -349,7 +240,7 @@ impl Fresh {
     }
 
     /// Phase 3: download the file.
-    async fn fetch(
+    pub(super) async fn fetch(
         &self,
         ctx: &StepContext<'_>,
         file_id: &str,
@@ -405,7 +296,7 @@ impl Fresh {
     /// Sends the `IBSession: start` request. `Ok(None)` means the service
     /// answered 400 to the header: 1C's client library retries such a
     /// request once without it, and so does docfetch (the plain variant).
-    async fn open(
+    pub(super) async fn open(
         &self,
         ctx: &StepContext<'_>,
         method: Method,
@@ -460,7 +351,12 @@ impl Fresh {
     /// explicit `:443`; they must stay on the account's host, because the
     /// next request carries the credentials. The follow-up request in the
     /// seed adds a trailing `/` to the Location path, and so does docfetch.
-    fn handoff_url(&self, base: &Url, location: &str, what: &str) -> Result<Url, ProviderError> {
+    pub(super) fn handoff_url(
+        &self,
+        base: &Url,
+        location: &str,
+        what: &str,
+    ) -> Result<Url, ProviderError> {
         let mut target = base.join(location.trim()).map_err(|_| {
             ProviderError::transient(format!("{what}: the hand-off Location is not a URL"))
         })?;
@@ -483,7 +379,7 @@ impl Fresh {
 
     /// In the plain flow a 302 is still followed once (same host only), in
     /// case the service hands off anyway.
-    async fn follow_plain_redirect(
+    pub(super) async fn follow_plain_redirect(
         &self,
         ctx: &StepContext<'_>,
         response: Response,
@@ -512,7 +408,11 @@ impl Fresh {
     }
 
     /// Reads a `general.response` answer, whatever the HTTP status.
-    async fn answer(&self, response: Response, what: &str) -> Result<Answer, ProviderError> {
+    pub(super) async fn answer(
+        &self,
+        response: Response,
+        what: &str,
+    ) -> Result<Answer, ProviderError> {
         let status = response.status();
         let retry_after =
             crate::http::retry_after(response.headers(), std::time::SystemTime::now());
@@ -533,105 +433,24 @@ impl Fresh {
 
     /// Turns a non-success response into an error, using the 1C code in
     /// its body when there is one.
-    async fn failure(&self, response: Response, what: &str) -> ProviderError {
+    pub(super) async fn failure(&self, response: Response, what: &str) -> ProviderError {
         match self.answer(response, what).await {
             Err(e) => e,
             Ok(_) => ProviderError::transient(format!("{what}: unexpected answer")),
         }
     }
 
-    fn credentials_refused(&self, status: StatusCode, what: &str) -> ProviderError {
+    pub(super) fn credentials_refused(&self, status: StatusCode, what: &str) -> ProviderError {
         ProviderError::permanent(format!(
             "{what}: 1C:Fresh refused the credentials (HTTP {status}); check username and password of this account"
         ))
     }
 }
 
-impl Provider for Fresh {
-    const NAME: &'static str = PROVIDER;
-    type Account = FreshAccount;
-
-    fn read_account(keys: &mut AccountKeys<'_>) -> Result<Self::Account, ConfigError> {
-        FreshAccount::from_keys(keys)
-    }
-
-    fn base_url(account: &Self::Account) -> &url::Url {
-        &account.base_url
-    }
-
-    fn concurrency(account: &Self::Account) -> usize {
-        account.concurrency
-    }
-
-    fn validate_request(operation: &str, params: &serde_json::Value) -> Result<(), RequestError> {
-        validate_request(operation, params)
-    }
-
-    fn for_account(_account_name: &str, account: Self::Account) -> Self {
-        Fresh::new(account)
-    }
-
-    async fn check(
-        &self,
-        account: &str,
-        http: &reqwest::Client,
-        timeout: std::time::Duration,
-    ) -> Result<(), super::check::CheckFailure> {
-        self.check_login(account, http, timeout).await
-    }
-
-    async fn step(&self, ctx: &StepContext<'_>) -> Result<Step, ProviderError> {
-        let mut cursor: Cursor = serde_json::from_value(ctx.job.cursor.clone()).map_err(|e| {
-            ProviderError::permanent(format!("the job's saved progress is unreadable: {e}"))
-        })?;
-        if let Some(file_id) = cursor.file_id.clone() {
-            let saved = self.fetch(ctx, &file_id).await?;
-            let result = JobResult {
-                files: vec![saved],
-                warnings: cursor.warnings.clone(),
-            };
-            return Ok(Step::Done {
-                cursor: to_value(&cursor),
-                result,
-            });
-        }
-        if let Some(job_id) = cursor.job_id.clone() {
-            return match self.poll(ctx, &job_id).await? {
-                Answer::Pending => Ok(Step::Wait {
-                    cursor: to_value(&cursor),
-                    hint: None,
-                    poll: true,
-                    note: format!("1C job {job_id} is still being prepared (10202)"),
-                }),
-                Answer::Ready { id, warning } => {
-                    cursor.file_id = Some(id);
-                    cursor.warnings.extend(warning);
-                    // Another status look finds the file again: no commit
-                    // is needed before fetching it.
-                    Ok(Step::Next(to_value(&cursor)))
-                }
-            };
-        }
-        let (job_id, warning) = self.order(ctx).await?;
-        cursor.job_id = Some(job_id.clone());
-        cursor.warnings.extend(warning);
-        Ok(Step::Wait {
-            cursor: to_value(&cursor),
-            hint: None,
-            poll: false,
-            note: format!("ordered; 1C job {job_id}"),
-        })
-    }
-}
-
-fn to_value(cursor: &Cursor) -> serde_json::Value {
-    serde_json::to_value(cursor).unwrap_or_default()
-}
-
 /// The session cookie to send back. The seed's example echoes the whole
 /// `Set-Cookie` value (`ibsession=…;Path=/a/bs/10098/;Version=1`) as the
 /// `Cookie` header, and docfetch does exactly that.
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
+pub(super) fn session_cookie(headers: &HeaderMap) -> Option<String> {
     let cookies: Vec<&str> = headers
         .get_all(SET_COOKIE)
         .iter()
@@ -649,7 +468,7 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// 1C's client library names the file in `x-file-name` on the hand-off.
-fn header_file_name(headers: &HeaderMap) -> Option<String> {
+pub(super) fn header_file_name(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-file-name")
         .and_then(|v| crate::filename::decode_header_name(v.as_bytes()))
@@ -666,13 +485,13 @@ impl Fresh {
     /// means the credentials were taken. It is sent without `IBSession`,
     /// which the seed's first part answers directly, so no session is left
     /// open whatever the account's flow.
-    async fn check_login(
+    pub(super) async fn check_login(
         &self,
         account: &str,
         http: &reqwest::Client,
         timeout: std::time::Duration,
-    ) -> Result<(), super::check::CheckFailure> {
-        use super::check::CheckFailure;
+    ) -> Result<(), crate::providers::check::CheckFailure> {
+        use crate::providers::check::CheckFailure;
         let what = format!("asking 1C:Fresh about a job as account {account}");
         let url = self.endpoint("jobs", "00000000-0000-0000-0000-000000000000");
         let response = http
@@ -697,146 +516,5 @@ impl Fresh {
             status,
             &excerpt(&body),
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::providers::ErrorClass;
-
-    #[test]
-    fn the_seed_answers_are_read_exactly() {
-        let ordered = br#"{"general":{"response":10200,"error":false,"message":""},"result":{"storage":"jobs","id":"47e7efd6-ddb6-11e7-819b-0050568925e0"}}"#;
-        assert_eq!(
-            interpret(ordered, "x"),
-            Ok(Answer::Ready {
-                id: "47e7efd6-ddb6-11e7-819b-0050568925e0".into(),
-                warning: None
-            })
-        );
-        let pending =
-            b"{\n\"general\": {\n\"response\": 10202,\n\"error\": false,\n\"message\": \"\"\n}\n}";
-        assert_eq!(interpret(pending, "x"), Ok(Answer::Pending));
-        let warned = br#"{"general":{"response":10240,"error":false,"message":"period not closed"},"result":{"storage":"files","id":"f"}}"#;
-        assert_eq!(
-            interpret(warned, "x"),
-            Ok(Answer::Ready {
-                id: "f".into(),
-                warning: Some("period not closed".into())
-            })
-        );
-    }
-
-    #[test]
-    fn each_return_code_is_classified() {
-        let code = |c: i64, msg: &str| {
-            interpret(
-                format!(r#"{{"general":{{"response":{c},"error":true,"message":"{msg}"}}}}"#)
-                    .as_bytes(),
-                "ordering",
-            )
-        };
-        let not_found = code(10404, "").unwrap_err();
-        assert_eq!(not_found.class, ErrorClass::Permanent);
-        assert!(not_found.message.contains("10404"));
-        let bad = code(10400, "ИНН указан неверно").unwrap_err();
-        assert_eq!(bad.class, ErrorClass::Permanent);
-        assert!(
-            bad.message.contains("ИНН указан неверно"),
-            "{}",
-            bad.message
-        );
-        assert_eq!(
-            code(10500, "boom").unwrap_err().class,
-            ErrorClass::Transient
-        );
-        assert_eq!(code(12345, "").unwrap_err().class, ErrorClass::Transient);
-        let no_id = interpret(br#"{"general":{"response":10200}}"#, "x").unwrap_err();
-        assert_eq!(no_id.class, ErrorClass::Transient);
-        let html = interpret(b"<html>502 Bad Gateway</html>", "x").unwrap_err();
-        assert_eq!(html.class, ErrorClass::Transient);
-        assert!(html.message.contains("502 Bad Gateway"));
-    }
-
-    #[test]
-    fn the_whole_set_cookie_value_is_echoed() {
-        let mut headers = HeaderMap::new();
-        headers.append(SET_COOKIE, "other=1".parse().unwrap());
-        headers.append(
-            SET_COOKIE,
-            "ibsession=b94d4f36-606e-4543-bc38-bade7918926a;Path=/a/bs/10098/;Version=1"
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(
-            session_cookie(&headers).as_deref(),
-            Some("ibsession=b94d4f36-606e-4543-bc38-bade7918926a;Path=/a/bs/10098/;Version=1")
-        );
-    }
-
-    fn fresh(base: &str) -> Fresh {
-        Fresh::new(FreshAccount {
-            base_url: Url::parse(base).unwrap(),
-            username: "api".into(),
-            password: Secret::new("pw"),
-            flow: Flow::IbSession,
-            concurrency: 8,
-        })
-    }
-
-    #[test]
-    fn handoffs_with_an_explicit_default_port_stay_on_the_host() {
-        let p = fresh("https://stage.1cfresh.com/a/bs/10098/hs/dt/storage");
-        let base =
-            Url::parse("https://stage.1cfresh.com/a/bs/10098/hs/dt/storage/async/x").unwrap();
-        let url = p
-            .handoff_url(
-                &base,
-                "https://stage.1cfresh.com:443/a/bs/10098/hs/dt/upload/01d3e0",
-                "x",
-            )
-            .unwrap();
-        assert_eq!(
-            url.as_str(),
-            "https://stage.1cfresh.com/a/bs/10098/hs/dt/upload/01d3e0/"
-        );
-        let err = p
-            .handoff_url(
-                &base,
-                "https://evil.example:443/a/bs/10098/hs/dt/upload/01d3e0",
-                "x",
-            )
-            .unwrap_err();
-        assert_eq!(err.class, ErrorClass::Permanent);
-        assert!(
-            p.handoff_url(&base, "https://stage.1cfresh.com:8443/x", "x")
-                .is_err()
-        );
-        assert!(
-            p.handoff_url(&base, "http://stage.1cfresh.com/x", "x")
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn endpoints_encode_the_data_id_as_one_segment() {
-        let p = fresh("https://h/a/bs/1/hs/dt/storage/");
-        assert_eq!(
-            p.endpoint("async", "tax_usn_calculator").as_str(),
-            "https://h/a/bs/1/hs/dt/storage/async/tax_usn_calculator"
-        );
-        assert_eq!(
-            p.endpoint("jobs", "a/b").as_str(),
-            "https://h/a/bs/1/hs/dt/storage/jobs/a%2Fb"
-        );
-    }
-
-    #[test]
-    fn operations_must_be_data_ids() {
-        assert!(validate_request("tax_usn_calculator", &serde_json::json!({})).is_ok());
-        assert!(validate_request("../x", &serde_json::json!({})).is_err());
-        assert!(validate_request("a b", &serde_json::json!({})).is_err());
-        assert!(validate_request("ok", &serde_json::json!("text")).is_err());
     }
 }
