@@ -209,6 +209,11 @@ async fn the_dashboard_works_in_chromium() {
     browser.screenshot(&shots.join("jobs.png")).await;
     browser.goto(&format!("{base}/accounts")).await;
     browser.find("#main table").await;
+    // The account remembers the last error one of its steps met.
+    let last = browser
+        .text("tr[data-account=fresh-sim] td.last-error")
+        .await;
+    assert!(last.contains("period is closed"), "{last}");
     browser.screenshot(&shots.join("accounts.png")).await;
     browser.goto(&format!("{base}/submit")).await;
     browser.find("#request").await;

@@ -8,15 +8,13 @@ use docfetch::job::JobState;
 use docfetch::job::request::RequestFormat;
 use docfetch::providers::{Step, StepContext};
 use docfetch::sim::SimConfig;
-use docfetch::sim::identity::{self, IdentitySimConfig};
-use docfetch::sim::kontur_extern::{self, KonturExternSimConfig};
+use docfetch::sim::kontur_extern::KonturExternSimConfig;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{TestApp, wait_until};
-use crate::support::proxy::{Fault, Proxy};
 
-const ACCOUNT: &str = "kontur-extern-sim";
+pub(crate) const ACCOUNT: &str = "kontur-extern-sim";
 
 fn sha256_hex(bytes: &[u8]) -> String {
     docfetch::job::digest::hex(&Sha256::digest(bytes))
@@ -28,14 +26,14 @@ fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 /// Writes `bytes` to `paths.attachments/rel`, returning its SHA-256.
-fn attach(app: &TestApp, rel: &str, bytes: &[u8]) -> String {
+pub(crate) fn attach(app: &TestApp, rel: &str, bytes: &[u8]) -> String {
     let path = app.settings.paths.attachments.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, bytes).unwrap();
     sha256_hex(bytes)
 }
 
-fn sim_config(kontur_extern: KonturExternSimConfig) -> SimConfig {
+pub(crate) fn sim_config(kontur_extern: KonturExternSimConfig) -> SimConfig {
     SimConfig {
         kontur_extern,
         ..Default::default()
@@ -47,7 +45,7 @@ async fn spawn_with(kontur_extern: KonturExternSimConfig) -> TestApp {
 }
 
 /// A `drafts-build` request for an inventory (fns534-inventory) answering a demand.
-fn request(name: &str, builder_data: Value, documents: Value) -> Value {
+pub(crate) fn request(name: &str, builder_data: Value, documents: Value) -> Value {
     json!({
         "account": ACCOUNT,
         "operation": "drafts-build",
@@ -63,14 +61,14 @@ fn request(name: &str, builder_data: Value, documents: Value) -> Value {
     })
 }
 
-fn scanned(name: &str, files: Value) -> Value {
+pub(crate) fn scanned(name: &str, files: Value) -> Value {
     json!({
         "builder-data": {"claim-item-number": "1.01", "scanned-document-name": name, "type": "scanned"},
         "files": files,
     })
 }
 
-fn related() -> Value {
+pub(crate) fn related() -> Value {
     json!({"related-document": {"related-docflow-id": "d6b0c7a2-5f0e-4f37-9a5b-0c1e2d3f4a5b",
                                 "related-document-id": "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"}})
 }
@@ -88,7 +86,7 @@ fn small_job(app: &TestApp, name: &str, builder_data: Value) -> Value {
     )
 }
 
-fn counter(
+pub(crate) fn counter(
     app: &TestApp,
     pick: impl Fn(&docfetch::sim::kontur_extern::KonturExternCounters) -> &std::sync::atomic::AtomicU64,
 ) -> u64 {
@@ -777,6 +775,54 @@ async fn a_build_without_any_draft_fails_and_names_the_documents() {
 }
 
 #[tokio::test]
+async fn a_build_without_any_draft_names_each_document_once_and_briefly() {
+    let app = TestApp::spawn().await;
+    attach(&app, "brief/a.pdf", b"a");
+    attach(&app, "brief/b.pdf", b"b");
+    // Extern lists the first document three times: a long, multi-line
+    // message twice and another once.
+    let long = "Строка описи не соответствует формату.\n".repeat(20);
+    app.submit(request(
+        "brief",
+        related(),
+        json!([
+            {"builder-data": {"type": "scanned", "scanned-document-name": "Первый",
+                              "_sim": {"error": long, "more_errors": [long, "Вторая ошибка"]}},
+             "files": [{"path": "brief/a.pdf"}]},
+            {"builder-data": {"type": "scanned", "scanned-document-name": "Второй",
+                              "_sim": {"error": "Неверный формат"}},
+             "files": [{"path": "brief/b.pdf"}]},
+        ]),
+    ))
+    .await;
+    let job = app.run_until_finished("brief").await;
+    assert_eq!(job.state, JobState::Failed);
+    let error = job.last_error.unwrap();
+    assert_eq!(error.matches("documents[0] (Первый)").count(), 1, "{error}");
+    assert_eq!(error.matches("documents[1] (Второй)").count(), 1, "{error}");
+    assert!(error.contains("(+1 more)"), "{error}");
+    assert!(error.contains("Неверный формат"), "{error}");
+    assert!(!error.contains('\n'), "one line: {error}");
+    assert!(
+        error.chars().count() < 600,
+        "brief ({} characters): {error}",
+        error.chars().count()
+    );
+    assert!(!error.contains("Вторая ошибка"), "{error}");
+    // The result file keeps every entry Extern gave.
+    let result: Value = serde_json::from_slice(
+        &std::fs::read(app.output("brief").join("build-result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        result["error-drafts-builder-documents"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+}
+
+#[tokio::test]
 async fn a_failed_build_task_fails_the_job_with_the_error_id_message_and_trace() {
     let app = TestApp::spawn().await;
     app.submit(small_job(
@@ -885,199 +931,4 @@ async fn requests_for_extern_are_checked_before_they_are_accepted() {
     accept(good)
         .await
         .expect("a well-formed request is accepted");
-}
-
-// ---------------------------------------------------------------------------
-// Documents and files are created once, even when an answer is lost
-// ---------------------------------------------------------------------------
-
-/// The account of [`spawn_behind_proxy`]: the same fake service, reached
-/// through the fault proxy.
-const PROXIED: &str = "kontur-extern-proxied";
-
-/// An app with a second Extern account whose service and identity server
-/// sit behind a fault proxy. The proxy's port is bound first so its address
-/// can go into the config; it forwards to the simulator once that runs.
-async fn spawn_behind_proxy(overrides: &[(&str, &str)]) -> (TestApp, Proxy) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("proxy port");
-    let origin = format!("http://{}", listener.local_addr().expect("proxy address"));
-    let identity = IdentitySimConfig::default();
-    let extra = format!(
-        "[accounts.{PROXIED}]\nprovider = \"kontur-extern\"\nbase_url = \"{origin}{}\"\nidentity_url = \"{origin}{}\"\naccount_id = \"{}\"\nclient_id = \"{}\"\napi_key = \"{}\"\n",
-        kontur_extern::PREFIX,
-        identity::PREFIX,
-        kontur_extern::ACCOUNT_ID,
-        identity.client_id,
-        identity.api_key,
-    );
-    let app = TestApp::spawn_with(SimConfig::default(), &extra, overrides).await;
-    let proxy = Proxy::serve(listener, app.sim.addr);
-    (app, proxy)
-}
-
-/// Two documents with the same `builder-data` (so finding one again must
-/// skip the one the cursor already holds), with `files_each` files each.
-fn twin_documents(app: &TestApp, name: &str, files_each: usize) -> Value {
-    let documents: Vec<Value> = (0..2)
-        .map(|d| {
-            let files: Vec<Value> = (0..files_each)
-                .map(|f| {
-                    let rel = format!("{name}/{d}-{f}.pdf");
-                    attach(
-                        app,
-                        &rel,
-                        format!("{name} document {d} page {f}").as_bytes(),
-                    );
-                    json!({"path": rel})
-                })
-                .collect();
-            scanned("Скан.pdf", Value::Array(files))
-        })
-        .collect();
-    request(name, related(), Value::Array(documents))
-}
-
-/// Every builder the service saw holds `documents` documents, each with
-/// `files_each` files, and every upload was attached exactly once.
-fn assert_one_of_each(app: &TestApp, builders: usize, documents: usize, files_each: usize) {
-    let sim = &app.sim.kontur_extern;
-    let builder_ids = sim.builder_ids();
-    assert_eq!(builder_ids.len(), builders, "builders: {builder_ids:?}");
-    let files = sim.files();
-    for builder in &builder_ids {
-        let ids = sim.documents_of(builder);
-        assert_eq!(ids.len(), documents, "documents of builder {builder}");
-        for document in &ids {
-            let attached = files.iter().filter(|f| &f.document_id == document).count();
-            assert_eq!(attached, files_each, "files of document {document}");
-        }
-    }
-    let mut contents: Vec<&str> = files.iter().map(|f| f.content_id.as_str()).collect();
-    contents.sort();
-    contents.dedup();
-    assert_eq!(contents.len(), files.len(), "a content attached twice");
-}
-
-#[tokio::test]
-async fn the_normal_path_creates_every_document_and_file_without_listing_anything() {
-    let app = TestApp::spawn().await;
-    app.submit(twin_documents(&app, "straight", 2)).await;
-    let job = app.run_until_finished("straight").await;
-    assert_eq!(job.state, JobState::Done, "{:?}", job.last_error);
-    assert_one_of_each(&app, 1, 2, 2);
-    assert_eq!(counter(&app, |c| &c.document_lists), 0);
-    assert_eq!(counter(&app, |c| &c.file_lists), 0);
-}
-
-#[tokio::test]
-async fn a_document_whose_answer_was_reset_is_found_again_instead_of_created_twice() {
-    let (app, proxy) = spawn_behind_proxy(&[]).await;
-    // The first document's POST reaches the service, which creates the
-    // document; the connection is reset before a byte of the answer. (The
-    // list request matches the pattern too, but the rule fires once.)
-    proxy.add("/documents HTTP/1.1", Fault::ResetAfter(0), Some(1));
-    let mut request = twin_documents(&app, "reset", 1);
-    request["account"] = json!(PROXIED);
-    app.submit(request).await;
-    let job = app.run_until_finished("reset").await;
-    assert_eq!(job.state, JobState::Done, "{:?}", job.last_error);
-    assert_eq!(proxy.faults(), 1, "the reset happened");
-    assert_one_of_each(&app, 1, 2, 1);
-    assert_eq!(
-        counter(&app, |c| &c.documents),
-        2,
-        "no document created twice"
-    );
-    assert_eq!(
-        counter(&app, |c| &c.document_lists),
-        1,
-        "looked once, after the reset; the next document was known unsent"
-    );
-    assert_eq!(counter(&app, |c| &c.file_lists), 0);
-    assert_eq!(app.sim.kontur_extern.builds(), 1);
-}
-
-#[tokio::test]
-async fn a_file_whose_answer_timed_out_is_found_again_instead_of_attached_twice() {
-    let (app, proxy) = spawn_behind_proxy(&[("DOCFETCH__HTTP__TIMEOUT", "1s")]).await;
-    // The first attachment reaches the service, which attaches it; its
-    // answer never comes and the request times out.
-    proxy.add("/files HTTP/1.1", Fault::Stall, Some(1));
-    let mut request = twin_documents(&app, "stall", 2);
-    request["account"] = json!(PROXIED);
-    app.submit(request).await;
-    let job = app.run_until_finished("stall").await;
-    assert_eq!(job.state, JobState::Done, "{:?}", job.last_error);
-    assert_eq!(proxy.faults(), 1, "the answer was held back");
-    assert_one_of_each(&app, 1, 2, 2);
-    assert_eq!(counter(&app, |c| &c.files), 4, "no file attached twice");
-    assert_eq!(counter(&app, |c| &c.file_lists), 1);
-    assert_eq!(counter(&app, |c| &c.document_lists), 0);
-}
-
-#[tokio::test]
-async fn a_crash_after_a_document_was_created_finds_it_again_after_the_restart() {
-    let mut app = TestApp::spawn().await;
-    app.submit(twin_documents(&app, "lost", 1)).await;
-
-    // Play the scheduler: run the provider's steps and save each cursor,
-    // but "crash" right after the step that created the second document,
-    // so its id never reaches the store.
-    let mut job = app
-        .scheduler
-        .claim(10)
-        .await
-        .unwrap()
-        .pop()
-        .expect("claimed");
-    let account = app.scheduler.providers().get(ACCOUNT).expect("account");
-    let http = docfetch::http::client(&app.settings.http).unwrap();
-    let mut crashed = false;
-    for _ in 0..50 {
-        let ctx = StepContext {
-            job: &job,
-            http: &http,
-            output_dir: docfetch::beneath::Subfolder::new(&app.settings.paths.output, "lost"),
-            attachments_dir: app.settings.paths.attachments.clone(),
-            max_file_size: app.settings.scheduler.max_file_size,
-            timeout: app.settings.http.timeout,
-        };
-        let cursor = match account.provider.step(&ctx).await.expect("step") {
-            Step::Continue(cursor) | Step::Next(cursor) | Step::Wait { cursor, .. } => cursor,
-            Step::Done { .. } => panic!("done before the crash"),
-        };
-        if cursor.pointer("/documents/1/document-id").is_some() {
-            crashed = true;
-            break;
-        }
-        app.store
-            .checkpoint(&job.id, app.scheduler.owner(), &cursor)
-            .await
-            .unwrap();
-        job.cursor = cursor;
-    }
-    assert!(crashed, "the second document was never created");
-    assert_eq!(counter(&app, |c| &c.documents), 2, "both were created");
-    let saved = app.job("lost").await;
-    assert!(
-        saved
-            .cursor
-            .pointer("/documents/0/files/0/file-id")
-            .is_some()
-    );
-    assert!(
-        saved.cursor.pointer("/documents/1/document-id").is_none(),
-        "but the second was never saved"
-    );
-    assert_eq!(counter(&app, |c| &c.document_lists), 0);
-
-    app.restart().await;
-    let job = app.run_until_finished("lost").await;
-    assert_eq!(job.state, JobState::Done, "{:?}", job.last_error);
-    assert_one_of_each(&app, 1, 2, 1);
-    assert_eq!(counter(&app, |c| &c.documents), 2, "none created again");
-    assert_eq!(counter(&app, |c| &c.document_lists), 1);
-    assert_eq!(counter(&app, |c| &c.file_lists), 0);
 }

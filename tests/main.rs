@@ -22,6 +22,7 @@ mod hostile;
 mod inbox;
 mod kontur_diadoc;
 mod kontur_extern;
+mod kontur_extern_once;
 mod multi_instance;
 mod next_run;
 mod ofd;

@@ -8,8 +8,8 @@
 //! `CI=true` it fails). The simulator sits behind the fault proxy, which
 //! holds back the answers of the ordering calls — 1C:Fresh's order (in
 //! the `ibsession` flow, the session's start, so that job orders on the
-//! full disk), OFD's report order and Kontur.Extern's builder creation,
-//! the one Extern call that cannot be looked up again — until the disk is
+//! full disk), OFD's report order and Kontur.Extern's builder creation
+//! (a `PUT` under an id committed before it) — until the disk is
 //! full: each service has acted, and the daemon learns of it exactly when
 //! it cannot commit.
 
@@ -72,10 +72,13 @@ async fn a_store_whose_disk_fills_up_mid_order_orders_nothing_twice_loses_nothin
     sim_config.kontur_extern.build_polls = 1;
     let (sim, proxy) = sim_behind_proxy(sim_config).await;
     let gate = Gate::default();
+    // Extern's first `PUT` is the builder's: the job's small file goes up
+    // in one part (`POST`), and documents come only after the builder.
+    let extern_builder = format!("PUT {}/v1/", docfetch::sim::kontur_extern::PREFIX);
     for ordering in [
         "/storage/async/",
         "POST /ofd/api/customer/reports",
-        "/drafts/builders HTTP",
+        extern_builder.as_str(),
     ] {
         proxy.add(ordering, Fault::Hold(gate.clone()), None);
     }

@@ -163,13 +163,13 @@ impl<'a> AccountKeys<'a> {
     }
 
     /// A required string key.
-    pub fn required(&mut self, key: &str) -> Result<String, ConfigError> {
+    pub(crate) fn required(&mut self, key: &str) -> Result<String, ConfigError> {
         self.string(key)?
             .ok_or_else(|| ConfigError::invalid(self.key(key), "is required"))
     }
 
     /// An optional list of strings (an argv).
-    pub fn string_list(&mut self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+    pub(crate) fn string_list(&mut self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
         match self.table.remove(key) {
             None => Ok(None),
             Some(toml::Value::Array(items)) => items
@@ -209,7 +209,7 @@ impl<'a> AccountKeys<'a> {
     }
 
     /// An optional boolean key.
-    pub fn boolean(&mut self, key: &str) -> Result<Option<bool>, ConfigError> {
+    pub(crate) fn boolean(&mut self, key: &str) -> Result<Option<bool>, ConfigError> {
         match self.table.remove(key) {
             None => Ok(None),
             Some(toml::Value::Boolean(b)) => Ok(Some(b)),
@@ -261,7 +261,7 @@ impl<'a> AccountKeys<'a> {
 
     /// `allow_plain_http` (default false): whether this account's URLs may
     /// be `http://` to a host other than loopback. Read once.
-    pub fn plain_http_allowed(&mut self) -> Result<bool, ConfigError> {
+    pub(crate) fn plain_http_allowed(&mut self) -> Result<bool, ConfigError> {
         if let Some(allowed) = self.plain_http {
             return Ok(allowed);
         }
@@ -340,7 +340,7 @@ impl<'a> AccountKeys<'a> {
     }
 
     /// A required secret.
-    pub fn required_secret(&mut self, key: &str) -> Result<Secret, ConfigError> {
+    pub(crate) fn required_secret(&mut self, key: &str) -> Result<Secret, ConfigError> {
         self.secret(key)?.ok_or_else(|| {
             ConfigError::invalid(
                 self.key(key),

@@ -129,18 +129,26 @@ pub async fn accounts(State(d): State<Arc<Dashboard>>, request: Request) -> Resp
         table class="accounts" {
             thead { tr {
                 th { (lang.t("account")) } th { (lang.t("provider")) } th { (lang.t("in_use")) }
-                th { (lang.t("pause_until")) }
+                th { (lang.t("pause_until")) } th { (lang.t("token_age")) } th { (lang.t("last_error")) }
                 @for s in JobState::ALL { th { (lang.t(s.as_str())) } }
             } }
             tbody {
                 @for account in d.api.providers.iter() {
                     @let local = account.concurrency.saturating_sub(account.limit.available_permits());
                     @let in_use = if shared { fleet.get(&account.name).copied().unwrap_or(0) } else { local as u64 };
-                    tr {
+                    tr data-account=(account.name) {
                         td { (account.name) }
                         td { (account.provider.name()) }
                         td { (in_use) " / " (account.concurrency) }
                         td { @match pauses.get(&account.name) { Some(t) => (time(*t)), None => "—" } }
+                        td class="token-age" { @match account.provider.token_age() {
+                            Some(age) => (span(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))),
+                            None => "—",
+                        } }
+                        td class="last-error" { @match account.last_error() {
+                            Some((at, message)) => { (time(at)) ": " (message) },
+                            None => "—",
+                        } }
                         @for s in JobState::ALL {
                             td { (counts.iter().find(|c| c.account == account.name && c.state == s).map(|c| c.count).unwrap_or(0)) }
                         }

@@ -14,6 +14,7 @@ pub mod kontur_diadoc;
 pub mod kontur_extern;
 pub mod ofd;
 pub mod oidc;
+pub mod params;
 pub mod token;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use crate::config::keys::{AccountKeys, ConfigError};
 use crate::download::{self, DownloadError};
 use crate::job::request::RequestError;
 use crate::job::{Job, JobResult, SavedFile};
+use sha2::{Digest, Sha256};
 
 /// What a finished step asks the scheduler to do next.
 #[derive(Debug, Clone, PartialEq)]
@@ -258,6 +260,37 @@ impl StepContext<'_> {
         crate::metrics::download(&self.job.provider, saved.size, started.elapsed());
         Ok(saved)
     }
+    /// Writes a file held in memory (a generated document, a body already
+    /// read) atomically into the job's folder and describes it for the
+    /// receipt. Over `max_file_size` it is refused for good: the same
+    /// contents will be just as large next time.
+    pub async fn save_bytes(&self, name: &str, bytes: &[u8]) -> Result<SavedFile, ProviderError> {
+        let size = bytes.len() as u64;
+        if size > self.max_file_size {
+            return Err(ProviderError::permanent(format!(
+                "{name} would be {size} bytes, over the {}-byte limit (scheduler.max_file_size)",
+                self.max_file_size
+            )));
+        }
+        download::write_atomic(&self.output_dir, name, bytes)
+            .await
+            .map_err(|e| {
+                // A full or failing disk may pass (transient); a path
+                // refused as unsafe will not (permanent).
+                ProviderError::disk(
+                    format!(
+                        "cannot write {}: {e}",
+                        self.output_dir.path().join(name).display()
+                    ),
+                    &e,
+                )
+            })?;
+        Ok(SavedFile {
+            name: name.to_string(),
+            size,
+            sha256: crate::job::digest::hex(&Sha256::digest(bytes)),
+        })
+    }
 }
 
 /// Reads a (small) response body, refusing more than `limit` bytes so a
@@ -360,6 +393,11 @@ pub trait Provider: Sized + Send + Sync + 'static {
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<(), check::CheckFailure>> + Send;
 
+    /// How old the account's login token is, for providers that keep one.
+    fn token_age(&self) -> Option<Duration> {
+        None
+    }
+
     /// Tells the service a job was cancelled, where it has a way to hear it.
     /// Best effort: the job is cancelled either way.
     fn cancel_remote(
@@ -458,6 +496,13 @@ macro_rules! providers {
                 }
             }
 
+            /// How old the account's login token is (never the token).
+            pub fn token_age(&self) -> Option<Duration> {
+                match self {
+                    $(AnyProvider::$variant(p) => p.token_age(),)+
+                }
+            }
+
             pub fn new(name: &str, config: &AccountConfig) -> AnyProvider {
                 match config {
                     $(AccountConfig::$variant(account) => AnyProvider::$variant(Box::new(
@@ -549,6 +594,9 @@ pub struct Account {
     /// The limit `limit` enforces, for the store's account-wide slots.
     pub concurrency: usize,
     cooldown_until: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The last error a step of this account met, and when (for the
+    /// dashboard; provider messages carry no secrets).
+    last_error: std::sync::Mutex<Option<(crate::job::Millis, String)>>,
 }
 
 impl Account {
@@ -559,6 +607,20 @@ impl Account {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         guard.filter(|until| *until > std::time::Instant::now())
+    }
+
+    /// Remembers the error a step of this account just met.
+    pub fn note_error(&self, at: crate::job::Millis, message: &str) {
+        let mut guard = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = Some((at, one_line(message, 300)));
+    }
+
+    /// The last error a step of this account met since the daemon started.
+    pub fn last_error(&self) -> Option<(crate::job::Millis, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Pauses the whole account for `pause` (never shortens a longer pause).
@@ -596,6 +658,7 @@ impl Providers {
                         limit: Arc::new(tokio::sync::Semaphore::new(config.concurrency())),
                         concurrency: config.concurrency(),
                         cooldown_until: std::sync::Mutex::new(None),
+                        last_error: std::sync::Mutex::new(None),
                     };
                     (name.to_string(), Arc::new(runtime))
                 })

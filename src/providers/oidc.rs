@@ -122,6 +122,11 @@ impl Oidc {
         self.cache.logins()
     }
 
+    /// How old the token in use is (never the token).
+    pub fn token_age(&self) -> Option<std::time::Duration> {
+        self.cache.age()
+    }
+
     /// A valid access token, fetched when needed.
     pub async fn token(&self, http: &reqwest::Client) -> Result<Secret, ProviderError> {
         self.cache.get(|| self.fetch(http)).await

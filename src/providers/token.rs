@@ -29,6 +29,9 @@ pub struct TokenCache {
     /// Refresh when less than this is left.
     margin: Duration,
     logins: AtomicU64,
+    /// When the token in use was issued: for the dashboard's token age,
+    /// readable without waiting for a login in progress.
+    issued: std::sync::Mutex<Option<Instant>>,
 }
 
 impl TokenCache {
@@ -37,7 +40,19 @@ impl TokenCache {
             state: Mutex::new(State::Empty),
             margin,
             logins: AtomicU64::new(0),
+            issued: std::sync::Mutex::new(None),
         }
+    }
+
+    /// How old the token in use is; `None` before the first login and after
+    /// the service rejected the token. Never the token itself.
+    pub fn age(&self) -> Option<Duration> {
+        let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued.map(|at| at.elapsed())
+    }
+
+    fn set_issued(&self, at: Option<Instant>) {
+        *self.issued.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 
     /// Logins performed so far (for tests and metrics).
@@ -72,6 +87,7 @@ impl TokenCache {
                     token: token.clone(),
                     expires: now + lifetime,
                 };
+                self.set_issued(Some(now));
                 Ok(token)
             }
             Err(e) if e.class == ErrorClass::Permanent => {
@@ -94,6 +110,7 @@ impl TokenCache {
         let mut state = self.state.lock().await;
         if matches!(&*state, State::Valid { token: current, .. } if current == token) {
             *state = State::Empty;
+            self.set_issued(None);
         }
     }
 }
@@ -102,6 +119,19 @@ impl TokenCache {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[tokio::test]
+    async fn the_age_counts_from_the_login_and_ends_with_the_token() {
+        let cache = TokenCache::new(Duration::from_secs(1));
+        assert_eq!(cache.age(), None, "no token yet");
+        let token = cache
+            .get(|| async { Ok((Secret::new("t-1"), Duration::from_secs(3600))) })
+            .await
+            .unwrap();
+        assert!(cache.age().is_some_and(|age| age < Duration::from_secs(60)));
+        cache.invalidate(&token).await;
+        assert_eq!(cache.age(), None, "a rejected token has no age");
+    }
 
     #[tokio::test]
     async fn concurrent_callers_share_one_login() {

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::{Mutex, Origin};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -27,7 +28,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use base64::Engine;
-use lock::Mutex;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -45,20 +45,6 @@ pub const KNOWN_DATA: &[&str] = &[
     "balance_sheet",
     "sales_book",
 ];
-
-mod lock {
-    //! `std::sync::Mutex` that shrugs off poisoning: the simulator's state
-    //! stays usable even if a handler panicked while holding it.
-    pub struct Mutex<T>(std::sync::Mutex<T>);
-    impl<T> Mutex<T> {
-        pub fn new(value: T) -> Self {
-            Mutex(std::sync::Mutex::new(value))
-        }
-        pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner())
-        }
-    }
-}
 
 /// Per-job behaviour, from `params._sim` (all optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -174,7 +160,7 @@ pub struct FreshSim {
     inner: Mutex<Inner>,
     pub counters: FreshCounters,
     /// `http://127.0.0.1:PORT`, set when the server is bound.
-    origin: Mutex<String>,
+    origin: Origin,
     seq: AtomicU64,
     starts: AtomicU64,
 }
@@ -185,19 +171,19 @@ impl FreshSim {
             config,
             inner: Mutex::new(Inner::default()),
             counters: FreshCounters::default(),
-            origin: Mutex::new(String::new()),
+            origin: Origin::default(),
             seq: AtomicU64::new(1),
             starts: AtomicU64::new(0),
         })
     }
 
     pub fn set_origin(&self, origin: &str) {
-        *self.origin.lock() = origin.to_string();
+        self.origin.set(origin);
     }
 
     /// The account `base_url` for this service (the seed's `{{baseURL}}`).
     pub fn base_url(&self) -> String {
-        format!("{}{PREFIX}/storage", self.origin.lock())
+        format!("{}{PREFIX}/storage", self.origin.get())
     }
 
     /// SHA-256 (hex) of every file body generated, by file name.
@@ -223,7 +209,7 @@ impl FreshSim {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
         let mut h = Sha256::new();
         h.update(n.to_le_bytes());
-        h.update(self.origin.lock().as_bytes());
+        h.update(self.origin.get().as_bytes());
         let hex = crate::job::digest::hex(&h.finalize());
         // UUID-shaped, like the seed's ids.
         format!(
@@ -275,7 +261,7 @@ impl FreshSim {
         let cookie = format!("ibsession={session};Path=/a/bs/10098/;Version=1");
         let location = format!(
             "{}{PREFIX}/{}/{token}",
-            self.origin.lock(),
+            self.origin.get(),
             match kind {
                 Handoff::Upload { .. } => "upload",
                 _ => "download",

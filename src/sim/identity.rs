@@ -2,6 +2,7 @@
 //! `POST /connect/token`, form-encoded), shared by the Extern and Diadoc
 //! simulators, which ask it whether a bearer token is valid.
 
+use super::{Mutex, Origin};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,44 +48,41 @@ impl Default for IdentitySimConfig {
 /// The identity server's state.
 pub struct IdentitySim {
     pub config: IdentitySimConfig,
-    tokens: std::sync::Mutex<HashMap<String, Instant>>,
-    refresh: std::sync::Mutex<String>,
+    tokens: Mutex<HashMap<String, Instant>>,
+    refresh: Mutex<String>,
     seq: AtomicU64,
     /// Tokens issued.
     pub issued: AtomicU64,
     /// Requests refused (bad client, bad grant).
     pub refused: AtomicU64,
-    origin: std::sync::Mutex<String>,
+    origin: Origin,
 }
 
 impl IdentitySim {
     pub fn new(config: IdentitySimConfig) -> Arc<Self> {
         Arc::new(IdentitySim {
-            refresh: std::sync::Mutex::new(config.refresh_token.clone()),
+            refresh: Mutex::new(config.refresh_token.clone()),
             config,
-            tokens: std::sync::Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            origin: std::sync::Mutex::new(String::new()),
+            origin: Origin::default(),
         })
     }
 
     pub fn set_origin(&self, origin: &str) {
-        *self.origin.lock().unwrap_or_else(|e| e.into_inner()) = origin.to_string();
+        self.origin.set(origin);
     }
 
     /// The account's `identity_url`.
     pub fn url(&self) -> String {
-        self.origin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.origin.get()
     }
 
     /// Whether `token` was issued here and has not expired.
     pub fn is_valid(&self, token: &str) -> bool {
-        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let tokens = self.tokens.lock();
         tokens
             .get(token)
             .is_some_and(|expires| *expires > Instant::now())
@@ -99,7 +97,7 @@ impl IdentitySim {
 
     /// Makes every issued token expire now (to test re-authentication).
     pub fn expire_all(&self) {
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tokens = self.tokens.lock();
         for expires in tokens.values_mut() {
             *expires = Instant::now();
         }
@@ -107,12 +105,7 @@ impl IdentitySim {
 
     /// Every token issued so far (for tests that look for leaks).
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.tokens.lock().keys().cloned().collect()
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -159,7 +152,7 @@ async fn token(State(sim): State<Arc<IdentitySim>>, body: Bytes) -> Response {
             }
         }
         "refresh_token" => {
-            let mut current = sim.refresh.lock().unwrap_or_else(|e| e.into_inner());
+            let mut current = sim.refresh.lock();
             if get("refresh_token") != *current {
                 return refuse(
                     StatusCode::BAD_REQUEST,
@@ -181,7 +174,6 @@ async fn token(State(sim): State<Arc<IdentitySim>>, body: Bytes) -> Response {
     let access = format!("sim-access-{n:08}-{:016x}", fastrand::u64(..));
     sim.tokens
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .insert(access.clone(), Instant::now() + sim.config.token_lifetime);
     sim.issued.fetch_add(1, Ordering::SeqCst);
     let mut body = serde_json::json!({

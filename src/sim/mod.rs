@@ -16,6 +16,36 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// `std::sync::Mutex` that shrugs off poisoning: a simulator's state stays
+/// usable even if a handler panicked while holding it.
+#[derive(Debug, Default)]
+pub struct Mutex<T>(std::sync::Mutex<T>);
+
+impl<T> Mutex<T> {
+    pub fn new(value: T) -> Self {
+        Mutex(std::sync::Mutex::new(value))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where a simulator is reached (`http://127.0.0.1:PORT`), known only once
+/// its listener is bound; each simulator builds its `base_url` on it.
+#[derive(Debug, Default)]
+pub struct Origin(Mutex<String>);
+
+impl Origin {
+    pub fn set(&self, origin: &str) {
+        *self.0.lock() = origin.to_string();
+    }
+
+    pub fn get(&self) -> String {
+        self.0.lock().clone()
+    }
+}
+
 /// Settings for all simulated services.
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {

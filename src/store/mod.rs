@@ -9,8 +9,11 @@
 
 pub mod copy;
 pub mod postgres;
+mod shape;
 pub mod sqlite;
 pub mod views;
+
+pub(crate) use shape::job_from_row;
 
 use std::sync::Arc;
 
@@ -363,7 +366,7 @@ impl Store {
     }
     /// [`postpone`](Self::postpone) until `next.next_run_at`, recording a
     /// `postponed` event whose detail says why.
-    pub async fn postpone_because(
+    pub(crate) async fn postpone_because(
         &self,
         id: &str,
         owner: &str,
@@ -523,7 +526,7 @@ impl Store {
     /// Writes a job exactly as another store holds it, with its history, in
     /// one transaction. `false`, with nothing written, when a job with its
     /// id or its name is already here.
-    pub async fn import_job(
+    pub(crate) async fn import_job(
         &self,
         job: &StoredJob,
         events: &[JobEvent],
@@ -546,65 +549,6 @@ fn expect_one(rows: u64, id: &str, what: &str) -> Result<(), StoreError> {
             detail: format!("{what}: the job is no longer running under this lease"),
         })
     }
-}
-
-/// Reads a `jobs` row into a [`Job`], for either database: both store the
-/// same columns with the same types (JSON as text, times as i64).
-pub(crate) fn job_from_row<'r, R>(row: &'r R) -> Result<Job, StoreError>
-where
-    R: sqlx::Row,
-    &'static str: sqlx::ColumnIndex<R>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let json = |column: &str, text: &str| {
-        serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|e| StoreError::Corrupt(format!("jobs.{column}: {e}")))
-    };
-    let counter = |column: &'static str| -> Result<u32, StoreError> {
-        let n: i64 = row.try_get(column)?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
-    };
-    let state: String = row.try_get("state")?;
-    let params: String = row.try_get("params")?;
-    let cursor: String = row.try_get("cursor")?;
-    let result: Option<String> = row.try_get("result")?;
-    let result: Option<JobResult> = result
-        .map(|text| serde_json::from_str(&text))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("jobs.result: {e}")))?;
-    let hooks: Option<String> = row.try_get("hooks")?;
-    let hooks = hooks
-        .map(|t| serde_json::from_str(&t))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("jobs.hooks: {e}")))?;
-    Ok(Job {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        account: row.try_get("account")?,
-        provider: row.try_get("provider")?,
-        operation: row.try_get("operation")?,
-        params: json("params", &params)?,
-        state: state.parse().map_err(StoreError::Corrupt)?,
-        cursor: json("cursor", &cursor)?,
-        attempts: counter("attempts")?,
-        polls: counter("polls")?,
-        steps: counter("steps")?,
-        next_run_at: row.try_get("next_run_at")?,
-        lease_owner: row.try_get("lease_owner")?,
-        lease_until: row.try_get("lease_until")?,
-        last_error: row.try_get("last_error")?,
-        result,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        finished_at: row.try_get("finished_at")?,
-        deadline_at: row.try_get("deadline_at")?,
-        source: row.try_get("source")?,
-        request_sha256: row.try_get("request_sha256")?,
-        hooks,
-        hooks_state: row.try_get("hooks_state")?,
-        hooks_attempts: counter("hooks_attempts")?,
-    })
 }
 
 /// Hides the password of a database URL (`postgres://user:pw@host`).

@@ -123,7 +123,7 @@ fn page_sql(
 
 impl Store {
     /// One page of the job list, newest first.
-    pub async fn jobs_page(&self, q: &JobsQuery) -> Result<Vec<Job>, StoreError> {
+    pub(crate) async fn jobs_page(&self, q: &JobsQuery) -> Result<Vec<Job>, StoreError> {
         match self {
             Store::Sqlite(s) => sqlite::jobs_page(s, q).await,
             Store::Postgres(s) => postgres::jobs_page(s, q).await,
@@ -144,7 +144,7 @@ impl Store {
         }
     }
     /// The store's size on disk, in bytes.
-    pub async fn size_bytes(&self) -> Result<u64, StoreError> {
+    pub(crate) async fn size_bytes(&self) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => sqlite::size_bytes(s).await,
             Store::Postgres(s) => postgres::size_bytes(s).await,
@@ -152,14 +152,17 @@ impl Store {
     }
     /// Accounts paused after a 429 for every daemon, with the pause's end
     /// (PostgreSQL only; a SQLite daemon keeps its pauses in memory).
-    pub async fn account_pauses(&self, now: Millis) -> Result<Vec<(String, Millis)>, StoreError> {
+    pub(crate) async fn account_pauses(
+        &self,
+        now: Millis,
+    ) -> Result<Vec<(String, Millis)>, StoreError> {
         match self {
             Store::Sqlite(_) => Ok(Vec::new()),
             Store::Postgres(s) => postgres::account_pauses(s, now).await,
         }
     }
     /// Concurrent-step slots held per account, fleet-wide (PostgreSQL only).
-    pub async fn account_slots_held(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    pub(crate) async fn account_slots_held(&self) -> Result<Vec<(String, u64)>, StoreError> {
         match self {
             Store::Sqlite(_) => Ok(Vec::new()),
             Store::Postgres(s) => postgres::account_slots_held(s).await,

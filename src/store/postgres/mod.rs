@@ -1,0 +1,778 @@
+//! The PostgreSQL store, for fleets of daemons sharing one queue.
+//!
+//! Every query has the semantics of its twin in [`super::sqlite`]; what
+//! differs is how several writers are kept apart:
+//!
+//! - Claims lock the due rows with `FOR UPDATE SKIP LOCKED`, so two daemons
+//!   claiming at once take disjoint jobs without waiting for each other.
+//! - Transitions stay compare-and-set (`WHERE id = $1 AND state = 'running'
+//!   AND lease_owner = $2`): a daemon whose lease was taken back can never
+//!   overwrite what the new holder wrote.
+//! - A transition, its line of history and its announcement are one
+//!   statement: one round trip, committed together or not at all.
+//! - Work added or made due by one daemon is announced with `pg_notify`
+//!   (delivered only if it commits); every store runs a `LISTEN` task that
+//!   turns announcements from other processes into the in-process wake-ups
+//!   the scheduler and hook runner already wait on. Polling stays the
+//!   fallback: [`PgStore::change_counter`] counts the announcements, and a
+//!   lost listener connection counts as a change.
+//! - Migrations run under sqlx's `pg_advisory_lock`, on a connection of
+//!   their own that is closed afterwards, so a failed migration cannot leave
+//!   the lock held by a pooled connection.
+//!
+//! The URL's password never leaves this module: errors carry the URL with
+//! the password replaced by [`crate::store::redact_store_url`].
+
+mod commands;
+mod export;
+mod hooks;
+mod listen;
+mod slots;
+mod upkeep;
+
+use listen::{Signals, connect_listener, listen};
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgNotification, PgPool, PgPoolOptions,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::shape::{json_text, json_text_opt};
+use super::{
+    JobFilter, Settlement, SlotGrant, Snapshot, StoreError, StoredJob, Transition, expect_one,
+    job_from_row,
+};
+use crate::job::{Job, JobEvent, JobState, Millis, NewJob, NextRun};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Announces that jobs were added or became due at another time.
+pub(crate) const JOBS_CHANNEL: &str = "docfetch_jobs";
+/// Announces that a finished job has completion hooks to run.
+pub(crate) const HOOKS_CHANNEL: &str = "docfetch_hooks";
+
+/// Announcement payloads are `"<sender> <when>"`: work due now wakes the
+/// other daemons at once; work due later (a job waiting for its next poll)
+/// only moves their change counter, which an idle scheduler reads once a
+/// second. Waking every daemon for every poll scheduled by another would
+/// make each of them claim in vain; the daemon that scheduled the poll
+/// claims it on time itself, and the others learn of it within a second in
+/// case it cannot. A payload without a `<when>` (a hand-made `NOTIFY
+/// docfetch_jobs`) counts as due now.
+const DUE_NOW: &str = "now";
+const DUE_LATER: &str = "later";
+
+fn due_at(next_run_at: Millis, now: Millis) -> &'static str {
+    if next_run_at <= now {
+        DUE_NOW
+    } else {
+        DUE_LATER
+    }
+}
+
+/// Connections per store handle: the scheduler's workers persist their
+/// steps concurrently; more would only queue inside PostgreSQL.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// The longest pause between attempts to restore the listener connection.
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The columns of a job, in the shape [`job_from_row`] reads. JSON columns
+/// are read as text, so they come back exactly as written.
+macro_rules! job_columns {
+    () => {
+        "id, name, account, provider, operation, params::text AS params, state,
+         cursor::text AS cursor, attempts, polls, steps, next_run_at, lease_owner,
+         lease_until, last_error, result::text AS result, created_at, updated_at,
+         finished_at, deadline_at, source, request_sha256, hooks::text AS hooks,
+         hooks_state, hooks_attempts"
+    };
+}
+use job_columns;
+
+/// Due jobs, oldest due first, at most `$4`, as of `$3`, locked for this
+/// transaction. Rows another daemon is claiming right now are skipped, not
+/// waited for; rows that stopped being due meanwhile are re-checked and
+/// dropped by PostgreSQL before they are locked. `jobs_due` serves the
+/// order, so no sort happens.
+macro_rules! due_jobs {
+    () => {
+        "SELECT id FROM jobs
+         WHERE state IN ('queued', 'waiting') AND next_run_at <= $3
+         ORDER BY next_run_at LIMIT $4
+         FOR UPDATE SKIP LOCKED"
+    };
+}
+/// The claim's row selection, for tests that check its plan.
+pub const DUE_JOBS: &str = due_jobs!();
+
+// Each transition is one statement: the UPDATE, its line of history and its
+// announcement are sub-statements of one `WITH`, so they commit together (a
+// statement is its own transaction) in a single round trip. The history
+// INSERT reads the updated rows, so a transition that matched nothing
+// writes nothing and announces nothing.
+
+/// A select-list item for a statement over the CTE `$from`: `pg_notify` on
+/// each channel of the text array `$channels` with payload `$payload`, once
+/// per row of `$from`. The reference to `$from` makes PostgreSQL evaluate
+/// it per row, so it never runs when nothing matched.
+macro_rules! announce {
+    ($from:ident, $payload:literal, $channels:literal) => {
+        concat!(
+            "(SELECT COUNT(pg_notify(channel, ",
+            $payload,
+            ")) FROM unnest(",
+            $channels,
+            "::text[]) AS channel WHERE ",
+            stringify!($from),
+            ".id IS NOT NULL) AS announced"
+        )
+    };
+}
+use announce;
+
+/// Runs `$update` (an `UPDATE … RETURNING id`) and returns how many rows it
+/// moved, announcing them on the channels `$channels` with `$payload`
+/// unless there were none.
+macro_rules! count_and_announce {
+    ($update:literal, $payload:literal, $channels:literal) => {
+        concat!(
+            "WITH moved AS (",
+            $update,
+            ") SELECT n, (SELECT COUNT(pg_notify(channel, ",
+            $payload,
+            ")) FROM unnest(",
+            $channels,
+            "::text[]) AS channel WHERE n > 0) AS announced
+             FROM (SELECT COUNT(*) AS n FROM moved) AS counted"
+        )
+    };
+}
+
+/// PostgreSQL-backed job store. Cheap to clone; the listener task stops
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    /// Identifies this handle in notification payloads, so its listener can
+    /// ignore its own announcements (the local wake-ups already happened).
+    instance: String,
+    wakeup: Arc<Notify>,
+    hooks_wakeup: Arc<Notify>,
+    /// Announcements received from other processes (and lost connections).
+    changes: Arc<AtomicI64>,
+    stop_listener: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_listener.cancel();
+    }
+}
+
+fn open_error(url: &str, message: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        url: crate::store::redact_store_url(url),
+        message: message.to_string(),
+    }
+}
+
+impl PgStore {
+    /// Connects to the database named by `url`, applies pending migrations
+    /// (serialised across daemons by an advisory lock) and starts listening
+    /// for other daemons' announcements.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| open_error(url, e))?;
+        // Migrations get a one-connection pool that is closed afterwards,
+        // whatever happened: sqlx leaves its session-level advisory lock held
+        // when a migration fails, and closing the session is what frees it.
+        let migrations = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| open_error(url, e))?;
+        let migrated = MIGRATOR.run(&migrations).await;
+        migrations.close().await;
+        migrated?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            // sqlx already pings every connection as it goes back to the
+            // pool; pinging again on the way out would double the round
+            // trips of every statement. A connection that dies while idle
+            // fails one statement with an I/O error, which callers treat as
+            // transient, and is then replaced.
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        let signals = Signals {
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            wakeup: Arc::new(Notify::new()),
+            hooks_wakeup: Arc::new(Notify::new()),
+            changes: Arc::new(AtomicI64::new(0)),
+        };
+        // Listening before `open` returns: nothing announced after that is missed.
+        let listener = connect_listener(&pool)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        let stop_listener = CancellationToken::new();
+        tokio::spawn(listen(
+            pool.clone(),
+            listener,
+            signals.clone(),
+            stop_listener.clone(),
+        ));
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                instance: signals.instance,
+                wakeup: signals.wakeup,
+                hooks_wakeup: signals.hooks_wakeup,
+                changes: signals.changes,
+                stop_listener,
+            }),
+        })
+    }
+
+    /// The connection pool, for tests that inspect the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn wakeup(&self) -> Arc<Notify> {
+        self.inner.wakeup.clone()
+    }
+
+    pub fn hooks_wakeup(&self) -> Arc<Notify> {
+        self.inner.hooks_wakeup.clone()
+    }
+
+    /// The payload of this handle's announcements of work due at `due`.
+    fn payload(&self, due: &str) -> String {
+        format!("{} {due}", self.inner.instance)
+    }
+
+    /// Queues `pg_notify` on `channels` in `conn`'s transaction: delivered
+    /// when (and only if) it commits.
+    async fn announce(
+        &self,
+        conn: &mut PgConnection,
+        channels: &[&str],
+        due: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify(channel, $2) FROM unnest($1::text[]) AS channel")
+            .bind(channels)
+            .bind(self.payload(due))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn insert(&self, job: &NewJob) -> Result<Job, StoreError> {
+        let params = json_text(&job.params)?;
+        let hooks = json_text_opt(job.hooks.as_ref())?;
+        let row = sqlx::query(concat!(
+            "WITH added AS (
+                 INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
+                                   next_run_at, created_at, updated_at, deadline_at, source,
+                                   request_sha256, hooks)
+                 VALUES ($1, $2, $3, $4, $5, $6::json, 'queued', '{}', $7, $7, $7, $8, $9, $10,
+                         $11::json)
+                 ON CONFLICT (name) DO NOTHING
+                 RETURNING ",
+            job_columns!(),
+            "),
+             history AS (
+                 INSERT INTO job_events (job_id, at, kind, message, detail)
+                 SELECT id, $7, 'accepted', $12, $15 FROM added)
+             SELECT added.*, ",
+            announce!(added, "$13", "$14"),
+            " FROM added"
+        ))
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(&job.account)
+        .bind(&job.provider)
+        .bind(&job.operation)
+        .bind(&params)
+        .bind(job.created_at)
+        .bind(job.deadline_at)
+        .bind(&job.source)
+        .bind(&job.request_sha256)
+        .bind(hooks)
+        .bind(format!("accepted from {}", job.source))
+        .bind(self.payload(DUE_NOW))
+        .bind(&[JOBS_CHANNEL][..])
+        .bind(NextRun::now(job.created_at).to_json_string())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else {
+            let existing = self
+                .find(&job.name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(job.name.clone()))?;
+            return Err(StoreError::Duplicate {
+                name: job.name.clone(),
+                existing: Box::new(existing),
+            });
+        };
+        self.inner.wakeup.notify_one();
+        job_from_row(&row)
+    }
+
+    pub async fn find(&self, key: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1 OR name = $1 LIMIT 1"
+        ))
+        .bind(key)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let limit = if filter.limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(filter.limit)
+        };
+        // `COLLATE "C"` orders names byte by byte, as SQLite does; the
+        // database's default collation may ignore case and punctuation.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR account = $2)
+             ORDER BY created_at DESC, name COLLATE \"C\"
+             LIMIT $3 OFFSET $4"
+        ))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.account.as_deref())
+        .bind(limit)
+        .bind(i64::from(filter.offset))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn events(&self, job_id: &str) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, kind, message, detail FROM job_events WHERE job_id = $1 ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    message: r.try_get("message")?,
+                    detail: r
+                        .try_get::<Option<String>, _>("detail")?
+                        .as_deref()
+                        .and_then(NextRun::from_json_str),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn add_event(
+        &self,
+        job_id: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        insert_event(&mut conn, job_id, crate::job::now_ms(), kind, message, None).await
+    }
+
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        // The CTE is materialised so the locking sub-select runs exactly
+        // once; the outer UPDATE then touches only the rows it locked.
+        let rows = sqlx::query(concat!(
+            "WITH due AS MATERIALIZED (",
+            due_jobs!(),
+            ")
+             UPDATE jobs
+             SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3,
+                 steps = steps + 1
+             WHERE id IN (SELECT id FROM due) AND state IN ('queued', 'waiting')
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| j.next_run_at);
+        Ok(jobs)
+    }
+
+    pub async fn next_due_at(&self) -> Result<Option<Millis>, StoreError> {
+        let row: (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(next_run_at) FROM jobs WHERE state IN ('queued', 'waiting')",
+        )
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(row.0)
+    }
+
+    pub async fn renew_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        until: Millis,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = $3
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until)
+        .execute(&self.inner.pool)
+        .await?;
+        expect_one(done.rows_affected(), id, "lease renewal")
+    }
+
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        owner: &str,
+        cursor: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET cursor = $3::json, attempts = 0, updated_at = $4
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(cursor.to_string())
+        .bind(crate::job::now_ms())
+        .execute(&self.inner.pool)
+        .await?;
+        expect_one(done.rows_affected(), id, "checkpoint")
+    }
+
+    pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
+        let result = json_text_opt(s.result.as_ref())?;
+        let done = sqlx::query(
+            "UPDATE jobs SET cursor = $3::json, result = $4::json, last_error = $5,
+                             attempts = $6, finished_at = $7, updated_at = $8
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(s.cursor.to_string())
+        .bind(result)
+        .bind(s.last_error.as_deref())
+        .bind(i64::from(s.attempts))
+        .bind(s.finished_at)
+        .bind(crate::job::now_ms())
+        .execute(&self.inner.pool)
+        .await?;
+        expect_one(done.rows_affected(), id, "settling the outcome")
+    }
+
+    pub async fn finish_step(
+        &self,
+        id: &str,
+        owner: &str,
+        t: &Transition,
+    ) -> Result<Job, StoreError> {
+        let now = crate::job::now_ms();
+        let result = json_text_opt(t.result.as_ref())?;
+        let finished_at = t.state.is_finished().then_some(now);
+        // A waiting job is due again at a time the other daemons have not
+        // seen; pending hooks are due now.
+        let mut channels = Vec::new();
+        if t.state == JobState::Waiting {
+            channels.push(JOBS_CHANNEL);
+        }
+        if t.hooks_pending {
+            channels.push(HOOKS_CHANNEL);
+        }
+        let row = sqlx::query(concat!(
+            "WITH moved AS (
+                 UPDATE jobs
+                 SET state = $3, cursor = $4::json, next_run_at = $5, attempts = $6, polls = $7,
+                     last_error = $8, result = $9::json,
+                     finished_at = CASE WHEN $10::bigint IS NULL THEN NULL
+                                        ELSE COALESCE(finished_at, $10) END,
+                     updated_at = $11,
+                     lease_owner = NULL, lease_until = NULL,
+                     hooks_state = CASE WHEN $12 THEN 'pending' ELSE hooks_state END,
+                     hooks_next_at = CASE WHEN $12 THEN $11 ELSE hooks_next_at END,
+                     hooks_attempts = CASE WHEN $12 THEN 0 ELSE hooks_attempts END
+                 WHERE id = $1 AND state = 'running' AND lease_owner = $2
+                 RETURNING ",
+            job_columns!(),
+            "),
+             history AS (
+                 INSERT INTO job_events (job_id, at, kind, message, detail)
+                 SELECT id, $11, $13, $14, $17 FROM moved)
+             SELECT moved.*, ",
+            announce!(moved, "$15", "$16"),
+            " FROM moved"
+        ))
+        .bind(id)
+        .bind(owner)
+        .bind(t.state.as_str())
+        .bind(t.cursor.to_string())
+        .bind(t.next_run_at)
+        .bind(i64::from(t.attempts))
+        .bind(i64::from(t.polls))
+        .bind(t.last_error.as_deref())
+        .bind(result)
+        .bind(finished_at)
+        .bind(now)
+        .bind(t.hooks_pending)
+        .bind(t.event.0.as_str())
+        .bind(&t.event.1)
+        .bind(self.payload(due_at(t.next_run_at, now)))
+        .bind(&channels)
+        .bind(t.detail.as_ref().map(NextRun::to_json_string))
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict {
+                id: id.to_string(),
+                detail: "the job is no longer running under this lease".into(),
+            });
+        };
+        if t.hooks_pending {
+            self.inner.hooks_wakeup.notify_one();
+        }
+        job_from_row(&row)
+    }
+
+    pub async fn postpone(
+        &self,
+        id: &str,
+        owner: &str,
+        next_run_at: Millis,
+    ) -> Result<(), StoreError> {
+        // The claim counted a step that did not run; take it back. Another
+        // daemon may have room for this account once it is due.
+        let (moved, _): (i64, i64) = sqlx::query_as(count_and_announce!(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = $3, steps = GREATEST(steps - 1, 0)
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2
+             RETURNING id",
+            "$4",
+            "$5"
+        ))
+        .bind(id)
+        .bind(owner)
+        .bind(next_run_at)
+        .bind(self.payload(due_at(next_run_at, crate::job::now_ms())))
+        .bind(&[JOBS_CHANNEL][..])
+        .fetch_one(&self.inner.pool)
+        .await?;
+        expect_one(u64::try_from(moved).unwrap_or(0), id, "postpone")
+    }
+
+    /// [`postpone`](Self::postpone), and a `postponed` event that says why.
+    pub(crate) async fn postpone_because(
+        &self,
+        id: &str,
+        owner: &str,
+        next: &NextRun,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let now = crate::job::now_ms();
+        // `count_and_announce!` with a history insert beside the update
+        // (data-modifying statements must sit at the top level of WITH).
+        let (moved, _): (i64, i64) = sqlx::query_as(
+            "WITH moved AS (
+                 UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                                 next_run_at = $3, steps = GREATEST(steps - 1, 0)
+                 WHERE id = $1 AND state = 'running' AND lease_owner = $2
+                 RETURNING id),
+             history AS (
+                 INSERT INTO job_events (job_id, at, kind, message, detail)
+                 SELECT id, $6, 'postponed', $7, $8 FROM moved)
+             SELECT n, (SELECT COUNT(pg_notify(channel, $4)) FROM unnest($5::text[]) AS channel
+                        WHERE n > 0) AS announced
+             FROM (SELECT COUNT(*) AS n FROM moved) AS counted",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(next.next_run_at)
+        .bind(self.payload(due_at(next.next_run_at, now)))
+        .bind(&[JOBS_CHANNEL][..])
+        .bind(now)
+        .bind(message)
+        .bind(next.to_json_string())
+        .fetch_one(&self.inner.pool)
+        .await?;
+        expect_one(u64::try_from(moved).unwrap_or(0), id, "postpone")
+    }
+
+    pub async fn release_leases(
+        &self,
+        owner: Option<&str>,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let (released, _): (i64, i64) = sqlx::query_as(count_and_announce!(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = $2, updated_at = $2
+             WHERE state = 'running' AND ($1::text IS NULL OR lease_owner = $1)
+             RETURNING id",
+            "$3",
+            "$4"
+        ))
+        .bind(owner)
+        .bind(now)
+        .bind(self.payload(DUE_NOW))
+        .bind(&[JOBS_CHANNEL][..])
+        .fetch_one(&self.inner.pool)
+        .await?;
+        if released > 0 {
+            self.inner.wakeup.notify_one();
+        }
+        Ok(u64::try_from(released).unwrap_or(0))
+    }
+
+    pub async fn reclaim_expired(&self, now: Millis, keep: &[String]) -> Result<u64, StoreError> {
+        // A lease renewed meanwhile is re-checked under the row lock and kept.
+        let (reclaimed, _): (i64, i64) = sqlx::query_as(count_and_announce!(
+            "UPDATE jobs SET state = 'waiting', lease_owner = NULL, lease_until = NULL,
+                             next_run_at = $1, updated_at = $1
+             WHERE state = 'running' AND lease_until < $1 AND NOT (id = ANY($4))
+             RETURNING id",
+            "$2",
+            "$3"
+        ))
+        .bind(now)
+        .bind(self.payload(DUE_NOW))
+        .bind(&[JOBS_CHANNEL][..])
+        .bind(keep)
+        .fetch_one(&self.inner.pool)
+        .await?;
+        if reclaimed > 0 {
+            self.inner.wakeup.notify_one();
+        }
+        Ok(u64::try_from(reclaimed).unwrap_or(0))
+    }
+
+    pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(state, n)| {
+                let state = state.parse().map_err(StoreError::Corrupt)?;
+                Ok((state, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT state, provider, COUNT(*) FROM jobs GROUP BY state, provider")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        let mut by_state = Vec::with_capacity(rows.len());
+        for (state, provider, n) in rows {
+            by_state.push((
+                state.parse().map_err(StoreError::Corrupt)?,
+                provider,
+                u64::try_from(n).unwrap_or(0),
+            ));
+        }
+        // One MIN per state, so each is a single seek in `jobs_state`.
+        let oldest: (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(m) FROM (SELECT MIN(created_at) AS m FROM jobs WHERE state = 'queued'
+                                 UNION ALL
+                                 SELECT MIN(created_at) FROM jobs WHERE state = 'waiting') AS t",
+        )
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(Snapshot {
+            by_state,
+            oldest_waiting_created: oldest.0,
+            next_due: self.next_due_at().await?,
+        })
+    }
+
+    /// Stops the listener and closes the pool, waiting for its connections.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.stop_listener.cancel();
+        self.inner.pool.close().await;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let applied: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        let expected = i64::try_from(MIGRATOR.iter().count()).unwrap_or(i64::MAX);
+        if applied.0 < expected {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {expected} migrations applied",
+                applied.0
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn insert_event(
+    conn: &mut PgConnection,
+    job_id: &str,
+    at: Millis,
+    kind: &str,
+    message: &str,
+    detail: Option<&NextRun>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO job_events (job_id, at, kind, message, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(job_id)
+    .bind(at)
+    .bind(kind)
+    .bind(message)
+    .bind(detail.map(NextRun::to_json_string))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// The pool, for the dashboard's queries ([`super::views`]).
+    pub(crate) fn read_pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+}

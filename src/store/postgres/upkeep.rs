@@ -1,0 +1,66 @@
+//! Upkeep of the PostgreSQL store: pruning old jobs, the schedules' last
+//! fires, and the change counter that tells watchers to reload.
+
+use super::*;
+
+impl PgStore {
+    pub async fn prune(
+        &self,
+        done_before: Millis,
+        failed_before: Millis,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        // Jobs whose hooks have not run yet are kept until they have.
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs WHERE state = 'done' AND finished_at < $1
+                     AND (hooks_state IS NULL OR hooks_state <> 'pending')
+                 UNION ALL
+                 SELECT id FROM jobs WHERE state IN ('failed', 'cancelled') AND finished_at < $2
+                     AND (hooks_state IS NULL OR hooks_state <> 'pending')
+                 LIMIT $3)
+             RETURNING name",
+        )
+        .bind(done_before)
+        .bind(failed_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    pub async fn last_fire(&self, schedule: &str) -> Result<Option<Millis>, StoreError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT last_fire_at FROM schedule_runs WHERE schedule = $1")
+                .bind(schedule)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    pub async fn set_last_fire(&self, schedule: &str, at: Millis) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO schedule_runs (schedule, last_fire_at) VALUES ($1, $2)
+             ON CONFLICT (schedule) DO UPDATE
+             SET last_fire_at = GREATEST(schedule_runs.last_fire_at, EXCLUDED.last_fire_at)",
+        )
+        .bind(schedule)
+        .bind(at)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts announcements from other processes; a lost listener
+    /// connection also counts, since announcements may have been missed.
+    pub async fn change_counter(&self) -> Result<i64, StoreError> {
+        Ok(self.inner.changes.load(Ordering::SeqCst))
+    }
+    pub async fn schedule_runs(&self) -> Result<Vec<(String, Millis)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT schedule, last_fire_at FROM schedule_runs ORDER BY schedule")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        Ok(rows)
+    }
+}
