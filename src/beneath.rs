@@ -22,14 +22,15 @@
 //!   name at a time with `O_NOFOLLOW` instead, which refuses every link.
 //!
 //! A durable write keeps the order the rest of docfetch relies on: the file
-//! is written as `.NAME.part`, `fsync`ed, renamed into place, and the folder
-//! is `fsync`ed ([`Folder::write_atomic`]). Every call is one system call on
-//! a descriptor already held, so the sequence is the same as with paths:
-//! `openat` `.part`, `write`s, `fsync` file, `renameat`, `fsync` folder.
+//! is written as `.NAME.part`, synced, renamed into place, and the folder
+//! is `fsync`ed (`durable::write_atomic`, which does it in batches).
+//! Every call is one system call on a descriptor already held, so the
+//! sequence is the same as with paths: `openat` `.part`, `write`s,
+//! `fdatasync` file, `renameat`, `fsync` folder.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
@@ -128,11 +129,22 @@ impl Subfolder {
     pub fn open(&self, create: bool) -> io::Result<Folder> {
         Folder::open_root(&self.root, create)?.child(&self.name, create)
     }
+
+    /// Opens it for files that will be committed in a batch
+    /// ([`crate::durable`]), making the root and the folder when missing.
+    /// When the folder was made here, its root comes back too: the root's
+    /// `fsync` (which makes the new entry durable) is then the batch's to
+    /// do, once for every folder made meanwhile, instead of one here.
+    pub fn open_staging(&self) -> io::Result<(Folder, Option<Folder>)> {
+        let root = Folder::open_root(&self.root, true)?;
+        let (folder, made) = root.child_made(&self.name)?;
+        Ok((folder, made.then_some(root)))
+    }
 }
 
 /// Refuses anything but one plain path component: the names docfetch puts
 /// below a root (job names, sanitised file names) are never paths.
-fn one_name(name: &str) -> io::Result<&str> {
+pub fn one_name(name: &str) -> io::Result<&str> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -177,6 +189,25 @@ impl Folder {
     /// system without a journal, an `fsync` of a file inside does not make
     /// its folder durable).
     pub fn child(&self, name: &str, create: bool) -> io::Result<Folder> {
+        if !create {
+            return self.child_opened(name, false).map(|(folder, _)| folder);
+        }
+        let (folder, made) = self.child_made(name)?;
+        if made {
+            // Made here: its entry in this folder must be durable.
+            self.sync()?;
+        }
+        Ok(folder)
+    }
+
+    /// [`Folder::child`] with `create`, without the sync: says whether the
+    /// folder was made here, so the caller syncs this folder before it
+    /// relies on the new one.
+    pub fn child_made(&self, name: &str) -> io::Result<(Folder, bool)> {
+        self.child_opened(name, true)
+    }
+
+    fn child_opened(&self, name: &str, create: bool) -> io::Result<(Folder, bool)> {
         let name = one_name(name)?;
         let open = || {
             rustix::fs::openat(
@@ -186,12 +217,12 @@ impl Folder {
                 Mode::empty(),
             )
         };
+        let mut made = false;
         let fd = match open() {
             Ok(fd) => fd,
             Err(Errno::NOENT) if create => {
                 match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o750)) {
-                    // Made here: its entry in this folder must be durable.
-                    Ok(()) => self.sync()?,
+                    Ok(()) => made = true,
                     // Made by someone else since (another daemon of a fleet).
                     Err(Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
@@ -200,9 +231,26 @@ impl Folder {
             }
             Err(e) => return Err(self.explain(name, e)),
         };
-        Ok(Folder {
+        let folder = Folder {
             fd: File::from(fd),
             path: self.shown(name),
+        };
+        Ok((folder, made))
+    }
+
+    /// The folder's device and inode numbers: which folder it is, however
+    /// it was reached.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        let stat = rustix::fs::fstat(&self.fd)?;
+        #[allow(clippy::useless_conversion)] // u64 on 64-bit targets, narrower elsewhere
+        Ok((u64::from(stat.st_dev), u64::from(stat.st_ino)))
+    }
+
+    /// A second descriptor of the same folder.
+    pub fn try_clone(&self) -> io::Result<Folder> {
+        Ok(Folder {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
         })
     }
 
@@ -308,24 +356,6 @@ impl Folder {
         let is_file = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
         #[allow(clippy::useless_conversion)] // i64 on 64-bit targets, narrower elsewhere
         Ok((i64::from(stat.st_mtime), is_file))
-    }
-
-    /// Writes `contents` durably and atomically as `name`: `.NAME.part`,
-    /// `fsync`, rename, `fsync` of this folder. A failure removes the part.
-    pub fn write_atomic(&self, name: &str, contents: &[u8]) -> io::Result<()> {
-        let part = part_name(one_name(name)?);
-        let write = (|| {
-            let mut file = self.create_file(&part, 0o640)?;
-            file.write_all(contents)?;
-            file.sync_all()?;
-            drop(file);
-            self.rename(OsStr::new(&part), self, name)?;
-            self.sync()
-        })();
-        if write.is_err() {
-            let _ = self.remove_file(OsStr::new(&part));
-        }
-        write
     }
 
     /// Opens `relative` (a path of one or more names) for reading, resolved
@@ -564,7 +594,7 @@ mod tests {
         std::fs::write(&victim, b"keep").unwrap();
         let folder = Subfolder::new(dir.path(), "job").open(true).unwrap();
         symlink(&victim, dir.path().join("job").join(part_name("x.json"))).unwrap();
-        let e = folder.write_atomic("x.json", b"new").unwrap_err();
+        let e = crate::durable::write_atomic(&folder, "x.json", b"new").unwrap_err();
         assert!(is_refused(&e), "{e}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert!(!dir.path().join("job/x.json").exists());
@@ -590,8 +620,8 @@ mod tests {
         let folder = Subfolder::new(dir.path().join("out"), "job")
             .open(true)
             .unwrap();
-        folder.write_atomic("job.json", b"{}").unwrap();
-        folder.write_atomic("job.json", b"{\"x\":1}").unwrap();
+        crate::durable::write_atomic(&folder, "job.json", b"{}").unwrap();
+        crate::durable::write_atomic(&folder, "job.json", b"{\"x\":1}").unwrap();
         let path = dir.path().join("out/job");
         assert_eq!(std::fs::read(path.join("job.json")).unwrap(), b"{\"x\":1}");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

@@ -2,9 +2,12 @@
 //!
 //! The body streams into `.FILENAME.part` in the target folder while it is
 //! hashed (SHA-256) and counted; the size limit is enforced while streaming,
-//! the total is checked against `Content-Length`, the file is `fsync`ed and
-//! renamed into place, and the folder is `fsync`ed so the rename itself is
-//! durable. A file therefore never appears half-written under its final name.
+//! the total is checked against `Content-Length`, and the whole file is
+//! handed to the file committer ([`crate::durable`]), which syncs its data,
+//! renames it into place and `fsync`s the folder so the rename itself is
+//! durable, in a batch with every other file finished meanwhile. A file
+//! therefore never appears half-written under its final name, and
+//! `save_response` returns only once the file is durable.
 //!
 //! The target folder (`output/NAME`) is opened through its root's
 //! descriptor and every file in it through the folder's ([`crate::beneath`]):
@@ -17,6 +20,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::beneath::{Folder, Subfolder, part_name};
+use crate::durable::{self, Staged};
 use crate::job::SavedFile;
 use crate::job::digest::hex;
 
@@ -69,8 +73,7 @@ pub async fn save_response(
     }
     let part = folder.path().join(part_name(name));
     // Receiving and writing overlap: this task reads the network and hashes
-    // while one blocking thread makes the folder, writes and, once told the
-    // stream was whole, `fsync`s, renames and `fsync`s the folder, joined by
+    // while one blocking thread makes the folder and writes, joined by
     // a bounded channel (at most WRITE_AHEAD chunks in flight, so memory
     // stays flat whatever the size of the file). One hand-off to the
     // blocking pool per file, not one per system call. The hash is taken
@@ -125,18 +128,27 @@ pub async fn save_response(
             source: std::io::Error::other(e),
         })
     });
-    // The writer removes its part file whenever it does not commit: a
+    // The writer removes its part file whenever it does not commit, and
+    // the committer whenever the file cannot be made durable: a
     // half-written file is never left behind.
     match (received, written) {
         // A disk error explains a short stream better than the count does.
         (_, Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),
-        (Ok(total), Ok(true)) => Ok(SavedFile {
-            name: name.to_string(),
-            size: total,
-            sha256: hex(&hasher.finalize()),
-        }),
-        (Ok(_), Ok(false)) => Err(DownloadError::Disk {
+        (Ok(total), Ok(Some(staged))) => {
+            durable::commit(staged)
+                .await
+                .map_err(|failed| DownloadError::Disk {
+                    path: failed.path,
+                    source: failed.source,
+                })?;
+            Ok(SavedFile {
+                name: name.to_string(),
+                size: total,
+                sha256: hex(&hasher.finalize()),
+            })
+        }
+        (Ok(_), Ok(None)) => Err(DownloadError::Disk {
             path: part.clone(),
             source: std::io::Error::other("the file writer stopped before the end"),
         }),
@@ -146,18 +158,20 @@ pub async fn save_response(
 /// What the network side hands the file writer.
 enum Piece {
     Data(bytes::Bytes),
-    /// The stream was whole: make the file durable under its final name.
+    /// The stream was whole: hand the file over to be made durable under
+    /// its final name.
     Commit,
 }
 
-/// The blocking half of [`save_response`]: returns whether the file was
-/// committed under `folder/name`; `false` when the stream ended without
-/// [`Piece::Commit`]. Whenever it does not commit, the part file is removed.
+/// The blocking half of [`save_response`]: returns the whole part file,
+/// ready for the committer; `None` when the stream ended without
+/// [`Piece::Commit`]. Whenever it does not return a file, the part file is
+/// removed.
 fn write_pieces(
     folder: &Subfolder,
     name: &str,
     mut pending: tokio::sync::mpsc::Receiver<Piece>,
-) -> Result<bool, DownloadError> {
+) -> Result<Option<Staged>, DownloadError> {
     let dir = folder.path();
     let dir = dir.as_path();
     let disk = |path: &Path| {
@@ -166,59 +180,39 @@ fn write_pieces(
     };
     let part_file = part_name(name);
     let part = dir.join(&part_file);
-    let target = dir.join(name);
-    let folder = folder.open(true).map_err(disk(dir))?;
+    let (folder, made_in) = folder.open_staging().map_err(disk(dir))?;
     let file = folder.create_file(&part_file, 0o640).map_err(disk(&part))?;
-    let written =
-        write_part(&folder, file, &part_file, name, &mut pending).map_err(|(at, source)| {
-            DownloadError::Disk {
-                path: match at {
-                    At::Part => part.clone(),
-                    At::Target => target.clone(),
-                    At::Folder => dir.to_path_buf(),
-                },
-                source,
-            }
-        });
-    if !matches!(written, Ok(true)) {
-        // Never leave a half-written file behind; a missing one is fine.
-        let _ = folder.remove_file(std::ffi::OsStr::new(&part_file));
+    match write_part(file, &mut pending) {
+        Ok(Some(file)) => Ok(Some(Staged::new(folder, file, name, made_in))),
+        written => {
+            // Never leave a half-written file behind; a missing one is fine.
+            let _ = folder.remove_file(std::ffi::OsStr::new(&part_file));
+            written.map(|_| None).map_err(disk(&part))
+        }
     }
-    written
-}
-
-/// Which file a write error concerns.
-enum At {
-    Part,
-    Target,
-    Folder,
 }
 
 /// Writes the pieces into `file` (the open part file) and, on
-/// [`Piece::Commit`], makes it durable under `name`: `fsync` file, rename,
-/// `fsync` folder.
+/// [`Piece::Commit`], gives it back whole (its data not yet synced: the
+/// committer does that for the whole batch at once).
 fn write_part(
-    folder: &Folder,
     file: std::fs::File,
-    part_file: &str,
-    name: &str,
     pending: &mut tokio::sync::mpsc::Receiver<Piece>,
-) -> Result<bool, (At, std::io::Error)> {
+) -> std::io::Result<Option<std::fs::File>> {
     use std::io::Write as _;
-    let disk = |source| (At::Part, source);
-    let flush_handle = file.try_clone().map_err(disk)?;
+    let flush_handle = file.try_clone()?;
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut commit = false;
     // A large file is flushed to the disk while it is still arriving (see
     // `flush_behind`), so the final `fsync` has little left to write.
-    let flushed = std::thread::scope(|scope| -> Result<(), (At, std::io::Error)> {
+    let flushed = std::thread::scope(|scope| -> std::io::Result<()> {
         let mut flusher = None;
         let mut no_flusher = false;
         let mut unflushed: u64 = 0;
         while let Some(piece) = pending.blocking_recv() {
             match piece {
                 Piece::Data(chunk) => {
-                    out.write_all(&chunk).map_err(disk)?;
+                    out.write_all(&chunk)?;
                     unflushed += chunk.len() as u64;
                     if unflushed >= FLUSH_BEHIND {
                         unflushed = 0;
@@ -254,23 +248,16 @@ fn write_part(
             flushing
                 .join()
                 .map_err(|_| std::io::Error::other("the flush-behind thread panicked"))
-                .and_then(|flushed| flushed)
-                .map_err(disk)?;
+                .and_then(|flushed| flushed)?;
         }
         Ok(())
     });
     flushed?;
     if !commit {
-        return Ok(false);
+        return Ok(None);
     }
-    let file = out.into_inner().map_err(|e| disk(e.into_error()))?;
-    file.sync_all().map_err(disk)?;
-    drop(file);
-    folder
-        .rename(std::ffi::OsStr::new(part_file), folder, name)
-        .map_err(|e| (At::Target, e))?;
-    folder.sync().map_err(|e| (At::Folder, e))?;
-    Ok(true)
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    Ok(Some(file))
 }
 
 /// Bytes written between two flush-behind `fdatasync`s of a large file.
@@ -289,11 +276,18 @@ fn flush_behind(
     Ok(())
 }
 
-/// Writes small contents durably and atomically (`.part`, fsync, rename,
-/// fsync folder) as `folder/name`, making the folder when missing.
+/// Writes small contents durably and atomically (`.part`, `fdatasync`,
+/// rename, `fsync` folder, in the committer's next batch) as
+/// `folder/name`, making the folder when missing.
 pub async fn write_atomic(folder: &Subfolder, name: &str, contents: &[u8]) -> std::io::Result<()> {
     let (folder, name, contents) = (folder.clone(), name.to_string(), contents.to_vec());
-    blocking(move || folder.open(true)?.write_atomic(&name, &contents)).await
+    let staged = blocking(move || {
+        let (dir, made_in) = folder.open_staging()?;
+        Staged::write(dir, &name, &contents, made_in)
+    })
+    .await?;
+    durable::commit(staged).await?;
+    Ok(())
 }
 
 /// Removes `.*.part` leftovers of an interrupted download from `folder`.
@@ -352,7 +346,13 @@ mod tests {
         let folder = Subfolder::new(dir, "job");
         let written = write_pieces(&folder, "big.bin", pending).unwrap();
         feeder.join().unwrap();
-        written
+        match written {
+            Some(staged) => {
+                durable::commit_blocking(staged).unwrap();
+                true
+            }
+            None => false,
+        }
     }
 
     #[test]

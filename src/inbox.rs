@@ -435,7 +435,7 @@ impl Inbox {
             let target = requests.child(folder, true)?;
             let (name, stem) = free_name(&target, &shown);
             if let Some(note) = note {
-                target.write_atomic(&format!("{stem}.error.txt"), &note)?;
+                crate::durable::write_atomic(&target, &format!("{stem}.error.txt"), &note)?;
             }
             requests.rename(&from, &target, &name)
         })

@@ -31,6 +31,7 @@
 //! - [`metrics`]: counters and histograms, recorded where things happen.
 //! - [`job`]: job identity, states, request parsing, digests, retry policy.
 //! - [`download`]: streamed, hashed, size-checked, fsynced, atomic file saves.
+//! - [`durable`]: files made durable in batches (data syncs at once, renames, folder syncs).
 //! - [`receipt`]: `job.json`, written last, meaning "this job is finished".
 //! - [`providers`]: one module per service, all behind [`providers::Provider`].
 //! - [`store`]: the durable queue (SQLite or PostgreSQL), compare-and-set
@@ -63,6 +64,7 @@ pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod download;
+pub mod durable;
 pub mod filename;
 pub mod hooks;
 pub mod http;

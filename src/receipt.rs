@@ -8,7 +8,9 @@
 //! could lose, and before the commit that moves the job to `done` or
 //! `failed`, so nothing reads the job as finished before its receipt is on
 //! disk. It is made durable the same way as a downloaded file (`.part`,
-//! `fsync`, rename, `fsync` of the folder).
+//! `fdatasync`, rename, `fsync` of the folder), in the file committer's
+//! batches ([`crate::durable`]) with the receipts and files of other jobs
+//! finishing at the same time.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,7 @@ use serde::Serialize;
 
 use crate::beneath::Subfolder;
 use crate::download;
+use crate::durable;
 use crate::filename::RECEIPT_NAME;
 use crate::job::{Job, JobState, SavedFile, rfc3339};
 
@@ -86,14 +89,17 @@ pub async fn write(output_root: &Path, job: &Job) -> std::io::Result<PathBuf> {
     let folder = job_folder(output_root, job);
     let mut text = serde_json::to_vec_pretty(&Receipt::of(job)).map_err(std::io::Error::other)?;
     text.push(b'\n');
-    // One hand-off to a blocking thread for the whole receipt.
-    download::blocking(move || {
-        let dir = folder.open(true)?;
+    let path = folder.path().join(RECEIPT_NAME);
+    // One hand-off to a blocking thread to write the receipt; its syncs and
+    // rename are the committer's.
+    let staged = download::blocking(move || {
+        let (dir, made_in) = folder.open_staging()?;
         download::remove_stale_parts(&dir);
-        dir.write_atomic(RECEIPT_NAME, &text)?;
-        Ok(folder.path().join(RECEIPT_NAME))
+        durable::Staged::write(dir, RECEIPT_NAME, &text, made_in)
     })
-    .await
+    .await?;
+    durable::commit(staged).await?;
+    Ok(path)
 }
 
 /// Removes a receipt when a job is queued again (its appearance would
