@@ -259,8 +259,8 @@ mod systemd {
 
 /// Periodic chores through tokio-cron-scheduler: take back leases that
 /// expired (a hung or dead holder; never those of the jobs this process is
-/// still working on, see [`crate::scheduler::InFlight`]), and prune old
-/// jobs hourly.
+/// still working on, see [`crate::scheduler::InFlight`]) and fold the job
+/// counts, and prune old jobs hourly.
 async fn start_housekeeping(
     store: Store,
     settings: Arc<Settings>,
@@ -279,6 +279,11 @@ async fn start_housekeeping(
                 Ok(0) => {}
                 Ok(n) => warn!(jobs = n, "took back jobs whose lease expired"),
                 Err(e) => warn!(error = %e, "housekeeping: cannot check leases"),
+            }
+            // Keeps the PostgreSQL counts' pending changes few, so reading
+            // the counts stays cheap (nothing to do on SQLite).
+            if let Err(e) = store.fold_counts().await {
+                warn!(error = %e, "housekeeping: cannot fold the job counts");
             }
         })
     })

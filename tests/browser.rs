@@ -189,15 +189,21 @@ async fn the_dashboard_works_in_chromium() {
     // Fire a schedule: its occurrence's job opens.
     browser.goto(&format!("{base}/schedules")).await;
     browser.find("tr[data-schedule=usn-yearly]").await;
-    browser.screenshot(&shots.join("schedules.png")).await;
     browser.click("tr[data-schedule=usn-yearly] button").await;
-    wait_until(Duration::from_secs(20), "the fired job's page", || async {
+    let fired = wait_until(Duration::from_secs(20), "the fired job's page", || async {
         let url = browser.url().await;
-        url.starts_with(&format!("{base}/jobs/usn-yearly"))
-            .then_some(())
+        let name = url.strip_prefix(&format!("{base}/jobs/"))?.to_string();
+        name.starts_with("usn-yearly").then_some(name)
     })
     .await;
     browser.find("h1 .badge").await;
+    // The schedules page names the job of the last firing, linked.
+    browser.goto(&format!("{base}/schedules")).await;
+    let last = browser
+        .text("tr[data-schedule=usn-yearly] td.last-firing")
+        .await;
+    assert!(last.contains(&fired), "last firing shows {fired}: {last:?}");
+    browser.screenshot(&shots.join("schedules.png")).await;
 
     // The other pages, for the record.
     browser.goto(&format!("{base}/jobs")).await;

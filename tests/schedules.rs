@@ -102,6 +102,27 @@ async fn firings_follow_the_zone_across_dst_and_templates_use_the_scheduled_time
             .with_timezone(&Utc),
         utc(2026, 10, 25, 3, 0)
     );
+    // Each schedule remembers the job of its latest occurrence.
+    let last = app.store.schedule_jobs().await.unwrap();
+    let last: Vec<(&str, &str, i64)> = last
+        .iter()
+        .map(|l| (l.schedule.as_str(), l.job.as_str(), l.at))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (
+                "berlin",
+                "berlin-20261026-060000",
+                utc(2026, 10, 26, 5, 0).timestamp_millis()
+            ),
+            (
+                "moscow",
+                "moscow-20261026-060000",
+                utc(2026, 10, 26, 3, 0).timestamp_millis()
+            ),
+        ]
+    );
 
     // Month and year boundaries, evaluated at the scheduled local time: the
     // 06:00 Berlin firing of 2027-01-01 is 05:00 UTC.

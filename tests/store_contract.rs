@@ -228,6 +228,7 @@ contracts!(
     jobs_are_listed_newest_first_then_by_name_byte_order_with_filters_and_paging,
     counts_and_the_metrics_snapshot_agree_with_the_jobs,
     the_dashboards_hours_and_account_counts_follow_every_change,
+    counts_are_exact_whether_or_not_their_changes_are_folded,
     completion_hooks_are_claimed_held_and_finished,
     old_finished_jobs_are_pruned_with_their_history_unless_hooks_are_pending,
     a_schedules_last_firing_only_moves_forward,
@@ -982,6 +983,131 @@ async fn counts_and_the_metrics_snapshot_agree_with_the_jobs(f: Fixture) {
     );
 }
 
+/// The counts by state, provider and account, as counting every job gives them.
+async fn counted(store: &Store) -> Vec<(String, String, String, u64)> {
+    let all = store
+        .list(&JobFilter {
+            limit: 10_000,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut groups = std::collections::BTreeMap::new();
+    for j in all {
+        *groups
+            .entry((j.state.as_str().to_string(), j.provider, j.account))
+            .or_insert(0) += 1;
+    }
+    groups
+        .into_iter()
+        .map(|((s, p, a), n)| (s, p, a, n))
+        .collect()
+}
+
+/// The store's own counts in the same shape, from the metrics snapshot and
+/// the dashboard's account counts, which must agree with each other.
+async fn kept(store: &Store) -> Vec<(String, String, String, u64)> {
+    let by_provider = store.snapshot().await.unwrap().by_state;
+    let by_account = store.account_counts().await.unwrap();
+    let by_state = store.counts().await.unwrap();
+    let mut rows = Vec::new();
+    for (state, provider, n) in &by_provider {
+        // Every job of these tests is on one account per provider.
+        let account = if provider == "atol-kkt" {
+            "second"
+        } else {
+            "acct"
+        };
+        rows.push((
+            state.as_str().to_string(),
+            provider.clone(),
+            account.to_string(),
+            *n,
+        ));
+    }
+    rows.sort();
+    let accounts: u64 = by_account.iter().map(|c| c.count).sum();
+    let states: u64 = by_state.iter().map(|(_, n)| n).sum();
+    let providers: u64 = by_provider.iter().map(|(_, _, n)| n).sum();
+    assert_eq!((accounts, states), (providers, providers));
+    for c in &by_account {
+        let from_rows: u64 = rows
+            .iter()
+            .filter(|r| r.0 == c.state.as_str() && r.2 == c.account)
+            .map(|r| r.3)
+            .sum();
+        assert_eq!(c.count, from_rows, "{c:?}");
+    }
+    rows
+}
+
+async fn counts_are_exact_whether_or_not_their_changes_are_folded(f: Fixture) {
+    let t = now_ms();
+    let mut step = 0;
+    // After each change the counts match counting the jobs; on PostgreSQL
+    // every other change is folded first, so both the folded counts and the
+    // pending changes are read.
+    let mut check = async |store: &Store, what: &str| {
+        step += 1;
+        if step % 2 == 0 {
+            store.fold_counts().await.unwrap();
+        }
+        assert_eq!(kept(store).await, counted(store).await, "after {what}");
+    };
+    for i in 0..6 {
+        insert(&f.store, &format!("a{i}"), t - 1_000 + i).await;
+    }
+    let mut atol = new_job("b0", t - 2_000);
+    atol.provider = "atol-kkt".into();
+    atol.account = "second".into();
+    f.store.insert(&atol).await.unwrap();
+    check(&f.store, "inserts").await;
+    let claimed = f.store.claim_due("o", t, t + 60_000, 4).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    check(&f.store, "a claim of four").await;
+    f.store
+        .checkpoint(&claimed[0].id, "o", &json!({"at": 1}))
+        .await
+        .unwrap();
+    check(&f.store, "a checkpoint (no move)").await;
+    f.store
+        .finish_step(&claimed[0].id, "o", &finished(JobState::Done, false))
+        .await
+        .unwrap();
+    f.store
+        .finish_step(&claimed[1].id, "o", &finished(JobState::Failed, false))
+        .await
+        .unwrap();
+    f.store
+        .finish_step(&claimed[2].id, "o", &waiting(t + 60_000))
+        .await
+        .unwrap();
+    check(&f.store, "outcomes").await;
+    f.store
+        .postpone(&claimed[3].id, "o", t + 60_000)
+        .await
+        .unwrap();
+    check(&f.store, "a postponement").await;
+    f.store.cancel("a5", now_ms()).await.unwrap();
+    f.store
+        .retry(&claimed[1].id, now_ms(), now_ms() + 60_000)
+        .await
+        .unwrap();
+    check(&f.store, "cancel and retry").await;
+    f.store
+        .prune(now_ms() + 1, now_ms() + 1, 100)
+        .await
+        .unwrap();
+    check(&f.store, "pruning").await;
+    f.store.fold_counts().await.unwrap();
+    assert_eq!(
+        f.store.fold_counts().await.unwrap(),
+        0,
+        "nothing left to fold"
+    );
+    assert_eq!(kept(&f.store).await, counted(&f.store).await);
+}
+
 async fn the_dashboards_hours_and_account_counts_follow_every_change(f: Fixture) {
     let hour = |at: Millis| at / 3_600_000 * 3_600_000;
     let ids = finish_jobs(
@@ -1234,6 +1360,38 @@ async fn a_schedules_last_firing_only_moves_forward(f: Fixture) {
     assert_eq!(
         f.store.schedule_runs().await.unwrap(),
         [("daily".to_string(), 2_000), ("hourly".to_string(), 7)]
+    );
+    // The job of the latest occurrence: an older one noted late does not
+    // replace it, and noting does not move the considered-up-to mark.
+    f.store
+        .note_schedule_job("daily", "daily-b", 1_500)
+        .await
+        .unwrap();
+    f.store
+        .note_schedule_job("daily", "daily-a", 1_200)
+        .await
+        .unwrap();
+    assert_eq!(f.store.last_fire("daily").await.unwrap(), Some(2_000));
+    // A schedule fired before the loop first looked at it starts there.
+    f.store
+        .note_schedule_job("weekly", "weekly-a", 900)
+        .await
+        .unwrap();
+    assert_eq!(f.store.last_fire("weekly").await.unwrap(), Some(900));
+    let last: Vec<(String, String, i64)> = f
+        .store
+        .schedule_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.schedule, l.job, l.at))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            ("daily".to_string(), "daily-b".to_string(), 1_500),
+            ("weekly".to_string(), "weekly-a".to_string(), 900),
+        ]
     );
 }
 

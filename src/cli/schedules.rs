@@ -43,17 +43,26 @@ pub(super) async fn schedules(
         }
         None => {
             let now = chrono::Utc::now();
+            let last_jobs: std::collections::BTreeMap<String, crate::store::ScheduleJob> = store
+                .schedule_jobs()
+                .await?
+                .into_iter()
+                .map(|l| (l.schedule.clone(), l))
+                .collect();
             let mut out = std::io::stdout().lock();
-            if !json {
-                let _ = writeln!(
-                    out,
-                    "{:<24} {:<8} {:<18} {:<16} {:<26} SOURCE",
-                    "NAME", "ENABLED", "CRON", "TIMEZONE", "NEXT (LOCAL)"
-                );
-            }
+            let mut table = super::table([
+                "NAME",
+                "ENABLED",
+                "CRON",
+                "TIMEZONE",
+                "NEXT (LOCAL)",
+                "LAST JOB",
+                "SOURCE",
+            ]);
             for s in &all {
                 let next = s.next_after(now);
                 let last = store.last_fire(&s.name).await?;
+                let last_job = last_jobs.get(&s.name);
                 if json {
                     let _ = writeln!(
                         out,
@@ -62,6 +71,9 @@ pub(super) async fn schedules(
                             "name": s.name, "enabled": s.enabled, "cron": s.cron_text,
                             "timezone": s.timezone.name(), "next": next.map(|t| t.to_rfc3339()),
                             "last_fired": last.map(rfc3339), "source": s.source,
+                            "last_job": last_job.map(|l| serde_json::json!({
+                                "name": l.job, "scheduled_at": rfc3339(l.at),
+                            })),
                         })
                     );
                 } else {
@@ -71,17 +83,19 @@ pub(super) async fn schedules(
                     } else {
                         "-".into()
                     };
-                    let _ = writeln!(
-                        out,
-                        "{:<24} {:<8} {:<18} {:<16} {:<26} {}",
-                        s.name,
-                        if s.enabled { "yes" } else { "no" },
-                        s.cron_text,
-                        s.timezone.name(),
+                    table.add_row([
+                        s.name.clone(),
+                        if s.enabled { "yes" } else { "no" }.to_string(),
+                        s.cron_text.clone(),
+                        s.timezone.name().to_string(),
                         next,
-                        s.source
-                    );
+                        last_job.map_or_else(|| "-".to_string(), |l| l.job.clone()),
+                        s.source.clone(),
+                    ]);
                 }
+            }
+            if !json {
+                let _ = out.write_all(super::render(&table).as_bytes());
             }
             Ok(if errors.is_empty() { 0 } else { 1 })
         }

@@ -166,8 +166,10 @@ pub async fn schedules(State(d): State<Arc<Dashboard>>, request: Request) -> Res
         Err(login) => return *login,
     };
     let lang = viewer.lang;
-    let runs: BTreeMap<String, i64> = match d.api.store.schedule_runs().await {
-        Ok(r) => r.into_iter().collect(),
+    // The latest fired occurrence and the job it became (its page may be
+    // gone once retention has pruned the job).
+    let last: BTreeMap<String, (String, i64)> = match d.api.store.schedule_jobs().await {
+        Ok(r) => r.into_iter().map(|l| (l.schedule, (l.job, l.at))).collect(),
         Err(e) => return store_error(&viewer, e),
     };
     let list = d.schedules.list().await;
@@ -187,7 +189,12 @@ pub async fn schedules(State(d): State<Arc<Dashboard>>, request: Request) -> Res
                         td { (s.timezone.name()) }
                         td { (s.account) }
                         td { @for at in next_firings(s, now, 3) { (at) br; } }
-                        td { @if let Some(last) = runs.get(&s.name) { (time(*last)) } }
+                        td class="last-firing" {
+                            @if let Some((job, at)) = last.get(&s.name) {
+                                (time(*at)) br;
+                                a href={"/jobs/" (super::jobs::urlencode(job))} { (job) }
+                            } @else { "—" }
+                        }
                         td {
                             form method="post" action={"/schedules/" (super::jobs::urlencode(&s.name)) "/fire"} {
                                 input type="hidden" name="csrf" value=(viewer.csrf);

@@ -162,14 +162,27 @@ impl Schedules {
                 return Ok(Fired::AlreadyThere(String::new()));
             }
         };
-        match self.store.insert(&new).await {
+        let fired = match self.store.insert(&new).await {
             Ok(job) => {
                 info!(schedule = %schedule.name, job = %job.name, at = %at, "schedule fired");
-                Ok(Fired::Created(Box::new(job)))
+                Fired::Created(Box::new(job))
             }
-            Err(StoreError::Duplicate { name, .. }) => Ok(Fired::AlreadyThere(name)),
-            Err(e) => Err(e),
+            Err(StoreError::Duplicate { name, .. }) => Fired::AlreadyThere(name),
+            Err(e) => return Err(e),
+        };
+        let job = match &fired {
+            Fired::Created(job) => job.name.as_str(),
+            Fired::AlreadyThere(name) => name.as_str(),
+        };
+        // Only shown on the dashboard: the firing stands without it.
+        if let Err(e) = self
+            .store
+            .note_schedule_job(&schedule.name, job, at.timestamp_millis())
+            .await
+        {
+            warn!(schedule = %schedule.name, error = %e, "cannot record the job of the schedule's firing");
         }
+        Ok(fired)
     }
 
     /// Fires every occurrence due at `now` (the testable step).

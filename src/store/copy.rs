@@ -59,5 +59,9 @@ pub async fn copy(from: &Store, to: &Store) -> Result<CopyReport, StoreError> {
         to.set_last_fire(&schedule, at).await?;
         report.schedules_copied += 1;
     }
+    for last in from.schedule_jobs().await? {
+        to.note_schedule_job(&last.schedule, &last.job, last.at)
+            .await?;
+    }
     Ok(report)
 }

@@ -225,6 +225,16 @@ pub struct Snapshot {
     pub next_due: Option<Millis>,
 }
 
+/// The job a schedule's latest fired occurrence became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleJob {
+    pub schedule: String,
+    /// The job's name (a job may since have been pruned).
+    pub job: String,
+    /// The occurrence's scheduled time (Unix ms).
+    pub at: Millis,
+}
+
 /// The answer to a request for one of an account's concurrent-step slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotGrant {
@@ -533,9 +543,32 @@ impl Store {
     ) -> Result<bool, StoreError> {
         dispatch!(self.import_job(job, events))
     }
+    /// Folds the job counts' pending changes (PostgreSQL; SQLite's triggers
+    /// keep them whole); returns how many changes were folded.
+    pub async fn fold_counts(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(s) => s.fold_counts().await,
+        }
+    }
     /// Every schedule's last firing, by schedule name.
     pub async fn schedule_runs(&self) -> Result<Vec<(String, Millis)>, StoreError> {
         dispatch!(self.schedule_runs())
+    }
+    /// Records that the occurrence of `schedule` at `at` is the job named
+    /// `job` (kept only when no later occurrence is recorded already).
+    pub async fn note_schedule_job(
+        &self,
+        schedule: &str,
+        job: &str,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.note_schedule_job(schedule, job, at))
+    }
+    /// The job each schedule's latest fired occurrence became, by schedule
+    /// name (schedules that never made a job are absent).
+    pub async fn schedule_jobs(&self) -> Result<Vec<ScheduleJob>, StoreError> {
+        dispatch!(self.schedule_jobs())
     }
 }
 

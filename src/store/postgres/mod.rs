@@ -98,6 +98,17 @@ macro_rules! job_columns {
 }
 use job_columns;
 
+/// The job counts (migration 0007) as a table of (account, provider, state,
+/// n) rows: the folded counts and the changes not folded yet, to be summed.
+macro_rules! job_counts {
+    () => {
+        "(SELECT account, provider, state, n FROM job_counts
+          UNION ALL
+          SELECT account, provider, state, n FROM job_count_deltas) AS counted"
+    };
+}
+pub(crate) use job_counts;
+
 /// Due jobs, oldest due first, at most `$4`, as of `$3`, locked for this
 /// transaction. Rows another daemon is claiming right now are skipped, not
 /// waited for; rows that stopped being due meanwhile are re-checked and
@@ -687,10 +698,13 @@ impl PgStore {
     }
 
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-                .fetch_all(&self.inner.pool)
-                .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+            "SELECT state, SUM(n)::bigint FROM ",
+            job_counts!(),
+            " GROUP BY state HAVING SUM(n) <> 0"
+        ))
+        .fetch_all(&self.inner.pool)
+        .await?;
         rows.into_iter()
             .map(|(state, n)| {
                 let state = state.parse().map_err(StoreError::Corrupt)?;
@@ -700,10 +714,13 @@ impl PgStore {
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT state, provider, COUNT(*) FROM jobs GROUP BY state, provider")
-                .fetch_all(&self.inner.pool)
-                .await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(concat!(
+            "SELECT state, provider, SUM(n)::bigint FROM ",
+            job_counts!(),
+            " GROUP BY state, provider HAVING SUM(n) <> 0"
+        ))
+        .fetch_all(&self.inner.pool)
+        .await?;
         let mut by_state = Vec::with_capacity(rows.len());
         for (state, provider, n) in rows {
             by_state.push((
@@ -725,6 +742,26 @@ impl PgStore {
             oldest_waiting_created: oldest.0,
             next_due: self.next_due_at().await?,
         })
+    }
+
+    /// Moves the counts' pending changes into `job_counts` (migration 0007);
+    /// returns how many delta rows it folded. Concurrent folds are safe: a
+    /// delta row is deleted, and so counted, by one of them only.
+    pub async fn fold_counts(&self) -> Result<u64, StoreError> {
+        let (folded,): (i64,) = sqlx::query_as(
+            "WITH moved AS (DELETE FROM job_count_deltas RETURNING account, provider, state, n),
+             summed AS (
+                 INSERT INTO job_counts (account, provider, state, n)
+                 SELECT account, provider, state, SUM(n)::bigint FROM moved
+                  GROUP BY account, provider, state
+                  ORDER BY account, provider, state
+                 ON CONFLICT (account, provider, state)
+                 DO UPDATE SET n = job_counts.n + EXCLUDED.n)
+             SELECT COUNT(*) FROM moved",
+        )
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(u64::try_from(folded).unwrap_or(0))
     }
 
     /// Stops the listener and closes the pool, waiting for its connections.

@@ -2,6 +2,7 @@
 //! fires, closing, and the change counter that tells watchers to reload.
 
 use super::*;
+use crate::store::ScheduleJob;
 
 impl SqliteStore {
     pub async fn prune(
@@ -89,5 +90,44 @@ impl SqliteStore {
                 .fetch_all(&self.reader)
                 .await?;
         Ok(rows)
+    }
+    pub async fn note_schedule_job(
+        &self,
+        schedule: &str,
+        job: &str,
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        // A schedule fired before the loop first saw it (from the dashboard)
+        // starts its considered-up-to mark at that occurrence, as the loop
+        // would have started it at its first look.
+        sqlx::query(
+            "INSERT INTO schedule_runs (schedule, last_fire_at, last_job, last_job_at)
+             VALUES (?1, ?3, ?2, ?3)
+             ON CONFLICT (schedule) DO UPDATE
+             SET last_job = CASE WHEN schedule_runs.last_job_at IS NULL
+                                   OR schedule_runs.last_job_at <= excluded.last_job_at
+                                 THEN excluded.last_job ELSE schedule_runs.last_job END,
+                 last_job_at = MAX(COALESCE(schedule_runs.last_job_at, excluded.last_job_at),
+                                   excluded.last_job_at)",
+        )
+        .bind(schedule)
+        .bind(job)
+        .bind(at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn schedule_jobs(&self) -> Result<Vec<ScheduleJob>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT schedule, last_job, last_job_at FROM schedule_runs
+              WHERE last_job IS NOT NULL AND last_job_at IS NOT NULL ORDER BY schedule",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(schedule, job, at)| ScheduleJob { schedule, job, at })
+            .collect())
     }
 }

@@ -35,9 +35,11 @@ pub(super) async fn finished_per_hour(
 }
 
 pub(super) async fn account_counts(s: &PgStore) -> Result<Vec<AccountCount>, StoreError> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT account, state, COUNT(*) FROM jobs GROUP BY account, state ORDER BY account",
-    )
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(concat!(
+        "SELECT account, state, SUM(n)::bigint FROM ",
+        crate::store::postgres::job_counts!(),
+        " GROUP BY account, state HAVING SUM(n) <> 0 ORDER BY account"
+    ))
     .fetch_all(s.read_pool())
     .await?;
     account_rows(rows)
