@@ -97,7 +97,8 @@ pub(crate) async fn pg_phase(
                 None,
                 p50,
             );
-            let per_job = |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{:.2}", v / nf));
+            let per_job =
+                |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{:.2}", v / nf));
             eprintln!(
                 "   run {run}, {instances} instance(s): {} jobs in {:.2} s = {rate:.0} jobs/s; p50 {p50:.0} ms; per job {} claims, {} round trips, {} commits; {:.1} s with the database's set-up",
                 opts.pg_jobs,

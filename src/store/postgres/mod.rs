@@ -514,10 +514,12 @@ impl PgStore {
                 }
                 Ok(*job)
             }
-            Written::Nothing | Written::Row | Written::Jobs(_) | Written::Grant(_) => Err(StoreError::Conflict {
-                id: id.to_string(),
-                detail: "the job is no longer running under this lease".into(),
-            }),
+            Written::Nothing | Written::Row | Written::Jobs(_) | Written::Grant(_) => {
+                Err(StoreError::Conflict {
+                    id: id.to_string(),
+                    detail: "the job is no longer running under this lease".into(),
+                })
+            }
         }
     }
 

@@ -231,7 +231,15 @@ async fn a_finish_under_a_lost_lease_gets_its_conflict_and_the_rest_of_its_batch
     };
     let store = PgStore::open(&db.url).await.unwrap();
     let got = batch(&store, &[insert("a"), insert("b"), insert("c"), claim("o")]).await;
-    assert_eq!(got, ["job a queued", "job b queued", "job c queued", "claimed a,b,c"]);
+    assert_eq!(
+        got,
+        [
+            "job a queued",
+            "job b queued",
+            "job c queued",
+            "claimed a,b,c"
+        ]
+    );
 
     // `b` is finished by a daemon whose lease it no longer holds.
     let answers = through_the_writer(
@@ -255,13 +263,23 @@ async fn a_finish_under_a_lost_lease_gets_its_conflict_and_the_rest_of_its_batch
         "done".into(),
         false,
     );
-    let err = store.finish_step("id-b", "someone-else", &t).await.unwrap_err();
+    let err = store
+        .finish_step("id-b", "someone-else", &t)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
 
     let b = store.find("b").await.unwrap().unwrap();
-    assert_eq!((b.state, b.lease_owner.as_deref()), (JobState::Running, Some("o")));
+    assert_eq!(
+        (b.state, b.lease_owner.as_deref()),
+        (JobState::Running, Some("o"))
+    );
     assert_eq!(history(&store, "id-a").await, ["accepted", "poll"]);
-    assert_eq!(history(&store, "id-b").await, ["accepted"], "no history for the outcome that failed");
+    assert_eq!(
+        history(&store, "id-b").await,
+        ["accepted"],
+        "no history for the outcome that failed"
+    );
     assert_eq!(history(&store, "id-c").await, ["accepted", "poll"]);
     store.close().await.unwrap();
 }
@@ -293,10 +311,21 @@ async fn a_claim_in_a_batch_sees_the_outcomes_queued_before_it_and_not_those_aft
     .await;
     assert_eq!(
         got,
-        ["row", "row", "job a waiting", "row", "claimed a", "job b failed", "nothing"]
+        [
+            "row",
+            "row",
+            "job a waiting",
+            "row",
+            "claimed a",
+            "job b failed",
+            "nothing"
+        ]
     );
     let a = store.find("a").await.unwrap().unwrap();
-    assert_eq!((a.state, a.lease_owner.as_deref(), a.steps), (JobState::Running, Some("p"), 2));
+    assert_eq!(
+        (a.state, a.lease_owner.as_deref(), a.steps),
+        (JobState::Running, Some("p"), 2)
+    );
     let b = store.find("b").await.unwrap().unwrap();
     // The outcome keeps the end time the settlement stored.
     assert_eq!(b.state, JobState::Failed);
@@ -313,7 +342,10 @@ async fn a_batch_that_fails_whole_is_applied_write_by_write_and_only_the_write_a
         return;
     };
     let store = PgStore::open(&db.url).await.unwrap();
-    assert_eq!(batch(&store, &[insert("a"), claim("o")]).await, ["job a queued", "claimed a"]);
+    assert_eq!(
+        batch(&store, &[insert("a"), claim("o")]).await,
+        ["job a queued", "claimed a"]
+    );
     // A new job whose id is taken fails the whole statement, so the batch.
     let answers = through_the_writer(
         &store,
@@ -325,7 +357,11 @@ async fn a_batch_that_fails_whole_is_applied_write_by_write_and_only_the_write_a
     )
     .await;
     assert!(matches!(&answers[0], Ok(Written::Job(job)) if job.state == JobState::Done));
-    assert!(matches!(&answers[1], Err(StoreError::Database(_))), "{:?}", answers[1].as_ref().err());
+    assert!(
+        matches!(&answers[1], Err(StoreError::Database(_))),
+        "{:?}",
+        answers[1].as_ref().err()
+    );
     assert!(matches!(&answers[2], Ok(Written::Job(job)) if job.name == "c"));
     assert!(store.find("b").await.unwrap().is_none());
     store.close().await.unwrap();
@@ -337,11 +373,18 @@ async fn a_slot_released_in_a_batch_is_free_for_the_next_take() {
         return;
     };
     let store = PgStore::open(&db.url).await.unwrap();
-    assert_eq!(batch(&store, &[insert("a"), insert("b"), claim("o")]).await[2], "claimed a,b");
+    assert_eq!(
+        batch(&store, &[insert("a"), insert("b"), claim("o")]).await[2],
+        "claimed a,b"
+    );
     let now = now_ms();
     let take = |job: &'static str| store.take_account_slot("acct", job, "o", 1, now);
     assert_eq!(take("id-a").await.unwrap(), SlotGrant::Granted);
-    assert_eq!(take("id-b").await.unwrap(), SlotGrant::Busy, "the limit is one");
+    assert_eq!(
+        take("id-b").await.unwrap(),
+        SlotGrant::Busy,
+        "the limit is one"
+    );
     // The release rides in a batch with other writes; `a` is still
     // running under its lease, so only the release frees its slot.
     let release = WriteOp::ReleaseSlot {

@@ -125,10 +125,12 @@ pub(super) async fn write_loop(writer: Writer, mut queue: mpsc::Receiver<Pending
             Err(e) => {
                 debug!(error = %e, writes = batch.len(), "a group commit failed; applying its writes one by one");
                 for pending in batch.drain(..) {
-                    let result = apply_batch(&writer, &[&pending.op]).await.and_then(|mut w| {
-                        w.pop()
-                            .ok_or_else(|| StoreError::Corrupt("a write gave no answer".into()))
-                    });
+                    let result = apply_batch(&writer, &[&pending.op])
+                        .await
+                        .and_then(|mut w| {
+                            w.pop()
+                                .ok_or_else(|| StoreError::Corrupt("a write gave no answer".into()))
+                        });
                     let _ = pending.reply.send(result);
                 }
             }
@@ -349,7 +351,8 @@ impl Group<'_> {
             let created: Vec<Millis> = inserts.iter().map(|(_, j, _, _)| j.created_at).collect();
             let deadline: Vec<Millis> = inserts.iter().map(|(_, j, _, _)| j.deadline_at).collect();
             let params: Vec<&str> = inserts.iter().map(|(_, _, p, _)| p.as_str()).collect();
-            let hooks: Vec<Option<&str>> = inserts.iter().map(|(_, _, _, h)| h.as_deref()).collect();
+            let hooks: Vec<Option<&str>> =
+                inserts.iter().map(|(_, _, _, h)| h.as_deref()).collect();
             let rows = sqlx::query(concat!(
                 "INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
                                    next_run_at, created_at, updated_at, deadline_at, source,
@@ -476,8 +479,7 @@ impl Group<'_> {
             let polls: Vec<i64> = finishes.iter().map(|f| i64::from(f.3.polls)).collect();
             let errors: Vec<Option<&str>> =
                 finishes.iter().map(|f| f.3.last_error.as_deref()).collect();
-            let results_json: Vec<Option<&str>> =
-                finishes.iter().map(|f| f.4.as_deref()).collect();
+            let results_json: Vec<Option<&str>> = finishes.iter().map(|f| f.4.as_deref()).collect();
             let finished: Vec<Option<Millis>> = finishes
                 .iter()
                 .map(|f| f.3.state.is_finished().then_some(now))
@@ -630,7 +632,14 @@ async fn take_slots(
                 owner,
                 limit,
                 now,
-            } => Some((i, account.as_str(), job_id.as_str(), owner.as_str(), *limit, *now)),
+            } => Some((
+                i,
+                account.as_str(),
+                job_id.as_str(),
+                owner.as_str(),
+                *limit,
+                *now,
+            )),
             _ => None,
         })
         .collect();
