@@ -118,15 +118,19 @@ fn describe() {
     );
     describe_counter!(
         "docfetch_store_commits_total",
-        "Group commits of the SQLite store."
+        "Commits of the store: its group commits, and on PostgreSQL also the statements run outside them (each its own commit)."
     );
     describe_counter!(
         "docfetch_store_writes_total",
-        "Writes carried by the SQLite store's group commits."
+        "Writes carried by the store's group commits."
     );
     describe_histogram!(
         "docfetch_store_commit_duration_seconds",
-        "Time of one SQLite group commit (statements and the WAL fsync)."
+        "Time of one group commit (statements and the commit's WAL flush)."
+    );
+    describe_counter!(
+        "docfetch_store_round_trips_total",
+        "Statements the PostgreSQL store sent to the server, each a round trip (BEGIN and COMMIT included)."
     );
     describe_counter!(
         "docfetch_token_refreshes_total",
@@ -206,12 +210,23 @@ pub fn store_op(op: &'static str, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
-/// One group commit of the SQLite store: how many writes it carried and how
-/// long it took (statements and the WAL `fsync`).
+/// One group commit of the store: how many writes it carried and how long
+/// it took (statements and the commit's WAL flush).
 pub fn store_commit(writes: usize, elapsed: Duration) {
     metrics::counter!("docfetch_store_commits_total").increment(1);
     metrics::counter!("docfetch_store_writes_total").increment(writes as u64);
     metrics::histogram!("docfetch_store_commit_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// `n` statements the PostgreSQL store sent and waited for.
+pub fn store_round_trips(n: u64) {
+    metrics::counter!("docfetch_store_round_trips_total").increment(n);
+}
+
+/// A statement the PostgreSQL store ran outside a group commit: its own
+/// commit (the round trip is counted by [`store_round_trips`]).
+pub fn store_autocommit() {
+    metrics::counter!("docfetch_store_commits_total").increment(1);
 }
 
 /// A request accepted or rejected, by where it came from (`inbox`, `api`, `cli`).

@@ -14,7 +14,7 @@ use crate::disk::{disk_rate, keep_until_the_end, settle_disk, temp_dir};
 use crate::options::{Options, Phase};
 use crate::pgdb::BenchDb;
 use crate::report::{Rows, metric, percentile};
-use crate::util::{histogram_delta, parse_prometheus};
+use crate::util::{histogram_delta, parse_prometheus, prometheus_value};
 use crate::workload::{
     CLAIM_LABEL, DoneJobs, STORE_OP_HISTOGRAM, all_done, bench_scheduler, fresh_workload,
     fresh_workload_limit, submit_fresh_jobs, wait_finished,
@@ -72,6 +72,24 @@ pub(crate) async fn pg_phase(
                     claims / nf,
                 );
             }
+            if let Some(trips) = fleet.round_trips {
+                rows.add(
+                    p,
+                    &format!("{label}: round trips per job"),
+                    "statements",
+                    None,
+                    trips / nf,
+                );
+            }
+            if let Some(commits) = fleet.commits {
+                rows.add(
+                    p,
+                    &format!("{label}: commits per job"),
+                    "commits",
+                    None,
+                    commits / nf,
+                );
+            }
             rows.add(
                 p,
                 &format!("{label}: submit → done latency p50"),
@@ -79,13 +97,15 @@ pub(crate) async fn pg_phase(
                 None,
                 p50,
             );
+            let per_job =
+                |v: Option<f64>| v.map_or_else(|| "?".into(), |v| format!("{:.2}", v / nf));
             eprintln!(
-                "   run {run}, {instances} instance(s): {} jobs in {:.2} s = {rate:.0} jobs/s; p50 {p50:.0} ms; {} claims per job; {:.1} s with the database's set-up",
+                "   run {run}, {instances} instance(s): {} jobs in {:.2} s = {rate:.0} jobs/s; p50 {p50:.0} ms; per job {} claims, {} round trips, {} commits; {:.1} s with the database's set-up",
                 opts.pg_jobs,
                 fleet.done.span_s,
-                fleet
-                    .claims
-                    .map_or_else(|| "?".into(), |c| format!("{:.2}", c / nf)),
+                per_job(fleet.claims),
+                per_job(fleet.round_trips),
+                per_job(fleet.commits),
                 started.elapsed().as_secs_f64()
             );
             rates.push(rate);
@@ -120,6 +140,12 @@ pub(crate) struct FleetRun {
     done: DoneJobs,
     /// `claim_due` calls of all instances together (`None` without metrics).
     claims: Option<f64>,
+    /// Statements sent to PostgreSQL by every store handle of the run (the
+    /// instances' and the submitters').
+    round_trips: Option<f64>,
+    /// Commits of every store handle of the run: group commits, and
+    /// statements that wrote outside them.
+    commits: Option<f64>,
 }
 
 /// One measurement on a database of its own, which is dropped afterwards
@@ -191,10 +217,23 @@ pub(crate) async fn pg_fleet_measure(
     keep_until_the_end(dir);
     let done = done?;
     closed.context("cannot close the submitters' store")?;
-    let claims = before
-        .zip(after)
-        .map(|(before, after)| histogram_delta(&before, &after, STORE_OP_HISTOGRAM, CLAIM_LABEL).1);
-    Ok(FleetRun { done, claims })
+    let Some((before, after)) = before.zip(after) else {
+        return Ok(FleetRun {
+            done,
+            claims: None,
+            round_trips: None,
+            commits: None,
+        });
+    };
+    let grown = |name: &str| {
+        prometheus_value(&after, name, "", "") - prometheus_value(&before, name, "", "")
+    };
+    Ok(FleetRun {
+        done,
+        claims: Some(histogram_delta(&before, &after, STORE_OP_HISTOGRAM, CLAIM_LABEL).1),
+        round_trips: Some(grown("docfetch_store_round_trips_total")),
+        commits: Some(grown("docfetch_store_commits_total")),
+    })
 }
 
 /// One daemon of the `pg` phase: a [`Scheduler`] with its own store handle

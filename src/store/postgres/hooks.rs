@@ -26,6 +26,7 @@ impl PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.inner.pool)
         .await?;
+        autocommit();
         rows.iter().map(job_from_row).collect()
     }
 
@@ -46,6 +47,7 @@ impl PgStore {
         .bind(next_at)
         .execute(&self.inner.pool)
         .await?;
+        autocommit();
         Ok(())
     }
 
@@ -54,6 +56,7 @@ impl PgStore {
             sqlx::query_as("SELECT MIN(hooks_next_at) FROM jobs WHERE hooks_state = 'pending'")
                 .fetch_one(&self.inner.pool)
                 .await?;
+        trip();
         Ok(row.0)
     }
 }

@@ -8,8 +8,12 @@
 //! - Transitions stay compare-and-set (`WHERE id = $1 AND state = 'running'
 //!   AND lease_owner = $2`): a daemon whose lease was taken back can never
 //!   overwrite what the new holder wrote.
-//! - A transition, its line of history and its announcement are one
-//!   statement: one round trip, committed together or not at all.
+//! - The hot writes (new jobs, claims, checkpoints, step outcomes, slot
+//!   releases) go through one writer task per store handle ([`write`]),
+//!   which applies whatever is queued in one transaction of a handful of
+//!   statements over arrays and commits once: a step's outcome, its line of
+//!   history and its announcement commit together or not at all, and a
+//!   burst of N writes costs one commit instead of N.
 //! - Work added or made due by one daemon is announced with `pg_notify`
 //!   (delivered only if it commits); every store runs a `LISTEN` task that
 //!   turns announcements from other processes into the in-process wake-ups
@@ -28,9 +32,13 @@ mod export;
 mod hooks;
 mod listen;
 mod slots;
+#[cfg(test)]
+mod tests;
 mod upkeep;
+mod write;
 
 use listen::{Signals, connect_listener, listen};
+use write::{PendingWrite, WRITE_QUEUE, WriteOp, Writer, Written, write_loop};
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,7 +49,7 @@ use sqlx::Row;
 use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgListener, PgNotification, PgPool, PgPoolOptions,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -78,9 +86,11 @@ fn due_at(next_run_at: Millis, now: Millis) -> &'static str {
     }
 }
 
-/// Connections per store handle: the scheduler's workers persist their
-/// steps concurrently; more would only queue inside PostgreSQL.
-const MAX_CONNECTIONS: u32 = 16;
+/// Connections per store handle: the writer's, the listener's, and a few
+/// for reads, lease renewals and account slots. The hot writes of every
+/// worker share the writer's one connection, so more would only queue
+/// inside PostgreSQL.
+const MAX_CONNECTIONS: u32 = 6;
 
 /// The longest pause between attempts to restore the listener connection.
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -122,6 +132,7 @@ macro_rules! due_jobs {
          FOR UPDATE SKIP LOCKED"
     };
 }
+use due_jobs;
 /// The claim's row selection, for tests that check its plan.
 pub const DUE_JOBS: &str = due_jobs!();
 
@@ -185,6 +196,8 @@ struct Inner {
     /// Announcements received from other processes (and lost connections).
     changes: Arc<AtomicI64>,
     stop_listener: CancellationToken,
+    /// The group-commit queue of the hot writes (see [`write_loop`]).
+    writes: mpsc::Sender<PendingWrite>,
 }
 
 impl Drop for Inner {
@@ -248,6 +261,13 @@ impl PgStore {
             signals.clone(),
             stop_listener.clone(),
         ));
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let writer = Writer {
+            pool: pool.clone(),
+            instance: signals.instance.clone(),
+        };
+        // The writer ends when the last handle (the queue's last sender) goes.
+        tokio::spawn(write_loop(writer, queue));
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
@@ -256,6 +276,7 @@ impl PgStore {
                 hooks_wakeup: signals.hooks_wakeup,
                 changes: signals.changes,
                 stop_listener,
+                writes,
             }),
         })
     }
@@ -291,59 +312,48 @@ impl PgStore {
             .bind(self.payload(due))
             .execute(conn)
             .await?;
+        trip();
         Ok(())
     }
 
     pub async fn insert(&self, job: &NewJob) -> Result<Job, StoreError> {
         let params = json_text(&job.params)?;
         let hooks = json_text_opt(job.hooks.as_ref())?;
-        let row = sqlx::query(concat!(
-            "WITH added AS (
-                 INSERT INTO jobs (id, name, account, provider, operation, params, state, cursor,
-                                   next_run_at, created_at, updated_at, deadline_at, source,
-                                   request_sha256, hooks)
-                 VALUES ($1, $2, $3, $4, $5, $6::json, 'queued', '{}', $7, $7, $7, $8, $9, $10,
-                         $11::json)
-                 ON CONFLICT (name) DO NOTHING
-                 RETURNING ",
-            job_columns!(),
-            "),
-             history AS (
-                 INSERT INTO job_events (job_id, at, kind, message, detail)
-                 SELECT id, $7, 'accepted', $12, $15 FROM added)
-             SELECT added.*, ",
-            announce!(added, "$13", "$14"),
-            " FROM added"
-        ))
-        .bind(&job.id)
-        .bind(&job.name)
-        .bind(&job.account)
-        .bind(&job.provider)
-        .bind(&job.operation)
-        .bind(&params)
-        .bind(job.created_at)
-        .bind(job.deadline_at)
-        .bind(&job.source)
-        .bind(&job.request_sha256)
-        .bind(hooks)
-        .bind(format!("accepted from {}", job.source))
-        .bind(self.payload(DUE_NOW))
-        .bind(&[JOBS_CHANNEL][..])
-        .bind(NextRun::now(job.created_at).to_json_string())
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        let Some(row) = row else {
-            let existing = self
-                .find(&job.name)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(job.name.clone()))?;
-            return Err(StoreError::Duplicate {
-                name: job.name.clone(),
-                existing: Box::new(existing),
-            });
+        let op = WriteOp::Insert {
+            job: Box::new(job.clone()),
+            params,
+            hooks,
         };
-        self.inner.wakeup.notify_one();
-        job_from_row(&row)
+        match self.write(op).await? {
+            Written::Job(job) => {
+                self.inner.wakeup.notify_one();
+                Ok(*job)
+            }
+            Written::Nothing | Written::Row | Written::Jobs(_) | Written::Grant(_) => {
+                let existing = self
+                    .find(&job.name)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(job.name.clone()))?;
+                Err(StoreError::Duplicate {
+                    name: job.name.clone(),
+                    existing: Box::new(existing),
+                })
+            }
+        }
+    }
+
+    /// Queues a write for the next group commit and waits until it is
+    /// committed (or failed).
+    async fn write(&self, op: WriteOp) -> Result<Written, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writes
+            .send(PendingWrite { op, reply })
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
     }
 
     pub async fn find(&self, key: &str) -> Result<Option<Job>, StoreError> {
@@ -355,6 +365,7 @@ impl PgStore {
         .bind(key)
         .fetch_optional(&self.inner.pool)
         .await?;
+        trip();
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -380,6 +391,7 @@ impl PgStore {
         .bind(i64::from(filter.offset))
         .fetch_all(&self.inner.pool)
         .await?;
+        trip();
         rows.iter().map(job_from_row).collect()
     }
 
@@ -390,6 +402,7 @@ impl PgStore {
         .bind(job_id)
         .fetch_all(&self.inner.pool)
         .await?;
+        trip();
         rows.iter()
             .map(|r| {
                 Ok(JobEvent {
@@ -422,31 +435,16 @@ impl PgStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<Job>, StoreError> {
-        // The CTE is materialised so the locking sub-select runs exactly
-        // once; the outer UPDATE then touches only the rows it locked.
-        let rows = sqlx::query(concat!(
-            "WITH due AS MATERIALIZED (",
-            due_jobs!(),
-            ")
-             UPDATE jobs
-             SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3,
-                 steps = steps + 1
-             WHERE id IN (SELECT id FROM due) AND state IN ('queued', 'waiting')
-             RETURNING ",
-            job_columns!()
-        ))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.inner.pool)
-        .await?;
-        let mut jobs = rows
-            .iter()
-            .map(job_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by_key(|j| j.next_run_at);
-        Ok(jobs)
+        let op = WriteOp::Claim {
+            owner: owner.to_string(),
+            now,
+            lease_until,
+            limit,
+        };
+        Ok(match self.write(op).await? {
+            Written::Jobs(jobs) => jobs,
+            Written::Job(_) | Written::Row | Written::Nothing | Written::Grant(_) => Vec::new(),
+        })
     }
 
     pub async fn next_due_at(&self) -> Result<Option<Millis>, StoreError> {
@@ -455,6 +453,7 @@ impl PgStore {
         )
         .fetch_one(&self.inner.pool)
         .await?;
+        trip();
         Ok(row.0)
     }
 
@@ -473,6 +472,7 @@ impl PgStore {
         .bind(until)
         .execute(&self.inner.pool)
         .await?;
+        autocommit();
         expect_one(done.rows_affected(), id, "lease renewal")
     }
 
@@ -482,37 +482,28 @@ impl PgStore {
         owner: &str,
         cursor: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET cursor = $3::json, attempts = 0, updated_at = $4
-             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(cursor.to_string())
-        .bind(crate::job::now_ms())
-        .execute(&self.inner.pool)
-        .await?;
-        expect_one(done.rows_affected(), id, "checkpoint")
+        let op = WriteOp::Checkpoint {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            cursor: cursor.to_string(),
+        };
+        match self.write(op).await? {
+            Written::Nothing => expect_one(0, id, "checkpoint"),
+            Written::Job(_) | Written::Row | Written::Jobs(_) | Written::Grant(_) => Ok(()),
+        }
     }
 
     pub async fn settle(&self, id: &str, owner: &str, s: &Settlement) -> Result<(), StoreError> {
-        let result = json_text_opt(s.result.as_ref())?;
-        let done = sqlx::query(
-            "UPDATE jobs SET cursor = $3::json, result = $4::json, last_error = $5,
-                             attempts = $6, finished_at = $7, updated_at = $8
-             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(s.cursor.to_string())
-        .bind(result)
-        .bind(s.last_error.as_deref())
-        .bind(i64::from(s.attempts))
-        .bind(s.finished_at)
-        .bind(crate::job::now_ms())
-        .execute(&self.inner.pool)
-        .await?;
-        expect_one(done.rows_affected(), id, "settling the outcome")
+        let op = WriteOp::Settle {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            result: json_text_opt(s.result.as_ref())?,
+            settlement: Box::new(s.clone()),
+        };
+        match self.write(op).await? {
+            Written::Nothing => expect_one(0, id, "settling the outcome"),
+            Written::Job(_) | Written::Row | Written::Jobs(_) | Written::Grant(_) => Ok(()),
+        }
     }
 
     pub async fn finish_step(
@@ -521,70 +512,26 @@ impl PgStore {
         owner: &str,
         t: &Transition,
     ) -> Result<Job, StoreError> {
-        let now = crate::job::now_ms();
-        let result = json_text_opt(t.result.as_ref())?;
-        let finished_at = t.state.is_finished().then_some(now);
-        // A waiting job is due again at a time the other daemons have not
-        // seen; pending hooks are due now.
-        let mut channels = Vec::new();
-        if t.state == JobState::Waiting {
-            channels.push(JOBS_CHANNEL);
-        }
-        if t.hooks_pending {
-            channels.push(HOOKS_CHANNEL);
-        }
-        let row = sqlx::query(concat!(
-            "WITH moved AS (
-                 UPDATE jobs
-                 SET state = $3, cursor = $4::json, next_run_at = $5, attempts = $6, polls = $7,
-                     last_error = $8, result = $9::json,
-                     finished_at = CASE WHEN $10::bigint IS NULL THEN NULL
-                                        ELSE COALESCE(finished_at, $10) END,
-                     updated_at = $11,
-                     lease_owner = NULL, lease_until = NULL,
-                     hooks_state = CASE WHEN $12 THEN 'pending' ELSE hooks_state END,
-                     hooks_next_at = CASE WHEN $12 THEN $11 ELSE hooks_next_at END,
-                     hooks_attempts = CASE WHEN $12 THEN 0 ELSE hooks_attempts END
-                 WHERE id = $1 AND state = 'running' AND lease_owner = $2
-                 RETURNING ",
-            job_columns!(),
-            "),
-             history AS (
-                 INSERT INTO job_events (job_id, at, kind, message, detail)
-                 SELECT id, $11, $13, $14, $17 FROM moved)
-             SELECT moved.*, ",
-            announce!(moved, "$15", "$16"),
-            " FROM moved"
-        ))
-        .bind(id)
-        .bind(owner)
-        .bind(t.state.as_str())
-        .bind(t.cursor.to_string())
-        .bind(t.next_run_at)
-        .bind(i64::from(t.attempts))
-        .bind(i64::from(t.polls))
-        .bind(t.last_error.as_deref())
-        .bind(result)
-        .bind(finished_at)
-        .bind(now)
-        .bind(t.hooks_pending)
-        .bind(t.event.0.as_str())
-        .bind(&t.event.1)
-        .bind(self.payload(due_at(t.next_run_at, now)))
-        .bind(&channels)
-        .bind(t.detail.as_ref().map(NextRun::to_json_string))
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        let Some(row) = row else {
-            return Err(StoreError::Conflict {
-                id: id.to_string(),
-                detail: "the job is no longer running under this lease".into(),
-            });
+        let op = WriteOp::Finish {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            result: json_text_opt(t.result.as_ref())?,
+            transition: Box::new(t.clone()),
         };
-        if t.hooks_pending {
-            self.inner.hooks_wakeup.notify_one();
+        match self.write(op).await? {
+            Written::Job(job) => {
+                if t.hooks_pending {
+                    self.inner.hooks_wakeup.notify_one();
+                }
+                Ok(*job)
+            }
+            Written::Nothing | Written::Row | Written::Jobs(_) | Written::Grant(_) => {
+                Err(StoreError::Conflict {
+                    id: id.to_string(),
+                    detail: "the job is no longer running under this lease".into(),
+                })
+            }
         }
-        job_from_row(&row)
     }
 
     pub async fn postpone(
@@ -610,6 +557,7 @@ impl PgStore {
         .bind(&[JOBS_CHANNEL][..])
         .fetch_one(&self.inner.pool)
         .await?;
+        autocommit();
         expect_one(u64::try_from(moved).unwrap_or(0), id, "postpone")
     }
 
@@ -647,6 +595,7 @@ impl PgStore {
         .bind(next.to_json_string())
         .fetch_one(&self.inner.pool)
         .await?;
+        autocommit();
         expect_one(u64::try_from(moved).unwrap_or(0), id, "postpone")
     }
 
@@ -669,6 +618,7 @@ impl PgStore {
         .bind(&[JOBS_CHANNEL][..])
         .fetch_one(&self.inner.pool)
         .await?;
+        autocommit();
         if released > 0 {
             self.inner.wakeup.notify_one();
         }
@@ -691,6 +641,7 @@ impl PgStore {
         .bind(keep)
         .fetch_one(&self.inner.pool)
         .await?;
+        autocommit();
         if reclaimed > 0 {
             self.inner.wakeup.notify_one();
         }
@@ -705,6 +656,7 @@ impl PgStore {
         ))
         .fetch_all(&self.inner.pool)
         .await?;
+        trip();
         rows.into_iter()
             .map(|(state, n)| {
                 let state = state.parse().map_err(StoreError::Corrupt)?;
@@ -721,6 +673,7 @@ impl PgStore {
         ))
         .fetch_all(&self.inner.pool)
         .await?;
+        trip();
         let mut by_state = Vec::with_capacity(rows.len());
         for (state, provider, n) in rows {
             by_state.push((
@@ -737,6 +690,7 @@ impl PgStore {
         )
         .fetch_one(&self.inner.pool)
         .await?;
+        trip();
         Ok(Snapshot {
             by_state,
             oldest_waiting_created: oldest.0,
@@ -761,6 +715,7 @@ impl PgStore {
         )
         .fetch_one(&self.inner.pool)
         .await?;
+        autocommit();
         Ok(u64::try_from(folded).unwrap_or(0))
     }
 
@@ -775,6 +730,7 @@ impl PgStore {
         let applied: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(&self.inner.pool)
             .await?;
+        trip();
         let expected = i64::try_from(MIGRATOR.iter().count()).unwrap_or(i64::MAX);
         if applied.0 < expected {
             return Err(StoreError::Corrupt(format!(
@@ -784,6 +740,17 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// One statement sent and answered (a read, or one inside a transaction).
+fn trip() {
+    crate::metrics::store_round_trips(1);
+}
+
+/// One statement that wrote outside a transaction: a round trip and a commit.
+fn autocommit() {
+    crate::metrics::store_round_trips(1);
+    crate::metrics::store_autocommit();
 }
 
 async fn insert_event(
@@ -804,6 +771,7 @@ async fn insert_event(
     .bind(detail.map(NextRun::to_json_string))
     .execute(conn)
     .await?;
+    autocommit();
     Ok(())
 }
 

@@ -5,7 +5,8 @@ use super::*;
 
 impl PgStore {
     /// See [`Store::take_account_slot`]: one call of the function of
-    /// migration 0003, which decides under a per-account advisory lock.
+    /// migration 0003, which decides under a per-account advisory lock, in
+    /// the next group commit (see `write.rs`).
     pub async fn take_account_slot(
         &self,
         account: &str,
@@ -14,15 +15,16 @@ impl PgStore {
         limit: usize,
         now: Millis,
     ) -> Result<SlotGrant, StoreError> {
-        let (answer,): (i64,) =
-            sqlx::query_as("SELECT docfetch_take_account_slot($1, $2, $3, $4, $5)")
-                .bind(account)
-                .bind(job_id)
-                .bind(owner)
-                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-                .bind(now)
-                .fetch_one(&self.inner.pool)
-                .await?;
+        let op = WriteOp::TakeSlot {
+            account: account.to_string(),
+            job_id: job_id.to_string(),
+            owner: owner.to_string(),
+            limit: i32::try_from(limit).unwrap_or(i32::MAX),
+            now,
+        };
+        let Written::Grant(answer) = self.write(op).await? else {
+            return Err(StoreError::Corrupt("a slot take gave no answer".into()));
+        };
         Ok(match answer {
             0 => SlotGrant::Granted,
             until if until > 0 => SlotGrant::Cooling(until),
@@ -36,13 +38,13 @@ impl PgStore {
         job_id: &str,
         owner: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM account_slots WHERE account = $1 AND job_id = $2 AND owner = $3")
-            .bind(account)
-            .bind(job_id)
-            .bind(owner)
-            .execute(&self.inner.pool)
-            .await?;
-        Ok(())
+        // With the step outcomes of the same group commit: no commit of its own.
+        let op = WriteOp::ReleaseSlot {
+            account: account.to_string(),
+            job_id: job_id.to_string(),
+            owner: owner.to_string(),
+        };
+        self.write(op).await.map(|_| ())
     }
 
     pub async fn cool_down_account(&self, account: &str, until: Millis) -> Result<(), StoreError> {
@@ -55,6 +57,7 @@ impl PgStore {
         .bind(until)
         .execute(&self.inner.pool)
         .await?;
+        autocommit();
         Ok(())
     }
 }
